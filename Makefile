@@ -1,0 +1,59 @@
+# Xception edge compiler. `make help` lists the targets; README.md documents every variable.
+PYTHON     ?= python3
+VENV       ?= .venv
+PY         := $(VENV)/bin/python
+TARGET     ?= host
+WEIGHTS    ?= auto
+CALIB      ?=
+CALIB_N    ?= 100
+EVAL       ?=
+EVAL_N     ?= 0
+INPUT_SIZE ?= 299
+CLASSES    ?= 1000
+OUT        ?= build
+CACHE_DIR  ?=
+REFERENCE_DIR ?=
+PYTEST_ARGS ?=
+
+COMMON = --out '$(OUT)' $(if $(CACHE_DIR),--cache-dir '$(CACHE_DIR)') \
+         $(if $(REFERENCE_DIR),--reference-dir '$(REFERENCE_DIR)')
+
+.PHONY: help setup compile targets test test-slow clean clean-cache
+
+help:
+	@echo "make setup                       create $(VENV) with the pinned dependencies (automatic)"
+	@echo "make compile TARGET=rpi4         compile a target into $(OUT)/<target>/ (see README for variables)"
+	@echo "make targets                     list the targets"
+	@echo "make test                        run the fast test suite"
+	@echo "make test-slow                   run the Xception-size tests (minutes)"
+	@echo "make clean                       remove $(OUT)/ ; make clean-cache also removes the stage cache"
+
+$(VENV)/.installed: requirements.lock
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	  { echo "error: Python 3.11 or newer is needed (PYTHON=$(PYTHON)); set PYTHON=python3.11"; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.lock
+	@touch $@
+
+setup: $(VENV)/.installed
+
+compile: setup
+	$(PY) -m pipeline compile --target '$(TARGET)' --weights '$(WEIGHTS)' \
+	  $(if $(CALIB),--calib '$(CALIB)') --calib-n '$(CALIB_N)' \
+	  $(if $(EVAL),--eval '$(EVAL)') --eval-n '$(EVAL_N)' \
+	  --input-size '$(INPUT_SIZE)' --classes '$(CLASSES)' $(COMMON)
+
+targets: setup
+	$(PY) -m pipeline targets
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-slow: setup
+	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+
+clean: setup
+	$(PY) -m pipeline clean $(COMMON)
+
+clean-cache: setup
+	$(PY) -m pipeline clean --cache $(COMMON)

@@ -1,0 +1,33 @@
+"""Accuracy of an artifact's logits against labels and the float reference (numpy only)."""
+from __future__ import annotations
+
+import numpy as np
+
+
+def accuracy(logits: np.ndarray, reference_logits: np.ndarray, labels: np.ndarray | None = None) -> dict:
+    """top-1 / top-5 against labels (when known), top-1 agreement and mean |logit delta| against float."""
+    logits = np.asarray(logits, dtype=np.float32)
+    reference_logits = np.asarray(reference_logits, dtype=np.float32)
+    if logits.shape != reference_logits.shape:
+        raise ValueError(f"logits shape {logits.shape} differs from the float reference's {reference_logits.shape}")
+    predicted = np.argmax(logits, axis=1)
+    result = {
+        "n": int(len(logits)),
+        "agreement_top1": float(np.mean(predicted == np.argmax(reference_logits, axis=1))),
+        "mean_abs_logit_delta": float(np.mean(np.abs(logits - reference_logits))),
+        "top1": None,
+        "top5": None,
+    }
+    if labels is not None and len(labels):
+        labels = np.asarray(labels)
+        result["top1"] = float(np.mean(predicted == labels))
+        k = min(5, logits.shape[1])
+        top_k = np.argsort(-logits, axis=1)[:, :k]
+        result["top5"] = float(np.mean(np.any(top_k == labels[:, None], axis=1)))
+    return result
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    e = np.exp(shifted)
+    return e / e.sum(axis=1, keepdims=True)

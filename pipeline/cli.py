@@ -1,0 +1,153 @@
+"""Thin command line: parse -> call the Python API -> print -> map errors to exit codes.
+
+Exit codes: 0 ok; 1 gate failed; 2 bad input or configuration; 3 a stage failed (log path
+printed); 4 a dependency is missing; 5 the target is locked by another run; 130 Ctrl-C;
+143 SIGTERM.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+from pipeline.errors import PipelineError
+
+EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    from pipeline.compiler import default_cache_dir
+
+    parser = argparse.ArgumentParser(
+        prog="python -m pipeline",
+        description="Xception edge compiler: Keras Xception -> int8 PTQ -> TFLite / ONNX artifacts + manifest.")
+    verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
+
+    comp = verbs.add_parser("compile", help="compile a target into OUT/<target>/ (make compile)")
+    comp.add_argument("--target", required=True, help="a file name in targets/ without .toml (e.g. rpi4)")
+    comp.add_argument("--weights", default="auto",
+                      help="auto (default), imagenet, reference, random, or a path to a .keras/.h5 model")
+    comp.add_argument("--calib", type=Path, help="folder of calibration images (default: reference split)")
+    comp.add_argument("--calib-n", type=_int, default=100, help="calibration images to use (default 100)")
+    comp.add_argument("--eval", type=Path, help="folder of evaluation images (default: reference test split)")
+    comp.add_argument("--eval-n", type=_int, default=0, help="evaluation images to use (default 0 = all)")
+    comp.add_argument("--input-size", type=_int, default=299, help="input size for --weights random")
+    comp.add_argument("--classes", type=_int, default=1000, help="class count for --weights random")
+    _common(comp, default_cache_dir())
+
+    tg = verbs.add_parser("targets", help="list the targets and what each builds (make targets)")
+    tg.add_argument("--targets-dir", type=Path, default=None, help=argparse.SUPPRESS)
+
+    cl = verbs.add_parser("clean", help="remove OUT (build outputs); --cache also the stage cache (make clean)")
+    _common(cl, default_cache_dir())
+    cl.add_argument("--cache", action="store_true", help="also remove the stage cache (not the reference model)")
+
+    verbs.add_parser("test", help="run the test suite (make test)").add_argument(
+        "pytest_args", nargs=argparse.REMAINDER, help="passed to pytest")
+    return parser
+
+
+def _common(p: argparse.ArgumentParser, cache: Path) -> None:
+    p.add_argument("--out", type=Path, default=Path("build"), help="output folder (default build)")
+    p.add_argument("--cache-dir", type=Path, default=cache, help=f"stage cache (default {cache})")
+    p.add_argument("--reference-dir", type=Path, default=None,
+                   help="where the reference model is kept (default <cache-dir>/reference)")
+    p.add_argument("--targets-dir", type=Path, default=None, help="folder of target files (default targets/)")
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    received: list[int] = []
+
+    def on_signal(signum, _frame):
+        received.append(signum)
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    try:
+        return {"compile": _compile, "targets": _targets, "clean": _clean, "test": _test}[args.verb](args)
+    except PipelineError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        signum = received[0] if received else signal.SIGINT
+        print(f"interrupted ({signal.Signals(signum).name}): partial outputs were removed and the cache "
+              f"is intact; run the same command again to resume", file=sys.stderr)
+        return EXIT_INTERRUPTED[signum]
+
+
+def _compile(args) -> int:
+    from pipeline.compiler import CompileOptions, compile_target
+    from pipeline.progress import Progress
+    from pipeline.targets import TARGETS_DIR
+
+    options = CompileOptions(
+        target=args.target, weights=args.weights, calib_dir=args.calib, calib_n=args.calib_n,
+        eval_dir=args.eval, eval_n=args.eval_n, input_size=args.input_size, num_classes=args.classes,
+        out_dir=args.out, cache_dir=args.cache_dir, reference_dir=args.reference_dir,
+        targets_dir=args.targets_dir or TARGETS_DIR)
+    result = compile_target(options, Progress(quiet=args.quiet))
+    print(summary_table(result.manifest))
+    ran = sum(not r.cached for r in result.runs)
+    print(f"\n{len(result.manifest['artifacts'])} artifacts and the manifest in {result.manifest_path.parent}/ "
+          f"({ran} of {len(result.runs)} stage runs did work, the rest came from the cache)")
+    return 0
+
+
+def summary_table(manifest: dict) -> str:
+    model = manifest["model"]
+    ev = manifest["eval"]
+    head = (f"target {manifest['target']} | model {model['name']} ({model['weights']} weights, input "
+            f"{'x'.join(map(str, model['input_shape'][1:3]))}, {model['num_classes']} classes) | eval: "
+            f"{ev['n']} images from {ev['source']}"
+            + (f", float top-1 {ev['float_top1'] * 100:.1f}%" if ev.get("float_top1") is not None else ""))
+    rows = [("artifact", "runtime", "device", "size", "agree top-1", "top-1", "top-5", "mean|dlogit|")]
+    for a in manifest["artifacts"]:
+        acc = a["accuracy"]
+        pct = lambda v: "-" if v is None else f"{v * 100:.1f}%"
+        rows.append((a["file"], a["runtime"], a["device"], _size(a["bytes"]),
+                     pct(acc["agreement_top1"]), pct(acc["top1"]), pct(acc["top5"]),
+                     f"{acc['mean_abs_logit_delta']:.4f}"))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return head + "\n\n" + "\n".join(lines)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def _targets(args) -> int:
+    from pipeline.targets import TARGETS_DIR, available_targets, load_target
+
+    folder = args.targets_dir or TARGETS_DIR
+    for name in available_targets(folder):
+        t = load_target(name, folder)
+        print(f"{name:14s} {t.arch:8s} {', '.join(t.artifacts):60s} {t.description}")
+    return 0
+
+
+def _clean(args) -> int:
+    for path in [args.out] + ([args.cache_dir / "stages"] if args.cache else []):
+        if path.exists():
+            shutil.rmtree(path)
+            print(f"removed {path}")
+    return 0
+
+
+def _test(args) -> int:
+    return subprocess.call([sys.executable, "-m", "pytest", *args.pytest_args])

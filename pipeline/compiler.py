@@ -1,0 +1,236 @@
+"""The Python API: compile one target through every stage, with caching, into build/<target>/.
+
+    from pipeline.compiler import CompileOptions, compile_target
+    result = compile_target(CompileOptions(target="rpi4"))
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import json
+import os
+import shutil
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Mapping
+
+from pipeline import __version__
+from pipeline.cache import CacheEntry, StageCache, sha256_file, sha256_tree, stage_key
+from pipeline.datasets import ImageSource, folder_images
+from pipeline.errors import InputError, PipelineError, StageError
+from pipeline.output import TargetLock, ensure_writable, publish, staging_dir, write_json
+from pipeline.progress import Progress
+from pipeline.sources import ModelSource, check_size, resolve
+from pipeline.stages import build, calibrate, check, convert
+from pipeline.targets import ARTIFACT_KINDS, TARGETS_DIR, Target, load_target
+from pipeline.versions import tool_versions
+
+EXTENSIONS = {"tflite": "tflite", "onnx": "onnx"}
+
+
+def default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "xception-edge"
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    target: str
+    weights: str = "auto"                 # auto | imagenet | reference | random | path to .keras/.h5
+    calib_dir: Path | None = None         # folder of images; None = the reference calibration split
+    calib_n: int = 100
+    eval_dir: Path | None = None          # folder of images; None = the reference test split
+    eval_n: int = 0                       # 0 = all
+    input_size: int = 299                 # random weights only
+    num_classes: int = 1000               # random weights only
+    out_dir: Path = Path("build")
+    cache_dir: Path = field(default_factory=default_cache_dir)
+    reference_dir: Path | None = None     # None = <cache_dir>/reference
+    targets_dir: Path = TARGETS_DIR
+    seed: int = 0
+
+
+@dataclass
+class StageRun:
+    stage: str
+    label: str
+    key: str
+    cached: bool
+
+
+@dataclass
+class CompileResult:
+    manifest_path: Path
+    manifest: dict
+    runs: list[StageRun]
+
+
+def compile_target(options: CompileOptions, progress: Progress | None = None,
+                   versions: Mapping[str, str] | None = None) -> CompileResult:
+    progress = progress or Progress(quiet=True)
+    target = load_target(options.target, options.targets_dir)
+    _validate(options)
+    ensure_writable(options.out_dir)
+    with TargetLock(options.out_dir, target.name):
+        return _Compilation(options, target, progress, dict(versions or tool_versions())).run()
+
+
+def _validate(options: CompileOptions) -> None:
+    if options.calib_n < 1:
+        raise InputError(f"CALIB_N={options.calib_n} must be a positive number of images")
+    if options.eval_n < 0:
+        raise InputError(f"EVAL_N={options.eval_n} must be 0 (all) or a positive number of images")
+    if options.weights == "random":
+        check_size(options.input_size)
+        if options.num_classes < 2:
+            raise InputError(f"CLASSES={options.num_classes} must be 2 or more")
+    for what, folder in (("CALIB", options.calib_dir), ("EVAL", options.eval_dir)):
+        if folder is not None:
+            folder_images(Path(folder), f"{what}=")
+
+
+class _Compilation:
+    def __init__(self, options: CompileOptions, target: Target, progress: Progress, versions: dict):
+        self.options, self.target, self.progress, self.versions = options, target, progress, versions
+        self.cache = StageCache(options.cache_dir)
+        self.hashes: dict[Path, str] = {}
+        self.runs: list[StageRun] = []
+
+    # -- stage plumbing -------------------------------------------------------------------------
+    def _hash(self, path: Path) -> str:
+        if path not in self.hashes:
+            self.hashes[path] = (sha256_tree(path, folder_images(path, "image")) if path.is_dir()
+                                 else sha256_file(path))
+        return self.hashes[path]
+
+    def stage(self, module, config, inputs: dict[str, Path], label: str) -> CacheEntry:
+        hashes = {name: self._hash(path) for name, path in inputs.items()}
+        tools = {t: self.versions.get(t, "absent") for t in ("python",) + module.TOOLS}
+        key = stage_key(module.NAME, module.VERSION, hashes, dataclasses.asdict(config), tools)
+        entry = self.cache.lookup(module.NAME, key)
+        cached = entry is not None
+        if cached:
+            self.progress.log(f"[{label}] cached")
+        else:
+            self.progress.log(f"[{label}] running")
+            try:
+                entry = self.cache.produce(module.NAME, key,
+                                           lambda out: module.run(inputs, config, out, self.progress))
+            except (PipelineError, KeyboardInterrupt):
+                raise
+            except Exception as exc:
+                raise StageError(self._failure(label, exc)) from exc
+        for name, digest in entry.files.items():
+            self.hashes[entry.file(name)] = digest
+        self.runs.append(StageRun(module.NAME, label, key, cached))
+        return entry
+
+    def _failure(self, label: str, exc: Exception) -> str:
+        logs = self.options.out_dir / "logs"
+        logs.mkdir(parents=True, exist_ok=True)
+        log = logs / f"{self.target.name}-{label.replace(' ', '_').replace('/', '_')}.log"
+        log.write_text("".join(traceback.format_exception(exc)))
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
+        return (f"stage {label} failed for target {self.target.name}: {type(exc).__name__}: {first} "
+                f"(full log: {log})")
+
+    # -- the compilation ------------------------------------------------------------------------
+    def run(self) -> CompileResult:
+        opts, target = self.options, self.target
+        self.progress.log(f"compiling target {target.name}: {target.description}")
+        reference_dir = opts.reference_dir or opts.cache_dir / "reference"
+        source = resolve(opts.weights, Path(reference_dir), self.progress)
+        model_name = "xception" if source.kind != "file" else _safe_name(source.file.stem)
+
+        eval_source = (ImageSource("folder", folder=str(opts.eval_dir)) if opts.eval_dir
+                       else ImageSource("digits", split="test"))
+        build_inputs = {"model": source.file} if source.file else {}
+        if opts.eval_dir:
+            build_inputs["eval_images"] = Path(opts.eval_dir)
+        built = self.stage(build, build.Config(
+            source=source.kind, eval=eval_source, eval_n=opts.eval_n,
+            input_size=opts.input_size if source.kind == "random" else 0,
+            num_classes=opts.num_classes if source.kind == "random" else 0,
+            seed=opts.seed, labels_known=source.kind == "reference"), build_inputs, "build")
+        info = json.loads(built.file("model.json").read_text())
+
+        needs_calibration = any(k in convert.NEEDS_CALIBRATION for k in target.artifacts)
+        calibrated = None
+        if needs_calibration:
+            calib_source = (ImageSource("folder", folder=str(opts.calib_dir)) if opts.calib_dir
+                            else ImageSource("digits", split="calib"))
+            if calib_source.kind == "digits" and source.kind != "reference":
+                self.progress.warn("calibrating a non-reference model on the digits calibration split; "
+                                   "pass CALIB=dir with images from the model's own domain")
+            calib_inputs = {"model_info": built.file("model.json")}
+            if opts.calib_dir:
+                calib_inputs["images"] = Path(opts.calib_dir)
+            calibrated = self.stage(calibrate, calibrate.Config(calib_source, opts.calib_n, opts.seed),
+                                    calib_inputs, "calibrate")
+
+        artifacts = []
+        for kind in target.artifacts:
+            fmt, precision, runtime, device = ARTIFACT_KINDS[kind]
+            file_name = f"{model_name}_{precision}.{EXTENSIONS[fmt]}"
+            inputs = {"model": built.file("model.keras")}
+            if kind in convert.NEEDS_CALIBRATION:
+                inputs["calib"] = calibrated.file("calib.npz")
+            made = self.stage(convert, convert.Config(kind, file_name), inputs, f"convert {kind}")
+            checked = self.stage(check, check.Config(kind, runtime),
+                                 {"artifact": made.file(file_name), "eval": built.file("eval.npz")},
+                                 f"check {kind}")
+            artifacts.append({"kind": kind, "file": file_name, "format": fmt, "precision": precision,
+                              "runtime": runtime, "device": device, "path": made.file(file_name),
+                              "sha256": made.files[file_name],
+                              "accuracy": json.loads(checked.file("accuracy.json").read_text())})
+        return self._package(source, model_name, info, built, calibrated, artifacts)
+
+    def _package(self, source: ModelSource, model_name: str, info: dict, built: CacheEntry,
+                 calibrated: CacheEntry | None, artifacts: list[dict]) -> CompileResult:
+        opts, target = self.options, self.target
+        staging = staging_dir(opts.out_dir, target.name)
+        try:
+            (staging / "eval").mkdir()
+            shutil.copyfile(built.file("eval.npz"), staging / "eval" / "eval.npz")
+            listed = []
+            for art in artifacts:
+                dest = staging / art["file"]
+                shutil.copyfile(art["path"], dest)
+                digest = sha256_file(dest)
+                if digest != art["sha256"]:
+                    raise StageError(f"cache entry for {art['file']} is corrupt (sha256 {digest} != recorded "
+                                     f"{art['sha256']}); remove {art['path'].parent} and compile again")
+                listed.append({k: v for k, v in art.items() if k not in ("path", "kind")}
+                              | {"kind": art["kind"], "bytes": dest.stat().st_size})
+            manifest = {
+                "target": target.name,
+                "model": {"name": model_name, "weights": source.kind, "weights_requested": source.requested,
+                          "weights_note": source.note,
+                          "weights_file": str(source.file) if source.file else None,
+                          "input_shape": info["input_shape"], "num_classes": info["num_classes"],
+                          "outputs": info["outputs"], "parameters": info["parameters"]},
+                "artifacts": listed,
+                "eval": {"file": "eval/eval.npz", "n": info["eval"]["n"], "source": info["eval"]["source"],
+                         "labels": info["eval"]["labels"], "float_top1": info["eval"].get("float_top1")},
+                "calibration": (json.loads(calibrated.file("calib.json").read_text()) | {"images": None}
+                                if calibrated else None),
+                "versions": self.versions | {"pipeline": __version__},
+                "config": {"target": target.to_dict(),
+                           "options": {k: (str(v) if isinstance(v, Path) else v)
+                                       for k, v in dataclasses.asdict(opts).items()},
+                           "stages": [dataclasses.asdict(r) for r in self.runs]},
+                "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+            }
+            write_json(staging / "manifest.json", manifest)
+            publish(staging, opts.out_dir / target.name)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
+        path = opts.out_dir / target.name / "manifest.json"
+        return CompileResult(path, manifest, self.runs)
+
+
+def _safe_name(stem: str) -> str:
+    cleaned = "".join(c if c.isalnum() or c in "-_" else "_" for c in stem)
+    return cleaned or "model"

@@ -1,0 +1,7 @@
+"""The stages, in data-flow order. Each module has NAME, VERSION, TOOLS, a frozen ``Config``
+dataclass and ``run(inputs, config, out, progress)``: inputs are files, outputs go to ``out``
+(a fresh folder). Stages never read argv, environment variables or globals.
+"""
+from pipeline.stages import build, calibrate, check, convert
+
+STAGES = (build, calibrate, convert, check)
