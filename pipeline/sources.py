@@ -59,13 +59,15 @@ def resolve(weights: str, reference_dir: Path, progress: Progress, download_time
         raise MissingDependencyError(
             f"ImageNet weights are not available ({why}): place {cached.name} (Keras' Xception weights "
             f"from {IMAGENET_WEIGHTS_URL}) at {cached}, or use WEIGHTS=reference")
+    size = reference.Recipe().input_size
     progress.banner([
         "WEIGHTS=auto: ImageNet weights are not available",
-        f"({why}; not in {cached}).",
-        "Falling back to the OFFLINE REFERENCE MODEL: full Xception trained on",
-        f"scikit-learn's handwritten digits ({reference.Recipe().input_size}x{reference.Recipe().input_size}"
-        " RGB, 10 classes). The manifest records this.",
-        f"For ImageNet place {cached.name} at {cached.parent}/",
+        f"  ({why})",
+        "Falling back to the OFFLINE REFERENCE MODEL: the full Xception trained on",
+        f"scikit-learn's handwritten digits ({size}x{size} RGB, 10 classes).",
+        "The manifest records this (model.weights = reference).",
+        f"For ImageNet, place {cached.name}",
+        f"  in {cached.parent}/ or pass WEIGHTS=imagenet when online.",
     ])
     return _reference(weights, reference_dir, progress, f"fallback: ImageNet weights unavailable ({why})")
 
@@ -83,7 +85,7 @@ def _reachable(url: str, timeout: float) -> tuple[bool, str]:
         socket.create_connection((host, 443), timeout=timeout).close()
         return True, ""
     except OSError as exc:
-        return False, f"offline: cannot reach {host}: {exc.strerror or exc}"
+        return False, f"offline: cannot reach {host}"
 
 
 def _download_imagenet(progress: Progress) -> Path:

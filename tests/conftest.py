@@ -1,0 +1,61 @@
+"""Shared fixtures: tiny Keras models (seconds through every stage) and a CLI runner."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def make_tiny_model(path: Path, input_shape=(32, 32, 3), classes: int = 10, softmax: bool = True,
+                    seed: int = 0) -> Path:
+    """A small conv net with Xception's op kinds (conv, BN, ReLU, depthwise, pointwise, pool, dense)."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input(input_shape)
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same")(inp)
+    x = keras.layers.BatchNormalization()(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.SeparableConv2D(16, 3, padding="same")(x)
+    x = keras.layers.MaxPooling2D(3, strides=2, padding="same")(x)
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    out = keras.layers.Dense(classes, activation="softmax" if softmax else None)(x)
+    keras.Model(inp, out).save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory) -> Path:
+    return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny.keras")
+
+
+@pytest.fixture
+def cli(capsys):
+    """Run ``python -m pipeline`` in-process: returns (exit code, stdout, stderr)."""
+    from pipeline.cli import main
+
+    def run(*args: str):
+        previous = signal.getsignal(signal.SIGTERM)
+        try:
+            code = main([str(a) for a in args])
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+        out, err = capsys.readouterr()
+        return code, out, err
+    return run
+
+
+def run_module(*args: str, **kwargs) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "pipeline", *map(str, args)], cwd=ROOT,
+                          capture_output=True, text=True, **kwargs)
+
+
+def error_lines(stderr: str) -> list[str]:
+    return [line for line in stderr.splitlines() if line.startswith("error:")]
