@@ -59,3 +59,13 @@ def run_module(*args: str, **kwargs) -> subprocess.CompletedProcess:
 
 def error_lines(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("error:")]
+
+
+def write_target(folder: Path, name: str, artifacts: list[str], extra: str = "") -> Path:
+    """A target file for tests (e.g. one artifact only, to keep Xception-size tests short)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    listed = ", ".join(f'"{a}"' for a in artifacts)
+    (folder / f"{name}.toml").write_text(
+        f'description = "test target"\narch = "x86_64"\nartifacts = [{listed}]\n{extra}'
+        '[cpu]\ncore = "host"\ncores = 0\n[bench]\nthreads = 0\n')
+    return folder

@@ -10,6 +10,7 @@ from PIL import Image
 
 from pipeline.compiler import CompileOptions, compile_target
 from pipeline.versions import tool_versions
+from tests.conftest import write_target
 
 MANIFEST_ARTIFACT_KEYS = {"file", "format", "precision", "runtime", "device", "sha256", "bytes", "accuracy"}
 
@@ -131,9 +132,10 @@ def test_config_change_reruns_only_downstream(compiled):
 
 
 def test_random_weights_any_size(tmp_path):
-    result = compile_target(CompileOptions(target="host", weights="random", input_size=71, num_classes=5,
+    targets = write_target(tmp_path / "targets", "one", ["tflite-fp32"])
+    result = compile_target(CompileOptions(target="one", weights="random", input_size=71, num_classes=5,
                                            out_dir=tmp_path / "b", cache_dir=tmp_path / "c", eval_n=4,
-                                           calib_n=4), versions=None)
+                                           targets_dir=targets))
     m = result.manifest
     assert m["model"]["weights"] == "random" and m["model"]["input_shape"] == [1, 71, 71, 3]
     assert m["model"]["num_classes"] == 5 and m["model"]["parameters"] > 20_000_000   # the full Xception

@@ -1,0 +1,26 @@
+"""The reference Xception (full architecture, digits, 71x71) compiled for host. Minutes: `make test-slow`."""
+import hashlib
+
+import pytest
+
+from pipeline.compiler import CompileOptions, compile_target
+
+pytestmark = pytest.mark.slow
+
+
+def test_reference_xception_for_host(tmp_path):
+    # The reference model and stage cache are the user's (default cache dir): built once, then re-used.
+    result = compile_target(CompileOptions(target="host", weights="reference", out_dir=tmp_path / "build"))
+    m = result.manifest
+    assert m["model"]["weights"] == "reference" and m["model"]["input_shape"] == [1, 71, 71, 3]
+    assert m["model"]["parameters"] > 20_000_000
+    assert m["eval"]["labels"] and m["eval"]["float_top1"] >= 0.95
+    by_file = {a["file"]: a for a in m["artifacts"]}
+    for name in ("xception_int8.tflite", "xception_int8.onnx"):
+        acc = by_file[name]["accuracy"]
+        assert acc["agreement_top1"] >= 0.99, (name, acc)
+        assert acc["top1"] >= m["eval"]["float_top1"] - 0.01, (name, acc)
+    assert by_file["xception_int8.tflite"]["bytes"] < 0.3 * by_file["xception_fp32.tflite"]["bytes"]
+    for a in m["artifacts"]:
+        data = (tmp_path / "build" / "host" / a["file"]).read_bytes()
+        assert hashlib.sha256(data).hexdigest() == a["sha256"]
