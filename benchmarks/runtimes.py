@@ -1,16 +1,17 @@
 """Open an artifact with its runtime and run it on float inputs, returning float logits.
 
 Runtimes are imported only when an artifact needs them: LiteRT (``ai_edge_litert``, or
-``tflite_runtime`` on boards that have only that), ONNX Runtime, and (next) the TVM runtime.
+``tflite_runtime`` on boards that have only that), ONNX Runtime, and the TVM runtime.
 Quantized inputs/outputs are (de)quantized here with the scale and zero point the model carries.
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 
-RUNTIMES = ("litert", "onnxruntime")
+RUNTIMES = ("litert", "onnxruntime", "tvm")
 
 
 class RuntimeMissing(RuntimeError):
@@ -40,20 +41,11 @@ class LiteRTSession:
         self.input_shape = tuple(int(d) for d in self.input["shape"])
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        dtype = self.input["dtype"]
-        if dtype in (np.int8, np.uint8):
-            scale, zero = self.input["quantization"]
-            info = np.iinfo(dtype)
-            x = np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
-        else:
-            x = x.astype(dtype)
-        self.interpreter.set_tensor(self.input["index"], x)
+        scale, zero = self.input["quantization"]
+        self.interpreter.set_tensor(self.input["index"], quantize(x, self.input["dtype"], scale, zero))
         self.interpreter.invoke()
-        y = self.interpreter.get_tensor(self.output["index"])
-        if self.output["dtype"] in (np.int8, np.uint8):
-            scale, zero = self.output["quantization"]
-            y = (y.astype(np.float32) - zero) * scale
-        return y.astype(np.float32)
+        scale, zero = self.output["quantization"]
+        return dequantize(self.interpreter.get_tensor(self.output["index"]), scale, zero)
 
 
 class OnnxSession:
@@ -74,11 +66,57 @@ class OnnxSession:
         return self.session.run(None, {self.input_name: x.astype(np.float32)})[0].astype(np.float32)
 
 
-def open_session(path: Path, runtime: str, threads: int):
+class TvmSession:
+    """A TVM Relax library (export_library .so) run by the Relax VM on the CPU.
+
+    ``io`` carries the input/output dtype, scale and zero point (from the manifest), since the
+    library itself does not: int8 libraries take and give int8 like the TFLite model they came from.
+    """
+
+    def __init__(self, path: Path, threads: int, io: dict | None):
+        if threads:
+            os.environ.setdefault("TVM_NUM_THREADS", str(threads))
+        try:
+            import tvm
+            from tvm import relax
+        except ImportError:
+            raise RuntimeMissing("no TVM runtime: install apache-tvm") from None
+        self._tensor = tvm.runtime.tensor
+        self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
+        self.main = self.vm["main"]
+        self.io = io or {"input": {"dtype": "float32"}, "output": {"dtype": "float32"}}
+        self.input_shape = tuple(self.io["input"].get("shape", ()))
+        self.provider = f"tvm {tvm.__version__}"
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        i, o = self.io["input"], self.io["output"]
+        result = self.main(self._tensor(quantize(x, np.dtype(i["dtype"]), i.get("scale"), i.get("zero_point"))))
+        y = result.numpy() if hasattr(result, "numpy") else result[0].numpy()
+        return dequantize(y, o.get("scale"), o.get("zero_point"))
+
+
+def quantize(x: np.ndarray, dtype, scale, zero) -> np.ndarray:
+    """Float input -> the model's input dtype (int8/uint8 with scale and zero point, else a cast)."""
+    dtype = np.dtype(dtype)
+    if dtype.kind in "iu" and scale:
+        info = np.iinfo(dtype)
+        return np.clip(np.round(x / scale + zero), info.min, info.max).astype(dtype)
+    return x.astype(dtype)
+
+
+def dequantize(y: np.ndarray, scale, zero) -> np.ndarray:
+    if y.dtype.kind in "iu" and scale:
+        return ((y.astype(np.float32) - zero) * scale).astype(np.float32)
+    return y.astype(np.float32)
+
+
+def open_session(path: Path, runtime: str, threads: int, io: dict | None = None):
     if runtime == "litert":
         return LiteRTSession(path, threads)
     if runtime == "onnxruntime":
         return OnnxSession(path, threads)
+    if runtime == "tvm":
+        return TvmSession(path, threads, io)
     raise ValueError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
 
 

@@ -115,16 +115,31 @@ def summary_table(manifest: dict) -> str:
             f"{ev['n']} images from {ev['source']}"
             + (f", float top-1 {ev['float_top1'] * 100:.1f}%" if ev.get("float_top1") is not None else ""))
     rows = [("artifact", "runtime", "device", "size", "agree top-1", "top-1", "top-5", "mean|dlogit|")]
+    notes = []
     for a in manifest["artifacts"]:
         acc = a["accuracy"]
         pct = lambda v: "-" if v is None else f"{v * 100:.1f}%"
+        if "opencl_kernels" in a:
+            notes.append(f"{a['file']}: OpenCL module with {a['opencl_kernels']} kernels; source {a['opencl_source']}")
+        if acc is None:
+            rows.append((a["file"], a["runtime"], a["device"], _size(a["bytes"]), "not run", "", "", ""))
+            notes.append(f"{a['file']}: {a.get('accuracy_note', 'not run')}")
+            continue
         rows.append((a["file"], a["runtime"], a["device"], _size(a["bytes"]),
                      pct(acc["agreement_top1"]), pct(acc["top1"]), pct(acc["top5"]),
                      f"{acc['mean_abs_logit_delta']:.4f}"))
+        if acc["n"] != ev["n"]:
+            notes.append(f"{a['file']}: checked on the first {acc['n']} of {ev['n']} eval images")
+        if "vs_litert" in acc:
+            v = acc["vs_litert"]
+            diff = (f"max {v['max_quant_steps']} quantization step(s)" if "max_quant_steps" in v
+                    else f"max relative difference {v['max_rel_diff']:.1e}")
+            notes.append(f"{a['file']}: against LiteRT on the same TFLite model: {diff}, "
+                         f"top-1 agreement {v['agreement_top1'] * 100:.1f}%")
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
-    return head + "\n\n" + "\n".join(lines)
+    return head + "\n\n" + "\n".join(lines) + "".join(f"\n  {n}" for n in notes)
 
 
 def _size(n: int) -> str:

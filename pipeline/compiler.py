@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import datetime
+import importlib.util
 import json
 import os
+import platform
 import shutil
 import traceback
 from dataclasses import dataclass, field
@@ -16,17 +18,20 @@ from pathlib import Path
 from typing import Mapping
 
 from pipeline import __version__
-from pipeline.cache import CacheEntry, StageCache, sha256_file, sha256_tree, stage_key
+from pipeline.cache import CacheEntry, StageCache, canonical_json, sha256_file, sha256_tree, stage_key
 from pipeline.datasets import ImageSource, folder_images
-from pipeline.errors import InputError, PipelineError, StageError
+from pipeline.errors import InputError, MissingDependencyError, PipelineError, StageError
 from pipeline.output import TargetLock, ensure_writable, publish, staging_dir, write_json
 from pipeline.progress import Progress
 from pipeline.sources import ModelSource, check_size, resolve
-from pipeline.stages import build, calibrate, check, convert
+from pipeline.stages import build, calibrate, check, convert, tvm_build
 from pipeline.targets import ARTIFACT_KINDS, TARGETS_DIR, Target, load_target
 from pipeline.versions import tool_versions
 
 EXTENSIONS = {"tflite": "tflite", "onnx": "onnx"}
+# Untuned TVM runs Xception-71 at about 1 s per image on 2 cores: its on-host check against LiteRT
+# and the float reference uses the first images of the eval set (the manifest records n).
+TVM_CHECK_IMAGES = 32
 
 
 def default_cache_dir() -> Path:
@@ -120,19 +125,73 @@ class _Compilation:
             except (PipelineError, KeyboardInterrupt):
                 raise
             except Exception as exc:
-                raise StageError(self._failure(label, exc)) from exc
+                raise StageError(self._failure(label, getattr(config, "file_name", ""), exc)) from exc
         for name, digest in entry.files.items():
             self.hashes[entry.file(name)] = digest
         self.runs.append(StageRun(module.NAME, label, key, cached))
         return entry
 
-    def _failure(self, label: str, exc: Exception) -> str:
+    def _converted(self, kind: str) -> tuple[CacheEntry, str]:
+        """The convert stage's entry for one TFLite/ONNX kind (also the source of TVM builds)."""
+        fmt, precision, _, _ = ARTIFACT_KINDS[kind]
+        file_name = f"{self.model_name}_{precision}.{EXTENSIONS[fmt]}"
+        inputs = {"model": self.built.file("model.keras")}
+        if kind in convert.NEEDS_CALIBRATION:
+            inputs["calib"] = self.calibrated.file("calib.npz")
+        return self.stage(convert, convert.Config(kind, file_name), inputs, f"convert {kind}"), file_name
+
+    def _tvm_artifact(self, kind: str, precision: str, device: str) -> dict:
+        target = self.target
+        source, source_file = self._converted("tflite-int8" if precision == "int8" else "tflite-fp32")
+        file_name = f"{self.model_name}_{precision}{'_opencl' if device == 'gpu' else ''}.so"
+        native = target.arch == platform.machine()
+        spec = target.tvm.target
+        if native and isinstance(spec, dict) and target.cpu.cores == 0 and "num-cores" not in spec:
+            spec = spec | {"num-cores": os.cpu_count() or 1}
+        detect_cpu = native and isinstance(spec, dict) and "mcpu" not in spec and "mtriple" not in spec
+        config = tvm_build.Config(kind=kind, file_name=file_name, target=canonical_json(spec),
+                                  host=canonical_json(target.tvm.host), host_cpu=_cpu_model() if detect_cpu else "",
+                                  linker=self._linker(), arch=target.arch)
+        made = self.stage(tvm_build, config, {"tflite": source.file(source_file)}, f"tvm {kind}")
+        info = json.loads(made.file("tvm.json").read_text())
+        record = {"file": file_name, "path": made.file(file_name), "sha256": made.files[file_name],
+                  "tvm_target": info["tvm_target"], "arch": target.arch, "io": info["io"],
+                  "source_tflite": source_file, "accuracy": None}
+        if device == "gpu":
+            record["opencl_source"] = Path(file_name).stem + ".cl"
+            record["opencl_kernels"] = info["opencl_kernels"]
+            record["extra"] = {record["opencl_source"]: made.file(record["opencl_source"])}
+            record["accuracy_note"] = "not run here: OpenCL artifacts need the board's GPU"
+        elif not native:
+            record["accuracy_note"] = f"not run here: built for {target.arch}, this machine is {platform.machine()}"
+        else:
+            checked = self.stage(check, check.Config(kind, "tvm", limit=TVM_CHECK_IMAGES),
+                                 {"artifact": made.file(file_name), "eval": self.built.file("eval.npz"),
+                                  "tvm_info": made.file("tvm.json"), "litert_twin": source.file(source_file)},
+                                 f"check {kind}")
+            record["accuracy"] = json.loads(checked.file("accuracy.json").read_text())
+        return record
+
+    def _linker(self) -> str:
+        target = self.target
+        if target.arch == platform.machine():
+            return "native"
+        if target.tvm.cross_compiler and shutil.which(target.tvm.cross_compiler):
+            return target.tvm.cross_compiler
+        if importlib.util.find_spec("ziglang") is not None:
+            return f"zig:{target.arch}-linux-gnu"
+        raise MissingDependencyError(
+            f"no cross linker for {target.arch}: neither {target.tvm.cross_compiler or 'a cross compiler'} nor "
+            f"ziglang is installed; run `make setup` (installs ziglang) or `apt-get install gcc-aarch64-linux-gnu`")
+
+    def _failure(self, label: str, artifact: str, exc: Exception) -> str:
         logs = self.options.out_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = logs / f"{self.target.name}-{label.replace(' ', '_').replace('/', '_')}.log"
         log.write_text("".join(traceback.format_exception(exc)))
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
-        return (f"stage {label} failed for target {self.target.name}: {type(exc).__name__}: {first} "
+        what = f" ({artifact})" if artifact else ""
+        return (f"stage {label}{what} failed for target {self.target.name}: {type(exc).__name__}: {first} "
                 f"(full log: {log})")
 
     # -- the compilation ------------------------------------------------------------------------
@@ -155,8 +214,9 @@ class _Compilation:
             seed=opts.seed, labels_known=source.kind == "reference"), build_inputs, "build")
         info = json.loads(built.file("model.json").read_text())
 
-        needs_calibration = any(k in convert.NEEDS_CALIBRATION for k in target.artifacts)
-        calibrated = None
+        needs_calibration = any(precision == "int8" for _, precision, _, _ in
+                                (ARTIFACT_KINDS[k] for k in target.artifacts))
+        self.calibrated = None
         if needs_calibration:
             calib_source = (ImageSource("folder", folder=str(opts.calib_dir)) if opts.calib_dir
                             else ImageSource("digits", split="calib"))
@@ -166,25 +226,25 @@ class _Compilation:
             calib_inputs = {"model_info": built.file("model.json")}
             if opts.calib_dir:
                 calib_inputs["images"] = Path(opts.calib_dir)
-            calibrated = self.stage(calibrate, calibrate.Config(calib_source, opts.calib_n, opts.seed),
-                                    calib_inputs, "calibrate")
+            self.calibrated = self.stage(calibrate, calibrate.Config(calib_source, opts.calib_n, opts.seed),
+                                         calib_inputs, "calibrate")
+        self.built, self.model_name = built, model_name
 
         artifacts = []
         for kind in target.artifacts:
             fmt, precision, runtime, device = ARTIFACT_KINDS[kind]
-            file_name = f"{model_name}_{precision}.{EXTENSIONS[fmt]}"
-            inputs = {"model": built.file("model.keras")}
-            if kind in convert.NEEDS_CALIBRATION:
-                inputs["calib"] = calibrated.file("calib.npz")
-            made = self.stage(convert, convert.Config(kind, file_name), inputs, f"convert {kind}")
-            checked = self.stage(check, check.Config(kind, runtime),
-                                 {"artifact": made.file(file_name), "eval": built.file("eval.npz")},
-                                 f"check {kind}")
-            artifacts.append({"kind": kind, "file": file_name, "format": fmt, "precision": precision,
-                              "runtime": runtime, "device": device, "path": made.file(file_name),
-                              "sha256": made.files[file_name],
-                              "accuracy": json.loads(checked.file("accuracy.json").read_text())})
-        return self._package(source, model_name, info, built, calibrated, artifacts)
+            record = {"kind": kind, "format": fmt, "precision": precision, "runtime": runtime, "device": device}
+            if fmt == "tvm":
+                record |= self._tvm_artifact(kind, precision, device)
+            else:
+                made, file_name = self._converted(kind)
+                checked = self.stage(check, check.Config(kind, runtime),
+                                     {"artifact": made.file(file_name), "eval": built.file("eval.npz")},
+                                     f"check {kind}")
+                record |= {"file": file_name, "path": made.file(file_name), "sha256": made.files[file_name],
+                           "accuracy": json.loads(checked.file("accuracy.json").read_text())}
+            artifacts.append(record)
+        return self._package(source, model_name, info, built, self.calibrated, artifacts)
 
     def _package(self, source: ModelSource, model_name: str, info: dict, built: CacheEntry,
                  calibrated: CacheEntry | None, artifacts: list[dict]) -> CompileResult:
@@ -195,14 +255,15 @@ class _Compilation:
             shutil.copyfile(built.file("eval.npz"), staging / "eval" / "eval.npz")
             listed = []
             for art in artifacts:
+                for name, path in art.pop("extra", {}).items():
+                    shutil.copyfile(path, staging / name)
                 dest = staging / art["file"]
                 shutil.copyfile(art["path"], dest)
                 digest = sha256_file(dest)
                 if digest != art["sha256"]:
                     raise StageError(f"cache entry for {art['file']} is corrupt (sha256 {digest} != recorded "
                                      f"{art['sha256']}); remove {art['path'].parent} and compile again")
-                listed.append({k: v for k, v in art.items() if k not in ("path", "kind")}
-                              | {"kind": art["kind"], "bytes": dest.stat().st_size})
+                listed.append({k: v for k, v in art.items() if k != "path"} | {"bytes": dest.stat().st_size})
             manifest = {
                 "target": target.name,
                 "model": {"name": model_name, "weights": source.kind, "weights_requested": source.requested,
@@ -229,6 +290,17 @@ class _Compilation:
                 shutil.rmtree(staging, ignore_errors=True)
         path = opts.out_dir / target.name / "manifest.json"
         return CompileResult(path, manifest, self.runs)
+
+
+def _cpu_model() -> str:
+    """This machine's CPU model (part of a native TVM build's cache key; TVM itself picks mcpu)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _safe_name(stem: str) -> str:

@@ -21,6 +21,9 @@ ARTIFACT_KINDS: dict[str, tuple[str, str, str, str]] = {
     "tflite-fp16": ("tflite", "fp16", "litert", "gpu"),
     "onnx-fp32": ("onnx", "fp32", "onnxruntime", "cpu"),
     "onnx-int8": ("onnx", "int8", "onnxruntime", "cpu"),
+    "tvm-fp32": ("tvm", "fp32", "tvm", "cpu"),
+    "tvm-int8": ("tvm", "int8", "tvm", "cpu"),
+    "tvm-gpu-fp32": ("tvm", "fp32", "tvm", "gpu"),
 }
 ARCHES = ("aarch64", "x86_64")
 GPU_APIS = ("opencl",)
@@ -108,6 +111,10 @@ def parse_target(name: str, path: Path) -> Target:
                                   f"got {type(t[key]).__name__}")
         tvm = TvmSpec(target=t["target"], host=t.get("host"),
                       cross_compiler=_str(t.get("cross_compiler", ""), f"{where}: tvm.cross_compiler"))
+    if tvm is None and any(k.startswith("tvm-") for k in artifacts):
+        raise ConfigError(f"{where}: artifacts ask for TVM builds but there is no [tvm] table with a target")
+    if gpu is None and "tvm-gpu-fp32" in artifacts:
+        raise ConfigError(f"{where}: tvm-gpu-fp32 needs a [gpu] table (api = \"opencl\")")
     return Target(
         name=name,
         description=_str(top["description"], f"{where}: description"),

@@ -14,6 +14,8 @@ TOOLS = {
     "tf2onnx": ("tf2onnx",),
     "apache-tvm": ("apache-tvm",),
     "apache-tvm-ffi": ("apache-tvm-ffi",),
+    "tflite": ("tflite",),
+    "ziglang": ("ziglang",),
     "numpy": ("numpy",),
     "scikit-learn": ("scikit-learn",),
     "pillow": ("pillow",),

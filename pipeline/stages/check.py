@@ -1,7 +1,9 @@
 """check: run an artifact on the eval set right after it is made, against the float reference.
 
 Output: accuracy.json with top-1 agreement with float, top-1/top-5 when labels are known, and the
-mean absolute logit difference. Uses the same runtime code as the device runner.
+mean absolute logit difference. Uses the same runtime code as the device runner. A TVM library is
+also compared with LiteRT running the TFLite model it was compiled from: fp32 logits within 1e-4
+relative, int8 outputs within one quantization step.
 """
 from __future__ import annotations
 
@@ -17,14 +19,17 @@ from pipeline.errors import StageError
 from pipeline.progress import Progress
 
 NAME = "check"
-VERSION = 1
-TOOLS = ("ai-edge-litert", "onnxruntime", "numpy")
+VERSION = 2
+TOOLS = ("ai-edge-litert", "onnxruntime", "apache-tvm", "numpy")
+FP32_RELATIVE_TOLERANCE = 1e-4
+INT8_STEP_TOLERANCE = 1
 
 
 @dataclass(frozen=True)
 class Config:
     kind: str
     runtime: str
+    limit: int = 0            # only the first N eval images (0 = all)
 
 
 def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progress) -> None:
@@ -32,12 +37,40 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     from benchmarks.runtimes import open_session, run_all
 
     data = np.load(inputs["eval"])
-    session = open_session(inputs["artifact"], config.runtime, threads=os.cpu_count() or 1)
-    with progress.bar(f"checking {config.kind} on the eval set", len(data["inputs"])) as bar:
-        logits = run_all(session, data["inputs"], on_step=bar.update)
+    n = min(config.limit or len(data["inputs"]), len(data["inputs"]))
+    x = data["inputs"][:n]
+    threads = os.cpu_count() or 1
+    name = inputs["artifact"].name
+    io = json.loads(inputs["tvm_info"].read_text())["io"] if "tvm_info" in inputs else None
+    session = open_session(inputs["artifact"], config.runtime, threads, io)
+    with progress.bar(f"checking {name} on {n} eval images", n) as bar:
+        logits = run_all(session, x, on_step=bar.update)
     if not np.all(np.isfinite(logits)):
-        raise StageError(f"{inputs['artifact'].name} produced non-finite outputs (NaN or inf) on the eval "
-                         f"set; the artifact is broken")
-    labels = data["labels"] if "labels" in data.files else None
-    result = accuracy(logits, data["logits"], labels)
+        raise StageError(f"{name} produced non-finite outputs (NaN or inf) on the eval set; the artifact is broken")
+    labels = data["labels"][:n] if "labels" in data.files else None
+    result = accuracy(logits, data["logits"][:n], labels)
+    if "litert_twin" in inputs:
+        twin = run_all(open_session(inputs["litert_twin"], "litert", threads), x)
+        result["vs_litert"] = compare_with_litert(name, logits, twin, io)
     (out / "accuracy.json").write_text(json.dumps(result, indent=1))
+
+
+def compare_with_litert(name: str, logits: np.ndarray, twin: np.ndarray, io: dict) -> dict:
+    """TVM against LiteRT on the same TFLite model; a mismatch beyond tolerance is an error."""
+    diff = float(np.max(np.abs(logits - twin)))
+    result = {"n": int(len(logits)), "max_abs_diff": diff,
+              "agreement_top1": float(np.mean(np.argmax(logits, 1) == np.argmax(twin, 1)))}
+    scale = io["output"].get("scale")
+    if io["output"]["dtype"] in ("int8", "uint8") and scale:
+        steps = int(round(diff / scale))
+        result |= {"max_quant_steps": steps, "tolerance_steps": INT8_STEP_TOLERANCE}
+        if steps > INT8_STEP_TOLERANCE:
+            raise StageError(f"{name} differs from LiteRT by {steps} quantization steps on the output "
+                             f"(tolerance {INT8_STEP_TOLERANCE})")
+    else:
+        relative = diff / max(float(np.max(np.abs(twin))), 1e-12)
+        result |= {"max_rel_diff": relative, "tolerance_rel": FP32_RELATIVE_TOLERANCE}
+        if relative > FP32_RELATIVE_TOLERANCE:
+            raise StageError(f"{name} differs from LiteRT by {relative:.2e} relative on the logits "
+                             f"(tolerance {FP32_RELATIVE_TOLERANCE:.0e})")
+    return result

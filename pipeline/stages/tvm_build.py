@@ -1,0 +1,151 @@
+"""tvm: a TVM-compiled library from the pipeline's own TFLite artifact (fp32 or int8).
+
+CPU targets: one shared library for the target's exact CPU (mtriple / mcpu / mattr from the target
+file), linked by the native compiler or a cross linker. GPU targets (OpenCL): the library holds an
+OpenCL module and aarch64 host code; the stage refuses a build whose OpenCL module is missing or
+has no kernels (TVM silently builds CPU-only code when GPU schedules are missing) and writes the
+OpenCL source beside the library.
+
+Outputs: <file_name>, tvm.json (target actually used, arch, io quantization, kernel count),
+and <stem>.cl for OpenCL builds.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+from pipeline.errors import StageError
+from pipeline.progress import Progress
+
+NAME = "tvm"
+VERSION = 2
+TOOLS = ("apache-tvm", "apache-tvm-ffi", "tflite", "ziglang", "numpy")
+
+
+@dataclass(frozen=True)
+class Config:
+    kind: str                 # tvm-fp32 | tvm-int8 | tvm-gpu-fp32
+    file_name: str            # e.g. xception_int8.so
+    target: str               # JSON of the TVM target (dict or tag), as the target file gives it
+    host: str                 # JSON of the host target for GPU builds, or "null"
+    host_cpu: str             # native builds: this machine's CPU model (mcpu is then detected by LLVM)
+    linker: str               # "native", "zig:<triple>" or a cross compiler command
+    arch: str
+
+
+def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progress) -> None:
+    import tflite
+    import tvm
+    from tvm.relax.frontend.tflite import from_tflite
+
+    from tvm.target.codegen import llvm_get_system_cpu
+
+    target_spec = json.loads(config.target)
+    if config.host_cpu:                       # a native build: this machine's exact CPU
+        target_spec = target_spec | {"mcpu": llvm_get_system_cpu()}
+    host_spec = json.loads(config.host)
+    target = tvm.target.Target(target_spec, host=host_spec) if host_spec else tvm.target.Target(target_spec)
+
+    buffer = inputs["tflite"].read_bytes()
+    model = tflite.Model.GetRootAsModel(buffer, 0)
+    io = _io_quantization(model)
+    started = time.monotonic()
+    progress.log(f"  importing {inputs['tflite'].name} into Relax")
+    mod = from_tflite(model)
+    if isinstance(mod, tuple):
+        mod = mod[0]
+    progress.log(f"  compiling for {json.dumps(target_spec)}")
+    executable = tvm.compile(mod, target=target)
+    compile_seconds = time.monotonic() - started
+
+    kernels = 0
+    if target.kind.name == "opencl":
+        source = _opencl_source(executable.mod)
+        kernels = source.count("__kernel void") if source else 0
+        if not kernels:
+            raise StageError(f"TVM built no OpenCL kernels for {config.file_name} (target {json.dumps(target_spec)}): "
+                             f"the functions were not GPU-scheduled and would run on the CPU; refusing the artifact")
+        (out / (Path(config.file_name).stem + ".cl")).write_text(source)
+
+    progress.log(f"  linking {config.file_name} ({config.linker})")
+    library = out / config.file_name
+    executable.export_library(str(library), **_linker(config.linker))
+    details = {
+        "kind": config.kind,
+        "tvm_target": _plain(target.export()),
+        "arch": config.arch,
+        "io": io,
+        "linker": config.linker,
+        "opencl_kernels": kernels,
+        "compile_seconds": round(compile_seconds, 1),
+        "total_seconds": round(time.monotonic() - started, 1),
+    }
+    (out / "tvm.json").write_text(json.dumps(details, indent=1, default=str))
+
+
+def _plain(value):
+    """TVM's exported target (FFI maps, arrays, nested targets) as plain JSON-able Python values."""
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if hasattr(value, "export"):
+        return _plain(value.export())
+    if hasattr(value, "items"):
+        return {str(k): _plain(v) for k, v in value.items() if not (k == "tag" and not v)}
+    if isinstance(value, (list, tuple)) or hasattr(value, "__len__"):
+        return [_plain(v) for v in value]
+    return str(value)
+
+
+def _io_quantization(model) -> dict:
+    """dtype, scale and zero point of the model's input and output, read from the TFLite schema."""
+    import tflite
+
+    names = {getattr(tflite.TensorType, k): k.lower() for k in dir(tflite.TensorType) if k.isupper()}
+    graph = model.Subgraphs(0)
+
+    def describe(index: int) -> dict:
+        tensor = graph.Tensors(index)
+        quant = tensor.Quantization()
+        scale = float(quant.Scale(0)) if quant is not None and quant.ScaleLength() else None
+        zero = int(quant.ZeroPoint(0)) if quant is not None and quant.ZeroPointLength() else None
+        return {"dtype": names[tensor.Type()], "shape": [int(d) for d in tensor.ShapeAsNumpy()],
+                "scale": scale, "zero_point": zero}
+
+    return {"input": describe(graph.Inputs(0)), "output": describe(graph.Outputs(0))}
+
+
+def _opencl_source(module) -> str:
+    def find(m):
+        if m.kind == "opencl":
+            return m
+        for child in m.imports:
+            found = find(child)
+            if found is not None:
+                return found
+        return None
+
+    opencl = find(module)
+    return opencl.inspect_source() if opencl is not None else ""
+
+
+def _linker(spec: str) -> dict:
+    if spec == "native":
+        return {}
+    if spec.startswith("zig:"):
+        command = [sys.executable, "-m", "ziglang", "cc", "-target", spec[4:]]
+    else:
+        command = [spec]
+
+    def fcompile(output, objects, options=None):
+        cmd = [*command, "-shared", "-fPIC", "-o", output, *objects, *(options or [])]
+        done = subprocess.run(cmd, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"linker failed ({' '.join(cmd)}):\n{done.stdout}\n{done.stderr}")
+
+    fcompile.output_format = "so"
+    return {"fcompile": fcompile}

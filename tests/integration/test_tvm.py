@@ -1,0 +1,122 @@
+"""The TVM stage on a tiny model: host (run and compared with LiteRT), rpi4 (aarch64 ELF), mali (OpenCL)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pipeline.compiler import CompileOptions, compile_target
+from pipeline.errors import MissingDependencyError, StageError
+
+
+@pytest.fixture(scope="module")
+def build(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tvm")
+
+    def compile_for(target: str, **extra):
+        options = CompileOptions(target=target, weights=str(tiny_model), out_dir=root / "build",
+                                 cache_dir=root / "cache", calib_n=20, eval_n=40, **extra)
+        return compile_target(options).manifest, root / "build" / target
+    return compile_for
+
+
+def tvm_artifacts(manifest):
+    return {a["precision"]: a for a in manifest["artifacts"] if a["format"] == "tvm"}
+
+
+def test_host_tvm_runs_and_matches_litert(build):
+    manifest, folder = build("host")
+    tvm = tvm_artifacts(manifest)
+    assert set(tvm) == {"fp32", "int8"}
+    for precision, art in tvm.items():
+        assert art["runtime"] == "tvm" and art["device"] == "cpu" and art["arch"] == "x86_64"
+        assert art["tvm_target"]["kind"] == "llvm" and art["tvm_target"]["mcpu"]   # this machine's CPU
+        acc = art["accuracy"]
+        assert acc["n"] == 32 and acc["agreement_top1"] >= 0.9
+        vs = acc["vs_litert"]
+        if precision == "fp32":
+            assert vs["max_rel_diff"] <= 1e-4
+        else:
+            assert vs["max_quant_steps"] <= 1 and art["io"]["input"]["dtype"] == "int8"
+
+
+def test_host_tvm_library_loads_in_the_runner(build):
+    from benchmarks.runtimes import open_session
+
+    manifest, folder = build("host")
+    art = tvm_artifacts(manifest)["int8"]
+    session = open_session(folder / art["file"], "tvm", 1, art["io"])
+    x = np.load(folder / "eval" / "eval.npz")["inputs"][:1]
+    assert session.run(x).shape == (1, 10)
+
+
+def test_rpi4_library_is_an_aarch64_elf_for_the_exact_cpu(build):
+    manifest, folder = build("rpi4")
+    for art in tvm_artifacts(manifest).values():
+        header = (folder / art["file"]).read_bytes()[:20]
+        assert header[:4] == b"\x7fELF" and header[4] == 2                     # 64-bit ELF
+        assert int.from_bytes(header[16:18], "little") == 3                    # ET_DYN: shared object
+        assert int.from_bytes(header[18:20], "little") == 183                  # EM_AARCH64
+        assert art["tvm_target"]["mcpu"] == "cortex-a72"
+        assert "+dotprod" not in art["tvm_target"].get("mattr", [])
+        assert art["accuracy"] is None and "aarch64" in art["accuracy_note"]
+
+
+def test_mali_library_has_an_opencl_module_and_its_source(build):
+    manifest, folder = build("mali")
+    art = tvm_artifacts(manifest)["fp32"]
+    assert art["device"] == "gpu" and art["tvm_target"]["kind"] == "opencl"
+    assert art["opencl_kernels"] > 0
+    source = (folder / art["opencl_source"]).read_text()
+    assert source.count("__kernel void") == art["opencl_kernels"]
+    assert (folder / art["file"]).read_bytes()[18:20] == (183).to_bytes(2, "little")
+
+
+def test_unscheduled_gpu_build_is_refused(build, monkeypatch, tmp_path):
+    """TVM quietly builds CPU-only code when GPU schedules are missing: the stage must refuse it."""
+    import tvm
+
+    from pipeline.progress import Progress
+    from pipeline.stages import tvm_build
+
+    manifest, folder = build("mali")
+    real_compile = tvm.compile
+    monkeypatch.setattr(tvm, "compile", lambda mod, target: real_compile(mod, target=tvm.target.Target("llvm")))
+    config = tvm_build.Config(kind="tvm-gpu-fp32", file_name="x.so", target=json.dumps({"kind": "opencl"}),
+                              host="null", host_cpu="", linker="native", arch="x86_64")
+    tflite_file = folder / next(a["file"] for a in manifest["artifacts"] if a["kind"] == "tflite-fp32")
+    with pytest.raises(StageError, match=r"TVM built no OpenCL kernels for x\.so .*refusing the artifact"):
+        tvm_build.run({"tflite": tflite_file}, config, tmp_path, Progress(quiet=True))
+    assert not (tmp_path / "x.so").exists()
+
+
+def test_missing_cross_linker_is_one_clear_line(build, monkeypatch, tiny_model, tmp_path):
+    import importlib.util
+    import shutil
+
+    from pipeline import compiler
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "ziglang" else real_find_spec(name))
+    with pytest.raises(MissingDependencyError, match=r"no cross linker for aarch64: .*apt-get install gcc-aarch64-linux-gnu"):
+        compile_target(CompileOptions(target="rpi4", weights=str(tiny_model), out_dir=tmp_path / "b",
+                                      cache_dir=tmp_path / "c", calib_n=5, eval_n=5))
+    assert compiler is not None
+
+
+def test_tvm_failure_names_stage_target_artifact_and_log(build, monkeypatch, tiny_model, tmp_path):
+    import tvm
+
+    def broken(mod, target):
+        raise tvm.error.InternalError("simulated codegen failure\nwith a long C++ backtrace")
+
+    monkeypatch.setattr(tvm, "compile", broken)
+    with pytest.raises(StageError) as info:
+        compile_target(CompileOptions(target="rpi4", weights=str(tiny_model), out_dir=tmp_path / "b",
+                                      cache_dir=tmp_path / "c", calib_n=5, eval_n=5))
+    message = str(info.value)
+    assert "stage tvm tvm-fp32 (tiny_fp32.so) failed for target rpi4" in message
+    log = message.split("full log: ")[1].rstrip(")")
+    assert "simulated codegen failure" in open(log).read() and "\n" not in message
