@@ -24,3 +24,11 @@ def test_reference_xception_for_host(tmp_path):
     for a in m["artifacts"]:
         data = (tmp_path / "build" / "host" / a["file"]).read_bytes()
         assert hashlib.sha256(data).hexdigest() == a["sha256"]
+
+
+def test_reference_xception_tvm_matches_litert_on_host(tmp_path):
+    result = compile_target(CompileOptions(target="host", weights="reference", out_dir=tmp_path / "build"))
+    tvm = {a["precision"]: a for a in result.manifest["artifacts"] if a["format"] == "tvm"}
+    assert tvm["fp32"]["accuracy"]["vs_litert"]["max_rel_diff"] <= 1e-4
+    assert tvm["int8"]["accuracy"]["vs_litert"]["max_quant_steps"] <= 1
+    assert tvm["int8"]["accuracy"]["agreement_top1"] >= 0.99
