@@ -14,15 +14,30 @@ OUT        ?= build
 CACHE_DIR  ?=
 REFERENCE_DIR ?=
 PYTEST_ARGS ?=
+DEVICE     ?=
+PORT       ?=
+SSH_OPTS   ?=
+REMOTE_PYTHON ?= python3
+RPC        ?=
+KEY        ?=
+THREADS    ?= 0
+BENCH_EVAL_N ?= 0
+MIN_RUNS   ?= 10
+MIN_SECONDS ?= 2
+MAX_SECONDS ?= 30
+ACC_SECONDS ?= 120
 
 COMMON = --out '$(OUT)' $(if $(CACHE_DIR),--cache-dir '$(CACHE_DIR)') \
          $(if $(REFERENCE_DIR),--reference-dir '$(REFERENCE_DIR)')
 
-.PHONY: help setup compile targets test test-slow clean clean-cache
+.PHONY: help setup compile bench report peers targets test test-slow clean clean-cache
 
 help:
 	@echo "make setup                       create $(VENV) with the pinned dependencies (automatic)"
 	@echo "make compile TARGET=rpi4         compile a target into $(OUT)/<target>/ (see README for variables)"
+	@echo "make bench TARGET=rpi4 [DEVICE=user@host | RPC=host:port KEY=k]   benchmark the artifacts"
+	@echo "make report TARGET=rpi4          Markdown, plots and HTML from the newest results"
+	@echo "make peers                       LiteRT / ONNX Runtime / TVM on Xception 299x299 here, one run"
 	@echo "make targets                     list the targets"
 	@echo "make test                        run the fast test suite"
 	@echo "make test-slow                   run the Xception-size tests (minutes)"
@@ -42,6 +57,16 @@ compile: setup
 	  $(if $(CALIB),--calib '$(CALIB)') --calib-n '$(CALIB_N)' \
 	  $(if $(EVAL),--eval '$(EVAL)') --eval-n '$(EVAL_N)' \
 	  --input-size '$(INPUT_SIZE)' --classes '$(CLASSES)' $(COMMON)
+
+bench: setup
+	$(PY) -m pipeline bench --target '$(TARGET)' --out '$(OUT)' \
+	  $(if $(DEVICE),--device '$(DEVICE)' --remote-python '$(REMOTE_PYTHON)' --ssh-opts '$(SSH_OPTS)') \
+	  $(if $(PORT),--port '$(PORT)') $(if $(RPC),--rpc '$(RPC)') $(if $(KEY),--key '$(KEY)') \
+	  --threads '$(THREADS)' --eval-n '$(BENCH_EVAL_N)' --min-runs '$(MIN_RUNS)' \
+	  --min-seconds '$(MIN_SECONDS)' --max-seconds '$(MAX_SECONDS)' --accuracy-seconds '$(ACC_SECONDS)'
+
+report: setup
+	$(PY) -m pipeline report --target '$(TARGET)' --out '$(OUT)'
 
 targets: setup
 	$(PY) -m pipeline targets

@@ -31,3 +31,13 @@ def softmax(logits: np.ndarray) -> np.ndarray:
     shifted = logits - logits.max(axis=1, keepdims=True)
     e = np.exp(shifted)
     return e / e.sum(axis=1, keepdims=True)
+
+
+def latency_stats(samples_ms) -> dict:
+    """n, mean, std, min, p50, p90, p99, max of latency samples in milliseconds."""
+    a = np.asarray(samples_ms, dtype=np.float64)
+    if a.size == 0:
+        raise ValueError("no latency samples")
+    p50, p90, p99 = np.percentile(a, [50, 90, 99])
+    return {"n": int(a.size), "mean": float(a.mean()), "std": float(a.std()), "min": float(a.min()),
+            "p50": float(p50), "p90": float(p90), "p99": float(p99), "max": float(a.max())}

@@ -128,3 +128,10 @@ def run_all(session, inputs: np.ndarray, on_step=None) -> np.ndarray:
         if on_step:
             on_step()
     return np.stack(outputs)
+
+
+def runtime_available(runtime: str) -> bool:
+    import importlib.util
+
+    modules = {"litert": ("ai_edge_litert", "tflite_runtime"), "onnxruntime": ("onnxruntime",), "tvm": ("tvm",)}
+    return any(importlib.util.find_spec(m) is not None for m in modules.get(runtime, ()))

@@ -46,6 +46,27 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--classes", type=_int, default=1000, help="class count for --weights random")
     _common(comp, default_cache_dir())
 
+    be = verbs.add_parser("bench", help="benchmark OUT/<target>/ here, over ssh or a TVM RPC tracker (make bench)")
+    be.add_argument("--target", required=True)
+    be.add_argument("--out", type=Path, default=Path("build"), help="output folder (default build)")
+    be.add_argument("--device", help="user@host: run on a board over ssh")
+    be.add_argument("--port", type=_int, help="ssh port")
+    be.add_argument("--ssh-opts", default="", help="extra ssh options, e.g. '-i key -o UserKnownHostsFile=f'")
+    be.add_argument("--remote-python", default="python3", help="python on the board (default python3)")
+    be.add_argument("--rpc", help="host:port of a TVM RPC tracker (TVM artifacts)")
+    be.add_argument("--key", help="device key at the tracker (with --rpc)")
+    be.add_argument("--threads", type=_int, default=0)
+    be.add_argument("--eval-n", type=_int, default=0)
+    be.add_argument("--min-runs", type=_int, default=10)
+    be.add_argument("--min-seconds", type=float, default=2.0)
+    be.add_argument("--max-seconds", type=float, default=30.0)
+    be.add_argument("--accuracy-seconds", type=float, default=120.0)
+
+    rp = verbs.add_parser("report", help="Markdown, PNG plots and HTML from the newest results (make report)")
+    rp.add_argument("--target", required=True)
+    rp.add_argument("--out", type=Path, default=Path("build"), help="output folder (default build)")
+    rp.add_argument("--results", type=Path, help="a results file (default: the newest)")
+
     tg = verbs.add_parser("targets", help="list the targets and what each builds (make targets)")
     tg.add_argument("--targets-dir", type=Path, default=None, help=argparse.SUPPRESS)
 
@@ -78,7 +99,9 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        return {"compile": _compile, "targets": _targets, "clean": _clean, "test": _test}[args.verb](args)
+        verb = {"compile": _compile, "bench": _bench, "report": _report, "targets": _targets, "clean": _clean,
+                "test": _test}[args.verb]
+        return verb(args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
@@ -144,6 +167,54 @@ def summary_table(manifest: dict) -> str:
 
 def _size(n: int) -> str:
     return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def _bench(args) -> int:
+    import shlex
+
+    from benchmarks import run
+    from benchmarks.run import BenchError, Budget
+
+    build_dir = args.out / args.target
+    log = lambda message: print(message, file=sys.stderr, flush=True)
+    try:
+        if args.device and args.rpc:
+            raise BenchError("give DEVICE=user@host (ssh) or RPC=host:port (TVM tracker), not both")
+        budget = Budget(min_runs=args.min_runs, min_seconds=args.min_seconds, max_seconds=args.max_seconds,
+                        accuracy_seconds=args.accuracy_seconds)
+        if args.rpc:
+            from benchmarks.rpc import run_over_rpc
+
+            if not args.key:
+                raise BenchError("RPC=host:port needs KEY=<device key> (the key the boards registered under)")
+            results = run_over_rpc(build_dir, args.rpc, args.key, budget, args.eval_n, log)
+        elif args.device:
+            from benchmarks.ssh import run_over_ssh
+
+            runner_args = ["--threads", str(args.threads), "--eval-n", str(args.eval_n), "--min-runs",
+                           str(args.min_runs), "--min-seconds", str(args.min_seconds), "--max-seconds",
+                           str(args.max_seconds), "--accuracy-seconds", str(args.accuracy_seconds)]
+            results = run_over_ssh(build_dir, args.device, runner_args, args.port, shlex.split(args.ssh_opts),
+                                   args.remote_python, log)
+        else:
+            results = run.run_build(build_dir, args.threads, budget, args.eval_n, log=log)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    path = run.write_results(results, build_dir / "bench" / f"{results['run_id']}.json")
+    print(run.table(results))
+    for note in results["skipped"]:
+        print(f"  skipped {note['file']}: {note['reason']}")
+    for note in results["failed"]:
+        print(f"  FAILED {note['file']}: {note['reason']}")
+    print(f"\nresults: {path}")
+    return 3 if results["failed"] else 0
+
+
+def _report(args) -> int:
+    from benchmarks.report import main as report_main
+
+    return report_main([str(args.out / args.target)] + (["--results", str(args.results)] if args.results else []))
 
 
 def _targets(args) -> int:

@@ -1,0 +1,179 @@
+"""Render benchmark results: Markdown table, PNG plots and one self-contained HTML page.
+
+``python -m benchmarks.report build/<target>`` reads the newest ``bench/*.json`` (or ``--results``)
+and writes ``build/<target>/report/``. It only reads results; measuring lives in benchmarks.run.
+"""
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import os
+import sys
+from pathlib import Path
+
+from benchmarks.run import BenchError
+
+
+def latest_results(build_dir: Path) -> Path:
+    runs = sorted((build_dir / "bench").glob("*.json"), key=lambda p: (json.loads(p.read_text())["created"], p.name))
+    if not runs:
+        raise BenchError(f"no benchmark results in {build_dir}/bench/; run `make bench` first")
+    return runs[-1]
+
+
+def rows(results: dict) -> list[dict]:
+    """One row per artifact with the derived figures (speed-up over fp32 on the same runtime, ...)."""
+    fp32 = {(r["runtime"], r["device"]): r["latency_ms"]["p50"] for r in results["results"] if r["precision"] == "fp32"}
+    float_top1 = results.get("eval", {}).get("float_top1")
+    out = []
+    for r in results["results"]:
+        acc = r["accuracy"]
+        base = fp32.get((r["runtime"], r["device"]))
+        if acc["top1"] is not None and float_top1 is not None:
+            change = f"{(acc['top1'] - float_top1) * 100:+.2f} pt top-1"
+        else:
+            change = f"{(acc['agreement_top1'] - 1) * 100:+.2f} pt agreement"
+        out.append({
+            "file": r["file"], "runtime": r["runtime"], "precision": r["precision"],
+            "p50": r["latency_ms"]["p50"], "p90": r["latency_ms"]["p90"],
+            "speedup": (base / r["latency_ms"]["p50"]) if base else None,
+            "rss": r["peak_rss_mb"], "mb": r["bytes"] / 1e6, "change": change,
+            "agreement": acc["agreement_top1"], "top1": acc["top1"],
+        })
+    return out
+
+
+def markdown(results: dict) -> str:
+    d = results["device"]
+    lines = [f"# Benchmark: {results['target']} ({results['run_id']})", "",
+             f"- where: {results['where']}" + (f" ({results.get('remote') or results.get('tracker')})"
+                                               if results["where"] != "local" else ""),
+             f"- device: {d['cpu_model']}, {d['cores']} cores, {d['threads']} threads, governor {d['governor']}",
+             f"- created: {results['created']}; eval images: {results['eval']['n']}",
+             f"- throttled: {'YES: ' + ', '.join(d.get('throttle_reasons', [])) if d['throttled'] else 'no'}", "",
+             "| artifact | runtime | precision | p50 ms | p90 ms | speed-up vs fp32 | peak RSS MB | size MB | accuracy vs float |",
+             "|---|---|---|---:|---:|---:|---:|---:|---|"]
+    for r in rows(results):
+        speedup = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
+        rss = "-" if r["rss"] is None else f"{r['rss']:.0f}"
+        lines.append(f"| {r['file']} | {r['runtime']} | {r['precision']} | {r['p50']:.2f} | {r['p90']:.2f} | "
+                     f"{speedup} | {rss} | {r['mb']:.1f} | {r['change']} |")
+    for s in results.get("skipped", []):
+        lines.append(f"\nskipped {s['file']}: {s['reason']}")
+    for f in results.get("failed", []):
+        lines.append(f"\nFAILED {f['file']}: {f['reason']}")
+    return "\n".join(lines) + "\n"
+
+
+def plots(results: dict, folder: Path) -> dict[str, Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    table = rows(results)
+    names = [r["file"] for r in table]
+    paths = {}
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4.5))
+    samples = [r.get("samples_ms") or [r["latency_ms"]["p50"]] for r in results["results"]]
+    ax.boxplot(samples, showfliers=True)
+    ax.set_xticks(range(1, len(names) + 1), names, rotation=30, ha="right")
+    ax.set_yscale("log")
+    ax.set_ylabel("latency per inference (ms, log)")
+    ax.set_title(f"Latency distribution: {results['target']}")
+    paths["latency"] = _save(fig, folder / "latency.png")
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for r in table:
+        y = r["top1"] if r["top1"] is not None else r["agreement"]
+        ax.scatter(r["p50"], y * 100, s=40)
+        ax.annotate(r["file"], (r["p50"], y * 100), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency (ms, log)")
+    ax.set_ylabel("top-1 accuracy (%)" if any(r["top1"] is not None for r in table) else "top-1 agreement with float (%)")
+    ax.set_title("Accuracy against latency")
+    paths["accuracy_latency"] = _save(fig, folder / "accuracy_latency.png")
+
+    fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4.5))
+    ax.bar(names, [r["mb"] for r in table], color=["#4c72b0" if r["precision"] == "fp32" else "#dd8452" for r in table])
+    ax.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    ax.set_ylabel("size (MB)")
+    ax.set_title("Artifact size")
+    paths["size"] = _save(fig, folder / "size.png")
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}.png")
+    fig.savefig(tmp, dpi=110)
+    os.replace(tmp, path)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+    return path
+
+
+def html_page(results: dict, md: str, images: dict[str, Path]) -> str:
+    table = rows(results)
+    head = ("<tr>" + "".join(f"<th>{h}</th>" for h in ("artifact", "runtime", "precision", "p50 ms", "p90 ms",
+                                                        "speed-up vs fp32", "peak RSS MB", "size MB",
+                                                        "accuracy vs float")) + "</tr>")
+    body = ""
+    for r in table:
+        cells = (r["file"], r["runtime"], r["precision"], f"{r['p50']:.2f}", f"{r['p90']:.2f}",
+                 "-" if r["speedup"] is None else f"{r['speedup']:.2f}x",
+                 "-" if r["rss"] is None else f"{r['rss']:.0f}", f"{r['mb']:.1f}", r["change"])
+        body += "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>\n"
+    intro = "".join(f"<li>{html.escape(line[2:])}</li>" for line in md.splitlines() if line.startswith("- "))
+    pictures = "".join(
+        f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
+        f"<figcaption>{name.replace('_', ' ')}</figcaption></figure>" for name, path in images.items())
+    return f"""<!doctype html>
+<html><head><meta charset="utf-8"><title>{html.escape(results['target'])} benchmark</title>
+<style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
+td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
+img{{max-width:100%}}figure{{margin:1.5em 0}}</style></head>
+<body><h1>Benchmark: {html.escape(results['target'])}</h1><ul>{intro}</ul>
+<table>{head}\n{body}</table>{pictures}</body></html>
+"""
+
+
+def render(build_dir: Path, results_file: Path | None = None) -> dict[str, Path]:
+    results_file = results_file or latest_results(build_dir)
+    results = json.loads(results_file.read_text())
+    if not results["results"]:
+        raise BenchError(f"{results_file} holds no measured artifact; nothing to report")
+    folder = build_dir / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    md = markdown(results)
+    images = plots(results, folder)
+    out = {"markdown": folder / "report.md", "html": folder / "report.html"} | images
+    for key, text in (("markdown", md), ("html", html_page(results, md, images))):
+        tmp = out[key].with_name(f".{out[key].name}.tmp-{os.getpid()}")
+        tmp.write_text(text)
+        os.replace(tmp, out[key])
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.report", description=__doc__.splitlines()[0])
+    p.add_argument("build_dir", type=Path)
+    p.add_argument("--results", type=Path, help="a results file (default: the newest in BUILD_DIR/bench/)")
+    args = p.parse_args(argv)
+    try:
+        out = render(args.build_dir, args.results)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(out["markdown"].read_text())
+    for name, path in out.items():
+        print(f"{name}: {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

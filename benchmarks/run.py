@@ -1,0 +1,291 @@
+"""Device-side benchmark runner: ``python -m benchmarks.run build/<target>``.
+
+Needs only numpy and the runtimes it finds (LiteRT or tflite-runtime, ONNX Runtime, the TVM
+runtime); never imports TensorFlow, Keras or the ``pipeline`` package, so ``build/<target>/`` plus
+``benchmarks/`` copied to a board is enough. Each artifact runs in its own subprocess so memory
+figures are per artifact. Results: ``build/<target>/bench/<run-id>.json`` (benchmarks/results.schema.json).
+
+Exit codes: 0 ok; 2 bad input (no manifest, tampered artifact, bad option); 3 an artifact failed.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import hashlib
+import json
+import os
+import platform
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks import device
+from benchmarks.metrics import accuracy, latency_stats
+
+SCHEMA_VERSION = 1
+MAX_SAMPLES_KEPT = 2000      # samples_ms keeps at most this many (evenly strided) for the plots
+
+
+class BenchError(Exception):
+    """Bad input for the runner: one line, exit code 2."""
+
+
+@dataclass(frozen=True)
+class Budget:
+    warmup: int = 3          # runs after the first inference, not measured
+    min_runs: int = 10
+    min_seconds: float = 2.0
+    max_seconds: float = 30.0
+    accuracy_seconds: float = 120.0   # the accuracy pass stops after this long (n is recorded)
+
+
+# -- one artifact (child process) -------------------------------------------------------------------
+def _status_kb(field: str) -> int | None:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    except OSError:
+        pass
+    return None
+
+
+def _mb(kb: int | None) -> float | None:
+    return None if kb is None else round(kb / 1024.0, 1)
+
+
+def measure(path: Path, runtime: str, io: dict | None, eval_file: Path, threads: int, budget: Budget,
+            eval_n: int) -> dict:
+    from benchmarks.runtimes import open_session
+
+    data = np.load(eval_file)
+    inputs = data["inputs"] if not eval_n else data["inputs"][:eval_n]
+    x = inputs[:1]
+    rss_start = _status_kb("VmRSS")
+    start = time.perf_counter()
+    session = open_session(path, runtime, threads, io)
+    init_ms = (time.perf_counter() - start) * 1e3
+    start = time.perf_counter()
+    session.run(x)
+    first_ms = (time.perf_counter() - start) * 1e3
+    for _ in range(budget.warmup):
+        session.run(x)
+    rss_warm = _status_kb("VmRSS")
+    samples = []
+    began = time.perf_counter()
+    while True:
+        t0 = time.perf_counter()
+        session.run(x)
+        t1 = time.perf_counter()
+        samples.append((t1 - t0) * 1e3)
+        elapsed = t1 - began
+        if elapsed >= budget.max_seconds or (len(samples) >= budget.min_runs and elapsed >= budget.min_seconds):
+            break
+    rss_steady = _status_kb("VmRSS")
+    outputs, began = [], time.perf_counter()
+    for i in range(len(inputs)):
+        outputs.append(session.run(inputs[i:i + 1])[0])
+        if time.perf_counter() - began >= budget.accuracy_seconds:
+            break
+    logits = np.stack(outputs)
+    labels = data["labels"][:len(logits)] if "labels" in data.files else None
+    return {
+        "latency_ms": latency_stats(samples),
+        "samples_ms": [round(s, 4) for s in samples[::max(1, -(-len(samples) // MAX_SAMPLES_KEPT))]],
+        "init_ms": init_ms,
+        "first_ms": first_ms,
+        "peak_rss_mb": _mb(_status_kb("VmHWM")),
+        "rss_start_mb": _mb(rss_start),
+        "rss_growth_mb": _mb(rss_steady - rss_warm) if rss_steady is not None and rss_warm is not None else None,
+        "accuracy": accuracy(logits, data["logits"][:len(logits)], labels),
+        "provider": getattr(session, "provider", runtime),
+    }
+
+
+# -- the whole build folder (parent process) ----------------------------------------------------------
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def load_manifest(build_dir: Path) -> dict:
+    path = build_dir / "manifest.json"
+    if not path.is_file():
+        raise BenchError(f"{build_dir} has no manifest.json; give a folder made by `make compile` (build/<target>)")
+    try:
+        return json.loads(path.read_text())
+    except ValueError as exc:
+        raise BenchError(f"{path} is not valid JSON: {exc}") from None
+
+
+def verify(build_dir: Path, artifacts: list[dict]) -> None:
+    for art in artifacts:
+        path = build_dir / art["file"]
+        if not path.is_file():
+            raise BenchError(f"artifact {path} listed in the manifest is missing")
+        digest = sha256(path)
+        if digest != art["sha256"]:
+            raise BenchError(f"refusing {art['file']}: its sha256 {digest[:16]}... differs from the manifest's "
+                             f"{art['sha256'][:16]}... (modified or corrupt; recompile with `make compile`)")
+
+
+def skip_reason(art: dict) -> str | None:
+    from benchmarks.runtimes import runtime_available
+
+    if art["device"] == "gpu":
+        return "meant for the board's GPU (OpenCL / GPU delegate); not run on the CPU"
+    if art["format"] == "tvm" and art.get("arch") and art["arch"] != platform.machine():
+        return f"built for {art['arch']}, this machine is {platform.machine()}"
+    if not runtime_available(art["runtime"]):
+        return f"runtime {art['runtime']} is not installed here"
+    return None
+
+
+def run_artifact(build_dir: Path, art: dict, threads: int, budget: Budget, eval_n: int) -> dict:
+    """Measure one artifact in a fresh Python process; returns its result or raises RuntimeError."""
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "result.json"
+        cmd = [sys.executable, "-m", "benchmarks.run", "--child", str(build_dir / art["file"]),
+               "--runtime", art["runtime"], "--io", json.dumps(art.get("io")), "--threads", str(threads),
+               "--budget", json.dumps(asdict(budget)), "--eval-n", str(eval_n), "--out", str(out),
+               str(build_dir)]
+        env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"}
+        done = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
+                              env=env)
+        if done.returncode != 0 or not out.is_file():
+            if done.returncode < 0:
+                why = f"killed by {signal.Signals(-done.returncode).name}"
+            else:
+                why = f"exit code {done.returncode}"
+            tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+            raise RuntimeError(f"{why}: {tail}" if tail else why)
+        return json.loads(out.read_text())
+
+
+def run_build(build_dir: Path, threads: int = 0, budget: Budget = Budget(), eval_n: int = 0,
+              only: list[str] | None = None, log=print) -> dict:
+    manifest = load_manifest(build_dir)
+    artifacts = [a for a in manifest["artifacts"] if not only or a["file"] in only]
+    if only and len(artifacts) != len(set(only)):
+        known = ", ".join(a["file"] for a in manifest["artifacts"])
+        raise BenchError(f"--only names {sorted(set(only) - {a['file'] for a in artifacts})}, not in the manifest; "
+                         f"artifacts: {known}")
+    verify(build_dir, artifacts)
+    if not threads:
+        threads = manifest.get("config", {}).get("target", {}).get("bench", {}).get("threads") or os.cpu_count() or 1
+    before = device.snapshot()
+    results, skipped, failed = [], [], []
+    for art in artifacts:
+        reason = skip_reason(art)
+        if reason:
+            skipped.append({"file": art["file"], "reason": reason})
+            log(f"  {art['file']}: skipped ({reason})")
+            continue
+        log(f"  {art['file']}: measuring ({art['runtime']}, {threads} threads)")
+        try:
+            measured = run_artifact(build_dir, art, threads, budget, eval_n)
+        except RuntimeError as exc:
+            failed.append({"file": art["file"], "reason": str(exc)})
+            log(f"  {art['file']}: FAILED ({exc})")
+            continue
+        results.append({"file": art["file"], "runtime": art["runtime"], "precision": art["precision"],
+                        "device": art["device"], "format": art["format"], "bytes": art["bytes"]} | measured)
+    after = device.snapshot()
+    reasons = device.throttle_reasons(before["throttled"], after["throttled"])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    return {
+        "schema": SCHEMA_VERSION,
+        "run_id": now.strftime("%Y%m%dT%H%M%SZ") + f"-{os.getpid()}",
+        "created": now.isoformat(timespec="seconds"),
+        "target": manifest["target"],
+        "model": manifest["model"],
+        "where": "local",
+        "device": device.describe(threads) | {"before": before, "after": after, "throttled": bool(reasons),
+                                             "throttle_reasons": reasons},
+        "budget": asdict(budget),
+        "eval": {"n": (min(eval_n, manifest["eval"]["n"]) if eval_n else manifest["eval"]["n"]),
+                 "float_top1": manifest["eval"].get("float_top1"), "labels": manifest["eval"]["labels"]},
+        "results": results,
+        "skipped": skipped,
+        "failed": failed,
+    }
+
+
+def write_results(results: dict, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(results, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def table(results: dict) -> str:
+    rows = [("artifact", "runtime", "p50 ms", "p90 ms", "n", "init ms", "peak RSS MB", "agree top-1", "top-1", "eval n")]
+    for r in results["results"]:
+        acc = r["accuracy"]
+        rows.append((r["file"], r["runtime"], f"{r['latency_ms']['p50']:.2f}", f"{r['latency_ms']['p90']:.2f}",
+                     str(r["latency_ms"]["n"]), f"{r['init_ms']:.0f}",
+                     "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}",
+                     f"{acc['agreement_top1'] * 100:.1f}%", "-" if acc["top1"] is None else f"{acc['top1'] * 100:.1f}%",
+                     str(acc["n"])))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
+    p.add_argument("build_dir", type=Path, help="a compiled target folder, e.g. build/host")
+    p.add_argument("--threads", type=int, default=0, help="inference threads (default: the target's bench.threads)")
+    p.add_argument("--warmup", type=int, default=Budget.warmup)
+    p.add_argument("--min-runs", type=int, default=Budget.min_runs)
+    p.add_argument("--min-seconds", type=float, default=Budget.min_seconds)
+    p.add_argument("--max-seconds", type=float, default=Budget.max_seconds)
+    p.add_argument("--eval-n", type=int, default=0, help="eval images for accuracy (default 0 = all)")
+    p.add_argument("--accuracy-seconds", type=float, default=Budget.accuracy_seconds,
+                   help="stop an artifact's accuracy pass after this long (default 120; n is recorded)")
+    p.add_argument("--only", action="append", help="measure only this artifact file (repeatable)")
+    p.add_argument("--out", type=Path, help="results file (default BUILD_DIR/bench/<run-id>.json)")
+    p.add_argument("--child", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--runtime", help=argparse.SUPPRESS)
+    p.add_argument("--io", help=argparse.SUPPRESS)
+    p.add_argument("--budget", help=argparse.SUPPRESS)
+    args = p.parse_args(argv)
+    if args.child:
+        result = measure(args.child, args.runtime, json.loads(args.io), args.build_dir / "eval" / "eval.npz",
+                         args.threads, Budget(**json.loads(args.budget)), args.eval_n)
+        write_results(result, args.out)
+        return 0
+    try:
+        if min(args.warmup, args.min_runs - 1, args.eval_n, args.threads) < 0 or args.max_seconds <= 0:
+            raise BenchError("--warmup/--eval-n/--threads must be >= 0, --min-runs >= 1, --max-seconds > 0")
+        budget = Budget(args.warmup, args.min_runs, args.min_seconds, args.max_seconds, args.accuracy_seconds)
+        log = lambda message: print(message, file=sys.stderr, flush=True)
+        results = run_build(args.build_dir, args.threads, budget, args.eval_n, args.only, log)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    path = write_results(results, args.out or args.build_dir / "bench" / f"{results['run_id']}.json")
+    print(table(results))
+    for s in results["skipped"]:
+        print(f"  skipped {s['file']}: {s['reason']}")
+    for f in results["failed"]:
+        print(f"  FAILED {f['file']}: {f['reason']}")
+    if results["device"]["throttled"]:
+        print(f"  THROTTLED run: {', '.join(results['device']['throttle_reasons'])}")
+    print(f"\nresults: {path}")
+    return 3 if results["failed"] else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

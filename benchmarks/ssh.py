@@ -1,0 +1,77 @@
+"""Run the benchmark on a board over ssh: push build/<target> and benchmarks/, run, fetch the JSON.
+
+Every user string reaches ssh as its own argument; the one command line the remote shell sees is
+built with shlex quoting, so a path or host name is never interpreted as shell syntax.
+"""
+from __future__ import annotations
+
+import io
+import json
+import re
+import shlex
+import subprocess
+import tarfile
+from pathlib import Path
+
+from benchmarks.run import BenchError
+
+PACKAGE = Path(__file__).resolve().parent
+DEST = re.compile(r"^(?:[A-Za-z0-9._][A-Za-z0-9._-]*@)?[A-Za-z0-9._:\[\]-]+$")
+
+
+def check_destination(dest: str) -> str:
+    if not DEST.match(dest) or dest.startswith("-"):
+        raise BenchError(f"DEVICE={dest!r} is not an ssh destination; accepted: host or user@host "
+                         f"(letters, digits, . _ - : [ ])")
+    return dest
+
+
+class Remote:
+    def __init__(self, dest: str, port: int | None = None, options: list[str] | None = None, timeout: float = 3600):
+        self.base = ["ssh", "-o", "BatchMode=yes", "-o", "ConnectTimeout=10", *(options or [])]
+        if port:
+            self.base += ["-p", str(port)]
+        self.base += ["--", check_destination(dest)]
+        self.dest, self.timeout = dest, timeout
+
+    def run(self, argv: list[str], stdin: bytes | None = None) -> str:
+        command = shlex.join(argv)
+        done = subprocess.run([*self.base, command], input=stdin, capture_output=True, timeout=self.timeout)
+        if done.returncode != 0:
+            err = done.stderr.decode(errors="replace").strip().splitlines()
+            raise BenchError(f"ssh {self.dest}: `{command}` failed (exit {done.returncode}): "
+                             f"{err[-1] if err else 'no message'}")
+        return done.stdout.decode(errors="replace")
+
+
+def _bundle(build_dir: Path) -> bytes:
+    """A tar of build/<target>/ (results of earlier runs left out) and the runner package."""
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w") as tar:
+        for path in sorted(build_dir.rglob("*")):
+            rel = path.relative_to(build_dir)
+            if path.is_file() and rel.parts[0] not in ("bench", "report"):
+                tar.add(path, arcname=f"{build_dir.name}/{rel}")
+        for path in sorted(PACKAGE.iterdir()):
+            if path.suffix in (".py", ".json"):
+                tar.add(path, arcname=f"benchmarks/{path.name}")
+    return buffer.getvalue()
+
+
+def run_over_ssh(build_dir: Path, dest: str, runner_args: list[str], port: int | None = None,
+                 options: list[str] | None = None, remote_python: str = "python3", log=print) -> dict:
+    if not (build_dir / "manifest.json").is_file():
+        raise BenchError(f"{build_dir} has no manifest.json; run `make compile` first")
+    remote = Remote(dest, port, options)
+    folder = remote.run(["mktemp", "-d", "/tmp/xception-edge.XXXXXX"]).strip()
+    try:
+        log(f"pushing {build_dir} and the runner to {dest}:{folder}")
+        remote.run(["tar", "-C", folder, "-xf", "-"], stdin=_bundle(build_dir))
+        log(f"running the benchmark on {dest}")
+        out = f"{folder}/result.json"
+        remote.run(["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", folder, remote_python, "-m", "benchmarks.run",
+                    f"{folder}/{build_dir.name}", "--out", out, *runner_args])
+        results = json.loads(remote.run(["cat", out]))
+    finally:
+        remote.run(["rm", "-rf", folder])
+    return results | {"where": "ssh", "remote": dest}
