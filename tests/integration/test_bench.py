@@ -1,0 +1,251 @@
+"""Benchmark harness: runner on tiny artifacts, schema, tampering, report, ssh (real sshd) and TVM RPC."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from benchmarks.run import BenchError, Budget, run_build
+from pipeline.compiler import CompileOptions, compile_target
+from tests.conftest import ROOT
+
+SCHEMA = json.loads((ROOT / "benchmarks" / "results.schema.json").read_text())
+FAST = Budget(warmup=1, min_runs=5, min_seconds=0.05, max_seconds=2.0, accuracy_seconds=10.0)
+
+
+@pytest.fixture(scope="module")
+def host_build(tiny_model, tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("bench")
+    compile_target(CompileOptions(target="host", weights=str(tiny_model), out_dir=root / "build",
+                                  cache_dir=root / "cache", calib_n=10, eval_n=24))
+    return root / "build" / "host"
+
+
+@pytest.fixture(scope="module")
+def local_results(host_build):
+    return run_build(host_build, threads=1, budget=FAST, log=lambda m: None)
+
+
+def test_runner_measures_every_artifact(local_results, host_build):
+    jsonschema.validate(local_results, SCHEMA)
+    manifest = json.loads((host_build / "manifest.json").read_text())
+    assert {r["file"] for r in local_results["results"]} == {a["file"] for a in manifest["artifacts"]}
+    for r in local_results["results"]:
+        lat = r["latency_ms"]
+        assert lat["n"] >= FAST.min_runs and lat["min"] <= lat["p50"] <= lat["p90"] <= lat["p99"] <= lat["max"]
+        assert r["init_ms"] > 0 and r["first_ms"] > 0 and r["peak_rss_mb"] > 10
+        assert r["accuracy"]["agreement_top1"] >= 0.9 and r["accuracy"]["n"] == 24
+    assert local_results["device"]["threads"] == 1 and local_results["device"]["cpu_model"]
+
+
+def test_memory_is_per_artifact(local_results):
+    rss = {r["runtime"]: r["peak_rss_mb"] for r in local_results["results"]}
+    assert rss["tvm"] != rss["litert"]            # separate processes, separate peaks
+
+
+def test_runner_needs_no_tensorflow_nor_pipeline(host_build, tmp_path):
+    """build/<t> plus benchmarks/ alone, with tensorflow/keras made unimportable, is enough."""
+    shutil.copytree(host_build, tmp_path / "host")
+    shutil.copytree(ROOT / "benchmarks", tmp_path / "benchmarks", ignore=shutil.ignore_patterns("__pycache__"))
+    blocker = tmp_path / "blocked"
+    for name in ("tensorflow", "keras", "pipeline"):
+        (blocker / name).mkdir(parents=True)
+        (blocker / name / "__init__.py").write_text(f"raise ImportError('the runner imported {name}')\n")
+    env = os.environ | {"PYTHONPATH": str(blocker)}
+    done = subprocess.run([sys.executable, "-m", "benchmarks.run", "host", "--threads", "1", "--min-runs", "3",
+                           "--min-seconds", "0", "--max-seconds", "1", "--eval-n", "4"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    result = json.loads(next((tmp_path / "host" / "bench").glob("*.json")).read_text())
+    jsonschema.validate(result, SCHEMA)
+    assert len(result["results"]) == 7 and not result["failed"]
+
+
+def test_tampered_artifact_is_refused(host_build, tmp_path):
+    copy = tmp_path / "host"
+    shutil.copytree(host_build, copy)
+    target = copy / "tiny_int8.tflite"
+    data = bytearray(target.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    target.write_bytes(bytes(data))
+    done = subprocess.run([sys.executable, "-m", "benchmarks.run", str(copy)], cwd=ROOT, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 2
+    errors = [line for line in done.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "refusing tiny_int8.tflite: its sha256" in errors[0]
+    assert not (copy / "bench").exists()
+
+
+def test_missing_manifest_is_one_line(tmp_path):
+    with pytest.raises(BenchError, match=r"has no manifest\.json; give a folder made by `make compile`"):
+        run_build(tmp_path)
+
+
+def test_report_renders_table_plots_and_html(local_results, host_build, tmp_path):
+    from benchmarks.report import render
+    from benchmarks.run import write_results
+
+    build = tmp_path / "host"
+    shutil.copytree(host_build, build)
+    write_results(local_results, build / "bench" / "r1.json")
+    out = render(build)
+    for name in ("latency", "accuracy_latency", "size"):
+        png = out[name].read_bytes()
+        assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+    md = out["markdown"].read_text()
+    assert "| tiny_int8.tflite | litert | int8 |" in md and "speed-up vs fp32" in md
+    page = out["html"].read_text()
+    assert page.count("data:image/png;base64,") == 3 and "tiny_int8.so" in page
+
+
+def test_report_without_results_is_one_line(host_build, tmp_path):
+    from benchmarks.report import render
+
+    shutil.copytree(host_build, tmp_path / "host", ignore=shutil.ignore_patterns("bench"))
+    with pytest.raises(BenchError, match=r"no benchmark results in .*run `make bench` first"):
+        render(tmp_path / "host")
+
+
+# -- ssh -------------------------------------------------------------------------------------------
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ensure_sshd() -> str | None:
+    sshd = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
+    if sshd is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, timeout=300)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "openssh-server"], capture_output=True, env=env, timeout=600)
+        sshd = "/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None
+    return sshd
+
+
+@pytest.fixture(scope="module")
+def sshd(tmp_path_factory):
+    sshd = _ensure_sshd()
+    if sshd is None:
+        pytest.skip("no sshd: install openssh-server (apt-get install openssh-server; .ci/run does)")
+    work = tmp_path_factory.mktemp("sshd")
+    for name in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / name)], check=True)
+    (work / "authorized_keys").write_text((work / "client_key.pub").read_text())
+    port = _free_port()
+    (work / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {work}/host_key\nAuthorizedKeysFile {work}/authorized_keys\n"
+        f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
+        f"StrictModes no\nUsePAM no\nPidFile {work}/sshd.pid\n")
+    os.makedirs("/run/sshd", exist_ok=True)
+    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(work / "sshd_config")], stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.skip(f"sshd could not start: {proc.stderr.read().decode()[-300:]}")
+            time.sleep(0.1)
+    options = ["-i", str(work / "client_key"), "-o", f"UserKnownHostsFile={work}/known_hosts",
+               "-o", "StrictHostKeyChecking=accept-new"]
+    yield {"port": port, "options": options, "user": os.environ.get("USER") or "root"}
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=10)
+
+
+def test_bench_over_ssh(sshd, host_build):
+    from benchmarks.ssh import run_over_ssh
+
+    import getpass
+
+    results = run_over_ssh(host_build, f"{getpass.getuser()}@127.0.0.1",
+                           ["--threads", "1", "--min-runs", "3", "--min-seconds", "0", "--max-seconds", "1",
+                            "--eval-n", "4", "--only", "tiny_int8.tflite", "--only", "tiny_fp32.onnx"],
+                           port=sshd["port"], options=sshd["options"], remote_python=sys.executable, log=lambda m: None)
+    jsonschema.validate(results, SCHEMA)
+    assert results["where"] == "ssh" and results["remote"].endswith("@127.0.0.1")
+    assert {r["file"] for r in results["results"]} == {"tiny_int8.tflite", "tiny_fp32.onnx"}
+    assert not list(Path("/tmp").glob("xception-edge.*/host/manifest.json"))      # remote folder removed
+
+
+@pytest.mark.parametrize("dest", ["-oProxyCommand=touch /tmp/x", "user@host;rm -rf /", "a b"])
+def test_ssh_destination_is_validated(dest):
+    from benchmarks.ssh import check_destination
+
+    with pytest.raises(BenchError, match=r"is not an ssh destination; accepted: host or user@host"):
+        check_destination(dest)
+
+
+# -- TVM RPC ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def rpc_tracker():
+    port = _free_port()
+    procs = []
+
+    def start(*args):
+        procs.append(subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, start_new_session=True))
+
+    start("tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1))
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if procs[0].poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the TVM RPC tracker did not start (exit {procs[0].poll()})")
+            time.sleep(0.2)
+    start("tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}", "--key", "testboard", "--host", "127.0.0.1")
+    from tvm import rpc
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            summary = rpc.connect_tracker("127.0.0.1", port).summary()
+            if summary.get("queue_info", {}).get("testboard", {}).get("free"):
+                break
+        except Exception:  # the tracker is still starting
+            pass
+        time.sleep(0.5)
+    else:
+        pytest.fail("the TVM RPC server did not register with the tracker")
+    yield f"127.0.0.1:{port}"
+    for proc in procs:                          # stop whole process groups: servers fork workers
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for proc in procs:
+        proc.wait(timeout=10)
+
+
+def test_bench_tvm_over_rpc(rpc_tracker, host_build):
+    from benchmarks.rpc import run_over_rpc
+
+    results = run_over_rpc(host_build, rpc_tracker, "testboard", FAST, eval_n=4, log=lambda m: None)
+    jsonschema.validate(results, SCHEMA)
+    assert results["where"] == "rpc"
+    assert {r["file"] for r in results["results"]} == {"tiny_fp32.so", "tiny_int8.so"}
+    for r in results["results"]:
+        assert r["latency_ms"]["n"] >= FAST.min_runs and r["accuracy"]["agreement_top1"] >= 0.75
+        assert r["peak_rss_mb"] is None
+
+
+def test_rpc_bad_tracker_address():
+    from benchmarks.rpc import parse_tracker
+
+    with pytest.raises(BenchError, match=r"RPC='nohost' is not host:port"):
+        parse_tracker("nohost")
