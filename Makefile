@@ -65,6 +65,9 @@ bench: setup
 	  --threads '$(THREADS)' --eval-n '$(BENCH_EVAL_N)' --min-runs '$(MIN_RUNS)' \
 	  --min-seconds '$(MIN_SECONDS)' --max-seconds '$(MAX_SECONDS)' --accuracy-seconds '$(ACC_SECONDS)'
 
+peers: setup
+	$(PY) -m pipeline peers --out '$(OUT)' --threads '$(THREADS)' $(if $(CACHE_DIR),--cache-dir '$(CACHE_DIR)')
+
 report: setup
 	$(PY) -m pipeline report --target '$(TARGET)' --out '$(OUT)'
 

@@ -67,6 +67,12 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", type=Path, default=Path("build"), help="output folder (default build)")
     rp.add_argument("--results", type=Path, help="a results file (default: the newest)")
 
+    pe = verbs.add_parser("peers", help="LiteRT / ONNX Runtime / TVM on Xception 299x299 here, one run (make peers)")
+    pe.add_argument("--threads", type=_int, default=0, help="threads for every runtime (default: all cores)")
+    pe.add_argument("--input-size", type=_int, default=299)
+    pe.add_argument("--max-seconds", type=float, default=30.0, help="latency budget per artifact")
+    _common(pe, default_cache_dir())
+
     tg = verbs.add_parser("targets", help="list the targets and what each builds (make targets)")
     tg.add_argument("--targets-dir", type=Path, default=None, help=argparse.SUPPRESS)
 
@@ -99,8 +105,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        verb = {"compile": _compile, "bench": _bench, "report": _report, "targets": _targets, "clean": _clean,
-                "test": _test}[args.verb]
+        verb = {"compile": _compile, "bench": _bench, "report": _report, "peers": _peers, "targets": _targets,
+                "clean": _clean, "test": _test}[args.verb]
         return verb(args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -209,6 +215,21 @@ def _bench(args) -> int:
         print(f"  FAILED {note['file']}: {note['reason']}")
     print(f"\nresults: {path}")
     return 3 if results["failed"] else 0
+
+
+def _peers(args) -> int:
+    from benchmarks.run import Budget
+    from pipeline.peers import compare
+    from pipeline.progress import Progress
+
+    budget = Budget(warmup=1, min_runs=10, min_seconds=2.0, max_seconds=args.max_seconds, accuracy_seconds=60.0)
+    threads = args.threads or os.cpu_count() or 1
+    _, table = compare(args.out, args.cache_dir, threads, args.input_size, budget, Progress(quiet=args.quiet))
+    path = args.out / "peers" / "peers.md"
+    path.write_text(table)
+    print(table)
+    print(f"table: {path}")
+    return 0
 
 
 def _report(args) -> int:

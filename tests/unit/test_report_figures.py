@@ -1,0 +1,46 @@
+import pytest
+
+from benchmarks.report import markdown, rows
+from pipeline.peers import peer_table
+
+
+def result(file, runtime, precision, p50, top1=None, agreement=1.0, rss=100.0):
+    return {"file": file, "runtime": runtime, "precision": precision, "device": "cpu", "bytes": 2_000_000,
+            "latency_ms": {"n": 10, "mean": p50, "std": 0.0, "min": p50, "p50": p50, "p90": p50 * 1.1,
+                           "p99": p50, "max": p50},
+            "peak_rss_mb": rss, "accuracy": {"n": 10, "top1": top1, "top5": None, "agreement_top1": agreement,
+                                             "mean_abs_logit_delta": 0.1}}
+
+
+RESULTS = {
+    "target": "host", "run_id": "r1", "where": "local", "created": "2026-11-22T17:00:00+00:00",
+    "model": {"input_shape": [1, 299, 299, 3]},
+    "device": {"cpu_model": "Test CPU", "cores": 2, "threads": 2, "governor": None, "throttled": False,
+               "platform": "Linux-test"},
+    "eval": {"n": 10, "float_top1": 0.9},
+    "results": [result("a_fp32.tflite", "litert", "fp32", 60.0, 0.9), result("a_int8.tflite", "litert", "int8", 30.0, 0.88),
+                result("a_fp32.onnx", "onnxruntime", "fp32", 120.0, 0.9), result("a_int8.onnx", "onnxruntime", "int8", 100.0, 0.9),
+                result("a_fp32.so", "tvm", "fp32", 600.0, 0.9, rss=None)],
+}
+
+
+def test_speedup_is_over_fp32_of_the_same_runtime():
+    by = {r["file"]: r for r in rows(RESULTS)}
+    assert by["a_int8.tflite"]["speedup"] == pytest.approx(2.0)
+    assert by["a_int8.onnx"]["speedup"] == pytest.approx(1.2)
+    assert by["a_fp32.so"]["speedup"] == pytest.approx(1.0)
+    assert by["a_int8.tflite"]["change"] == "-2.00 pt top-1"
+
+
+def test_markdown_row():
+    md = markdown(RESULTS)
+    assert "| a_int8.tflite | litert | int8 | 30.00 | 33.00 | 2.00x | 100 | 2.0 | -2.00 pt top-1 |" in md
+    assert "| a_fp32.so | tvm | fp32 | 600.00 | 660.00 | 1.00x | - | 2.0 | +0.00 pt top-1 |" in md
+
+
+def test_peer_table_ratios_against_litert_same_precision():
+    table = peer_table(RESULTS)
+    assert "one run on 2026-11-22: Test CPU (2 cores)" in table
+    assert "| onnxruntime | int8 | 100.0 | 110.0 | 10 | 1.20x | 3.33x | 100 |" in table
+    assert "| tvm | fp32 | 600.0 | 660.0 | 10 |  | 10.00x | - |" in table
+    assert "| litert | int8 | 30.0 | 33.0 | 10 | 2.00x | 1.00x | 100 |" in table
