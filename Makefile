@@ -30,13 +30,17 @@ ACC_SECONDS ?= 120
 COMMON = --out '$(OUT)' $(if $(CACHE_DIR),--cache-dir '$(CACHE_DIR)') \
          $(if $(REFERENCE_DIR),--reference-dir '$(REFERENCE_DIR)')
 
-.PHONY: help setup compile bench report peers targets test test-slow clean clean-cache
+MSG        ?=
+
+.PHONY: help setup compile bench report gate baseline peers targets test test-slow clean clean-cache
 
 help:
 	@echo "make setup                       create $(VENV) with the pinned dependencies (automatic)"
 	@echo "make compile TARGET=rpi4         compile a target into $(OUT)/<target>/ (see README for variables)"
 	@echo "make bench TARGET=rpi4 [DEVICE=user@host | RPC=host:port KEY=k]   benchmark the artifacts"
 	@echo "make report TARGET=rpi4          Markdown, plots and HTML from the newest results"
+	@echo "make gate TARGET=host            int8 accuracy/size/speed gates; exit 1 on failure; JUnit in OUT/<t>/gate/"
+	@echo "make baseline TARGET=host MSG=.. record the current int8 figures as the committed baseline"
 	@echo "make peers                       LiteRT / ONNX Runtime / TVM on Xception 299x299 here, one run"
 	@echo "make targets                     list the targets"
 	@echo "make test                        run the fast test suite"
@@ -67,6 +71,12 @@ bench: setup
 
 peers: setup
 	$(PY) -m pipeline peers --out '$(OUT)' --threads '$(THREADS)' $(if $(CACHE_DIR),--cache-dir '$(CACHE_DIR)')
+
+gate: setup
+	$(PY) -m pipeline gate --target '$(TARGET)' --out '$(OUT)'
+
+baseline: setup
+	$(PY) -m pipeline baseline --target '$(TARGET)' --out '$(OUT)' --msg '$(MSG)'
 
 report: setup
 	$(PY) -m pipeline report --target '$(TARGET)' --out '$(OUT)'

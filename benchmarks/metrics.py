@@ -17,10 +17,12 @@ def accuracy(logits: np.ndarray, reference_logits: np.ndarray, labels: np.ndarra
         "mean_abs_logit_delta": float(np.mean(np.abs(logits - reference_logits))),
         "top1": None,
         "top5": None,
+        "float_top1": None,
     }
     if labels is not None and len(labels):
         labels = np.asarray(labels)
         result["top1"] = float(np.mean(predicted == labels))
+        result["float_top1"] = float(np.mean(np.argmax(reference_logits, axis=1) == labels))
         k = min(5, logits.shape[1])
         top_k = np.argsort(-logits, axis=1)[:, :k]
         result["top5"] = float(np.mean(np.any(top_k == labels[:, None], axis=1)))

@@ -60,7 +60,7 @@ def _measure_remote(session, build_dir: Path, art: dict, inputs, data, labels, b
             break
     logits = np.stack(logits)
     return {"file": art["file"], "runtime": "tvm", "precision": art["precision"], "device": art["device"],
-            "format": "tvm", "bytes": art["bytes"], "latency_ms": latency_stats(samples),
+            "format": "tvm", "bytes": art["bytes"], "sha256": art["sha256"], "latency_ms": latency_stats(samples),
             "samples_ms": samples, "init_ms": init_ms, "first_ms": first_ms, "peak_rss_mb": None,
             "rss_growth_mb": None, "provider": f"tvm rpc {key}",
             "accuracy": accuracy(logits, data["logits"][:len(logits)],

@@ -198,7 +198,8 @@ def run_build(build_dir: Path, threads: int = 0, budget: Budget = Budget(), eval
             log(f"  {art['file']}: FAILED ({exc})")
             continue
         results.append({"file": art["file"], "runtime": art["runtime"], "precision": art["precision"],
-                        "device": art["device"], "format": art["format"], "bytes": art["bytes"]} | measured)
+                        "device": art["device"], "format": art["format"], "bytes": art["bytes"],
+                        "sha256": art["sha256"]} | measured)
     after = device.snapshot()
     reasons = device.throttle_reasons(before["throttled"], after["throttled"])
     now = datetime.datetime.now(datetime.timezone.utc)

@@ -67,6 +67,18 @@ def _parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", type=Path, default=Path("build"), help="output folder (default build)")
     rp.add_argument("--results", type=Path, help="a results file (default: the newest)")
 
+    ga = verbs.add_parser("gate", help="int8 accuracy / size / speed gates with JUnit output (make gate)")
+    ga.add_argument("--target", required=True)
+    ga.add_argument("--out", type=Path, default=Path("build"), help="output folder (default build)")
+    ga.add_argument("--gates", type=Path, help="gates file (default benchmarks/gates.toml)")
+    ga.add_argument("--baselines", type=Path, help="baselines folder (default benchmarks/baselines)")
+
+    bl = verbs.add_parser("baseline", help="record the current int8 figures as the committed baseline (make baseline)")
+    bl.add_argument("--target", required=True)
+    bl.add_argument("--out", type=Path, default=Path("build"), help="output folder (default build)")
+    bl.add_argument("--msg", default="", help="why the baseline changes (required)")
+    bl.add_argument("--baselines", type=Path, help="baselines folder (default benchmarks/baselines)")
+
     pe = verbs.add_parser("peers", help="LiteRT / ONNX Runtime / TVM on Xception 299x299 here, one run (make peers)")
     pe.add_argument("--threads", type=_int, default=0, help="threads for every runtime (default: all cores)")
     pe.add_argument("--input-size", type=_int, default=299)
@@ -105,8 +117,8 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     try:
-        verb = {"compile": _compile, "bench": _bench, "report": _report, "peers": _peers, "targets": _targets,
-                "clean": _clean, "test": _test}[args.verb]
+        verb = {"compile": _compile, "bench": _bench, "report": _report, "gate": _gate, "baseline": _baseline,
+                "peers": _peers, "targets": _targets, "clean": _clean, "test": _test}[args.verb]
         return verb(args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -215,6 +227,21 @@ def _bench(args) -> int:
         print(f"  FAILED {note['file']}: {note['reason']}")
     print(f"\nresults: {path}")
     return 3 if results["failed"] else 0
+
+
+def _gate(args) -> int:
+    from benchmarks import gate
+
+    extra = (["--gates", str(args.gates)] if args.gates else []) + (
+        ["--baselines", str(args.baselines)] if args.baselines else [])
+    return gate.main([str(args.out / args.target), *extra])
+
+
+def _baseline(args) -> int:
+    from benchmarks import gate
+
+    extra = ["--baselines", str(args.baselines)] if args.baselines else []
+    return gate.main([str(args.out / args.target), "--write-baseline", args.msg, *extra])
 
 
 def _peers(args) -> int:

@@ -69,3 +69,47 @@ def write_target(folder: Path, name: str, artifacts: list[str], extra: str = "")
         f'description = "test target"\narch = "x86_64"\nartifacts = [{listed}]\n{extra}'
         '[cpu]\ncore = "host"\ncores = 0\n[bench]\nthreads = 0\n')
     return folder
+
+
+def make_trained_tiny_model(path: Path, size: int = 32, epochs: int = 8) -> Path:
+    """A small conv net trained for a few seconds on the digits train split (meaningful outputs)."""
+    import keras
+
+    from models import digits
+    from models.preprocessing import preprocess
+
+    keras.utils.set_random_seed(1)
+    inp = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same")(inp)
+    x = keras.layers.BatchNormalization(momentum=0.8)(x)   # Keras' 0.99 does not converge in few steps
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.SeparableConv2D(32, 3, strides=2, padding="same")(x)
+    x = keras.layers.ReLU()(x)
+    x = keras.layers.Flatten()(x)
+    model = keras.Model(inp, keras.layers.Dense(10)(x))
+    x_train, y_train = digits.load_split("train", size, size)
+    model.compile(optimizer=keras.optimizers.Adam(2e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(preprocess(x_train), y_train, epochs=epochs, batch_size=32, verbose=0)
+    model.save(path)
+    return path
+
+
+def damaged_int8_tflite(model_file: Path, calib: "np.ndarray", out: Path) -> Path:
+    """A real quantization regression: per-tensor int8 calibrated on ranges clipped to 2% of the data."""
+    import keras
+    import tensorflow as tf
+
+    model = keras.saving.load_model(model_file)
+    spec = tf.TensorSpec((1,) + tuple(model.inputs[0].shape[1:]), tf.float32)
+    saved = out.parent / "damaged_saved_model"
+    model.export(str(saved), format="tf_saved_model", input_signature=[spec], verbose=False)
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter._experimental_disable_per_channel = True
+    converter.representative_dataset = lambda: ([calib[i:i + 1] * 0.02] for i in range(len(calib)))
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    converter.inference_input_type = tf.int8
+    converter.inference_output_type = tf.int8
+    out.write_bytes(converter.convert())
+    return out

@@ -1,0 +1,300 @@
+"""Accuracy-regression gates: ``python -m benchmarks.gate build/<target>``.
+
+Thresholds are data (benchmarks/gates.toml); baselines are committed per model and target
+(benchmarks/baselines/<model>/<target>.json) and written only by ``make baseline MSG="why"``.
+Accuracy comes from the newest benchmark run whose artifacts match the manifest, else from the
+compile-time check; every check says which. Exit codes: 0 all pass, 1 a gate failed, 2 bad input.
+Writes build/<target>/gate/junit.xml and gate.json.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import sys
+import tomllib
+import xml.etree.ElementTree as ET
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from benchmarks.run import BenchError, load_manifest
+
+HERE = Path(__file__).resolve().parent
+GATES_FILE = HERE / "gates.toml"
+BASELINES_DIR = HERE / "baselines"
+RUNTIMES = ("litert", "onnxruntime", "tvm")
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    max_top1_drop_points: float = 1.0
+    min_relative_accuracy: float = 0.99
+    min_agreement_top1: float = 0.985
+    baseline_tolerance_points: float = 0.5
+    min_cross_runtime_agreement: float = 0.995
+    max_size_ratio: float = 0.30
+    int8_faster_runtimes: tuple[str, ...] = ("litert", "onnxruntime")
+    min_eval_images: int = 100
+
+
+FRACTIONS = ("min_relative_accuracy", "min_agreement_top1", "min_cross_runtime_agreement", "max_size_ratio")
+POINTS = ("max_top1_drop_points", "baseline_tolerance_points")
+
+
+def _validate(table: dict, where: str) -> dict:
+    valid = [f for f in Thresholds.__dataclass_fields__]
+    out = {}
+    for key, value in table.items():
+        if key not in valid:
+            raise BenchError(f"{where}: unknown key {key!r}; valid keys: {', '.join(valid)}")
+        if key in FRACTIONS:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+                raise BenchError(f"{where}: {key} = {value!r} is impossible; give a fraction between 0 and 1 "
+                                 f"(e.g. 0.99 for 99%)")
+        elif key in POINTS:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
+                raise BenchError(f"{where}: {key} = {value!r} is impossible; give percentage points between 0 and 100")
+        elif key == "min_eval_images":
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise BenchError(f"{where}: min_eval_images = {value!r} must be a whole number >= 1")
+        elif key == "int8_faster_runtimes":
+            if not isinstance(value, list) or any(v not in RUNTIMES for v in value):
+                raise BenchError(f"{where}: int8_faster_runtimes = {value!r}; give a list of {', '.join(RUNTIMES)}")
+            value = tuple(value)
+        out[key] = value
+    return out
+
+
+def load_thresholds(path: Path, model: str, target: str) -> Thresholds:
+    try:
+        data = tomllib.loads(path.read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise BenchError(f"{path}: cannot read gates: {exc}") from None
+    for key in data:
+        if key not in ("defaults", "models"):
+            raise BenchError(f"{path.name}: unknown key {key!r}; valid keys: defaults, models")
+    merged = _validate(data.get("defaults", {}), f"{path.name} [defaults]")
+    for name, table in data.get("models", {}).items():
+        if name != model:
+            continue
+        targets = table.get("targets", {})
+        merged |= _validate({k: v for k, v in table.items() if k != "targets"}, f"{path.name} [models.{name}]")
+        for tname, ttable in targets.items():
+            if tname == target:
+                merged |= _validate(ttable, f"{path.name} [models.{name}.targets.{tname}]")
+    return Thresholds(**merged)
+
+
+@dataclass
+class Check:
+    artifact: str
+    metric: str
+    value: float | None
+    threshold: float | None
+    op: str                 # ">=", "<=", "<"
+    status: str             # pass | fail | skip
+    detail: str = ""
+    source: str = ""
+
+    def message(self) -> str:
+        if self.status == "skip":
+            return f"{self.artifact}: {self.metric} not checked: {self.detail}"
+        verdict = "ok" if self.status == "pass" else "FAILED"
+        return (f"{self.artifact}: {self.metric} = {_fmt(self.value)} (threshold {self.op} {_fmt(self.threshold)}) "
+                f"{verdict}{'; ' + self.detail if self.detail else ''} [{self.source}]")
+
+
+def _fmt(v) -> str:
+    return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
+
+
+def _compare(artifact, metric, value, op, threshold, source, detail="") -> Check:
+    ok = {">=": value >= threshold, "<=": value <= threshold, "<": value < threshold}[op]
+    return Check(artifact, metric, value, threshold, op, "pass" if ok else "fail", detail, source)
+
+
+def model_id(manifest: dict) -> str:
+    return f"{manifest['model']['name']}-{manifest['model']['weights']}"
+
+
+def accuracy_source(build_dir: Path, manifest: dict) -> tuple[dict, dict, str]:
+    """{file: accuracy}, {file: bench result} and a description of where the figures came from."""
+    shas = {a["file"]: a["sha256"] for a in manifest["artifacts"]}
+    runs = sorted((build_dir / "bench").glob("*.json")) if (build_dir / "bench").is_dir() else []
+    for path in sorted(runs, key=lambda p: json.loads(p.read_text())["created"], reverse=True):
+        results = json.loads(path.read_text())
+        usable = {r["file"]: r for r in results["results"] if shas.get(r["file"]) == r.get("sha256")}
+        if usable:
+            acc = {f: r["accuracy"] for f, r in usable.items()}
+            return acc, usable, f"benchmark run {results['run_id']}"
+    acc = {a["file"]: a["accuracy"] for a in manifest["artifacts"] if a.get("accuracy")}
+    return acc, {}, "compile-time check (no benchmark run of these artifacts)"
+
+
+def baseline_path(baselines: Path, manifest: dict) -> Path:
+    return baselines / model_id(manifest) / f"{manifest['target']}.json"
+
+
+def evaluate(build_dir: Path, gates: Path = GATES_FILE, baselines: Path = BASELINES_DIR) -> dict:
+    manifest = load_manifest(build_dir)
+    model, target = model_id(manifest), manifest["target"]
+    t = load_thresholds(gates, model, target)
+    base_file = baseline_path(baselines, manifest)
+    if not base_file.is_file():
+        raise BenchError(f"no baseline for model {model} on target {target} ({base_file}); create one with "
+                         f"`make baseline TARGET={target} MSG=\"why\"` and commit it")
+    baseline = json.loads(base_file.read_text())
+    acc, bench, acc_source = accuracy_source(build_dir, manifest)
+    checks: list[Check] = []
+    arts = manifest["artifacts"]
+    for art in (a for a in arts if a["precision"] == "int8"):
+        name, a = art["file"], acc.get(art["file"])
+        src = acc_source if name in bench or not bench else "compile-time check"
+        if a is None:
+            checks.append(Check(name, "accuracy", None, None, "", "skip", art.get("accuracy_note", "not measured"), src))
+        elif a["n"] < t.min_eval_images:
+            checks.append(Check(name, "accuracy", None, None, "", "skip",
+                                f"measured on {a['n']} images, fewer than min_eval_images={t.min_eval_images}", src))
+        else:
+            checks.append(_compare(name, "agreement_top1", a["agreement_top1"], ">=", t.min_agreement_top1, src))
+            if a.get("top1") is not None and a.get("float_top1"):
+                drop = (a["float_top1"] - a["top1"]) * 100
+                checks.append(_compare(name, "top1_drop_points", drop, "<=", t.max_top1_drop_points, src,
+                                       f"float {a['float_top1'] * 100:.2f}% -> int8 {a['top1'] * 100:.2f}%"))
+                checks.append(_compare(name, "relative_accuracy", a["top1"] / a["float_top1"], ">=",
+                                       t.min_relative_accuracy, src))
+            else:
+                checks.append(Check(name, "top1_drop_points", None, None, "", "skip",
+                                    "no labels for the eval set (agreement with float is gated instead)", src))
+            checks.append(_baseline_check(name, a, baseline, t, src))
+        fp32 = next((f for f in arts if f["runtime"] == art["runtime"] and f["precision"] == "fp32"
+                     and f["device"] == art["device"]), None)
+        if fp32:
+            checks.append(_compare(name, "size_ratio", art["bytes"] / fp32["bytes"], "<=", t.max_size_ratio,
+                                   "manifest", f"{art['bytes']} / {fp32['bytes']} bytes"))
+        if art["runtime"] in t.int8_faster_runtimes:
+            checks.append(_speed_check(art, fp32, bench, acc_source))
+        if art["runtime"] == "tvm":
+            vs = (art.get("accuracy") or {}).get("vs_litert")
+            if vs is None:
+                checks.append(Check(name, "cross_runtime_agreement", None, None, "", "skip",
+                                    art.get("accuracy_note", "not compared with LiteRT"), "compile-time check"))
+            else:
+                checks.append(_compare(name, "cross_runtime_agreement", vs["agreement_top1"], ">=",
+                                       t.min_cross_runtime_agreement, "compile-time check",
+                                       f"TVM int8 against LiteRT int8 on {vs['n']} images"))
+    failed = [c for c in checks if c.status == "fail"]
+    return {"target": target, "model": model, "accuracy_source": acc_source, "gates": str(gates),
+            "thresholds": asdict(t), "baseline": str(base_file), "passed": not failed,
+            "checks": [asdict(c) | {"message": c.message()} for c in checks],
+            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def _baseline_check(name: str, a: dict, baseline: dict, t: Thresholds, src: str) -> Check:
+    base = baseline.get("artifacts", {}).get(name)
+    if base is None:
+        return Check(name, "baseline", None, None, "", "skip", "artifact not in the baseline", src)
+    metric = "top1" if a.get("top1") is not None and base.get("top1") is not None else "agreement_top1"
+    floor = base[metric] - t.baseline_tolerance_points / 100
+    return _compare(name, f"baseline_{metric}", a[metric], ">=", floor, src,
+                    f"baseline {base[metric] * 100:.2f}% minus {t.baseline_tolerance_points} pt")
+
+
+def _speed_check(art: dict, fp32: dict | None, bench: dict, acc_source: str) -> Check:
+    name = art["file"]
+    if fp32 is None or name not in bench or fp32["file"] not in bench:
+        return Check(name, "int8_faster_than_fp32", None, None, "", "skip",
+                     "needs int8 and fp32 of this runtime in one benchmark run (make bench)", acc_source)
+    q, f = bench[name]["latency_ms"]["p50"], bench[fp32["file"]]["latency_ms"]["p50"]
+    return _compare(name, "int8_faster_than_fp32", q / f, "<", 1.0, acc_source,
+                    f"p50 {q:.2f} ms int8 / {f:.2f} ms fp32 ({fp32['file']})")
+
+
+def junit(report: dict) -> str:
+    checks = report["checks"]
+    suite = ET.Element("testsuite", name=f"gate-{report['target']}", tests=str(len(checks)),
+                       failures=str(sum(c["status"] == "fail" for c in checks)),
+                       skipped=str(sum(c["status"] == "skip" for c in checks)), timestamp=report["created"])
+    for c in checks:
+        case = ET.SubElement(suite, "testcase", classname=f"gate.{report['target']}.{c['artifact']}", name=c["metric"])
+        if c["status"] == "fail":
+            ET.SubElement(case, "failure", message=c["message"], type="GateFailed").text = c["message"]
+        elif c["status"] == "skip":
+            ET.SubElement(case, "skipped", message=c["detail"])
+        ET.SubElement(case, "system-out").text = f"source: {c['source']}"
+    return ET.tostring(suite, encoding="unicode", xml_declaration=True)
+
+
+def table(report: dict) -> str:
+    rows = [("artifact", "metric", "value", "threshold", "result", "source")]
+    for c in report["checks"]:
+        thr = "" if c["threshold"] is None else f"{c['op']} {_fmt(c['threshold'])}"
+        rows.append((c["artifact"], c["metric"], _fmt(c["value"]), thr, c["status"].upper(),
+                     c["source"] if c["status"] != "skip" else c["detail"]))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip() for r in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def write_outputs(report: dict, build_dir: Path) -> Path:
+    folder = build_dir / "gate"
+    folder.mkdir(parents=True, exist_ok=True)
+    for name, text in (("junit.xml", junit(report)), ("gate.json", json.dumps(report, indent=1) + "\n")):
+        tmp = folder / f".{name}.tmp-{os.getpid()}"
+        tmp.write_text(text)
+        os.replace(tmp, folder / name)
+    return folder
+
+
+def make_baseline(build_dir: Path, reason: str, baselines: Path = BASELINES_DIR) -> Path:
+    """Record the current int8 accuracy as the baseline; only `make baseline MSG="why"` calls this."""
+    if not reason.strip():
+        raise BenchError('a baseline needs a reason: make baseline TARGET=<t> MSG="why the numbers changed"')
+    manifest = load_manifest(build_dir)
+    acc, _, source = accuracy_source(build_dir, manifest)
+    entries = {}
+    for art in manifest["artifacts"]:
+        a = acc.get(art["file"])
+        if art["precision"] == "int8" and a is not None:
+            entries[art["file"]] = {k: a.get(k) for k in ("n", "top1", "float_top1", "agreement_top1",
+                                                         "mean_abs_logit_delta")}
+    path = baseline_path(baselines, manifest)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    record = {"model": model_id(manifest), "target": manifest["target"], "reason": reason.strip(),
+              "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+              "accuracy_source": source, "versions": manifest.get("versions", {}), "artifacts": entries}
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(record, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.gate", description=__doc__.splitlines()[0])
+    p.add_argument("build_dir", type=Path)
+    p.add_argument("--gates", type=Path, default=GATES_FILE)
+    p.add_argument("--baselines", type=Path, default=BASELINES_DIR)
+    p.add_argument("--write-baseline", metavar="REASON", help="record the current figures as the baseline")
+    args = p.parse_args(argv)
+    try:
+        if args.write_baseline is not None:
+            print(f"baseline written: {make_baseline(args.build_dir, args.write_baseline, args.baselines)}")
+            return 0
+        report = evaluate(args.build_dir, args.gates, args.baselines)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    folder = write_outputs(report, args.build_dir)
+    print(f"gate {report['model']} on {report['target']}; accuracy from {report['accuracy_source']}")
+    print(table(report))
+    for c in report["checks"]:
+        if c["status"] == "fail":
+            print(f"FAILED: {c['message']}")
+    print(f"\n{'PASS' if report['passed'] else 'FAIL'}: junit {folder / 'junit.xml'}, json {folder / 'gate.json'}")
+    return 0 if report["passed"] else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
