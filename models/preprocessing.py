@@ -5,7 +5,6 @@ resize the shorter side to the model's size, centre-crop, RGB, then ``x / 127.5 
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -46,12 +45,6 @@ def resize_center_crop(img, height: int, width: int) -> np.ndarray:
     left = (new_w - width) // 2
     top = (new_h - height) // 2
     return np.asarray(img.crop((left, top, left + width, top + height)), dtype=np.uint8)
-
-
-@dataclass(frozen=True)
-class ImageFolderScan:
-    files: tuple[Path, ...]
-    unreadable: tuple[tuple[Path, str], ...] = ()
 
 
 def find_images(folder: Path) -> list[Path]:

@@ -66,5 +66,5 @@ def strip_softmax(model):
 def describe_input(model) -> tuple:
     """The model's input shape as a tuple (batch dimension included), for checks and messages."""
     if len(model.inputs) != 1:
-        return tuple(f"{len(model.inputs)} inputs")
+        return (f"{len(model.inputs)} inputs",)
     return tuple(model.inputs[0].shape)

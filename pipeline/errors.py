@@ -29,8 +29,3 @@ class MissingDependencyError(PipelineError):
 class BusyError(PipelineError):
     """Another process holds the lock on the same output (e.g. two compiles of one target)."""
     exit_code = 5
-
-
-class GateFailed(PipelineError):
-    """An accuracy / speed / size gate did not pass."""
-    exit_code = 1
