@@ -33,7 +33,7 @@ def test_host_tvm_runs_and_matches_litert(build):
         assert art["runtime"] == "tvm" and art["device"] == "cpu" and art["arch"] == "x86_64"
         assert art["tvm_target"]["kind"] == "llvm" and art["tvm_target"]["mcpu"]   # this machine's CPU
         acc = art["accuracy"]
-        assert acc["n"] == 32 and acc["agreement_top1"] >= 0.9
+        assert acc["n"] == 40 and acc["agreement_top1"] >= 0.9      # 32x32: the pixel budget covers all 40
         vs = acc["vs_litert"]
         if precision == "fp32":
             assert vs["max_rel_diff"] <= 1e-4
