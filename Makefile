@@ -31,14 +31,16 @@ COMMON = --out '$(OUT)' $(if $(CACHE_DIR),--cache-dir '$(CACHE_DIR)') \
          $(if $(REFERENCE_DIR),--reference-dir '$(REFERENCE_DIR)')
 
 MSG        ?=
+VERIFY_N   ?= 4
 
-.PHONY: help setup compile bench report gate baseline peers targets test test-slow clean clean-cache
+.PHONY: help setup compile bench report verify gate baseline peers targets test test-slow clean clean-cache
 
 help:
 	@echo "make setup                       create $(VENV) with the pinned dependencies (automatic)"
 	@echo "make compile TARGET=rpi4         compile a target into $(OUT)/<target>/ (see README for variables)"
 	@echo "make bench TARGET=rpi4 [DEVICE=user@host | RPC=host:port KEY=k]   benchmark the artifacts"
 	@echo "make report TARGET=rpi4          Markdown, plots and HTML from the newest results"
+	@echo "make verify TARGET=rpi4          run the ARM CPU artifacts under qemu and compare with the host"
 	@echo "make gate TARGET=host            int8 accuracy/size/speed gates; exit 1 on failure; JUnit in OUT/<t>/gate/"
 	@echo "make baseline TARGET=host MSG=.. record the current int8 figures as the committed baseline"
 	@echo "make peers                       LiteRT / ONNX Runtime / TVM on Xception 299x299 here, one run"
@@ -71,6 +73,9 @@ bench: setup
 
 peers: setup
 	$(PY) -m pipeline peers --out '$(OUT)' --threads '$(THREADS)' $(if $(CACHE_DIR),--cache-dir '$(CACHE_DIR)')
+
+verify: setup
+	$(PY) -m pipeline verify --target '$(TARGET)' --out '$(OUT)' --n '$(VERIFY_N)' $(if $(CACHE_DIR),--cache-dir '$(CACHE_DIR)')
 
 gate: setup
 	$(PY) -m pipeline gate --target '$(TARGET)' --out '$(OUT)'

@@ -61,7 +61,7 @@ def _mb(kb: int | None) -> float | None:
 
 
 def measure(path: Path, runtime: str, io: dict | None, eval_file: Path, threads: int, budget: Budget,
-            eval_n: int) -> dict:
+            eval_n: int, save_logits: Path | None = None) -> dict:
     from benchmarks.runtimes import open_session
 
     data = np.load(eval_file)
@@ -94,6 +94,8 @@ def measure(path: Path, runtime: str, io: dict | None, eval_file: Path, threads:
         if time.perf_counter() - began >= budget.accuracy_seconds:
             break
     logits = np.stack(outputs)
+    if save_logits is not None:
+        np.save(save_logits, logits)
     labels = data["labels"][:len(logits)] if "labels" in data.files else None
     return {
         "latency_ms": latency_stats(samples),
@@ -150,14 +152,20 @@ def skip_reason(art: dict) -> str | None:
     return None
 
 
+def child_command(build_dir: Path, art: dict, threads: int, budget: Budget, eval_n: int, out: Path,
+                  python: list[str] | None = None, save_logits: Path | None = None) -> list[str]:
+    """The command that measures one artifact (``python`` may be an emulator plus a guest Python)."""
+    return [*(python or [sys.executable]), "-m", "benchmarks.run", "--child", str(build_dir / art["file"]),
+            "--runtime", art["runtime"], "--io", json.dumps(art.get("io")), "--threads", str(threads),
+            "--budget", json.dumps(asdict(budget)), "--eval-n", str(eval_n), "--out", str(out),
+            *(["--save-logits", str(save_logits)] if save_logits else []), str(build_dir)]
+
+
 def run_artifact(build_dir: Path, art: dict, threads: int, budget: Budget, eval_n: int) -> dict:
     """Measure one artifact in a fresh Python process; returns its result or raises RuntimeError."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        cmd = [sys.executable, "-m", "benchmarks.run", "--child", str(build_dir / art["file"]),
-               "--runtime", art["runtime"], "--io", json.dumps(art.get("io")), "--threads", str(threads),
-               "--budget", json.dumps(asdict(budget)), "--eval-n", str(eval_n), "--out", str(out),
-               str(build_dir)]
+        cmd = child_command(build_dir, art, threads, budget, eval_n, out)
         env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"}
         done = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
                               env=env)
@@ -261,10 +269,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--runtime", help=argparse.SUPPRESS)
     p.add_argument("--io", help=argparse.SUPPRESS)
     p.add_argument("--budget", help=argparse.SUPPRESS)
+    p.add_argument("--save-logits", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         result = measure(args.child, args.runtime, json.loads(args.io), args.build_dir / "eval" / "eval.npz",
-                         args.threads, Budget(**json.loads(args.budget)), args.eval_n)
+                         args.threads, Budget(**json.loads(args.budget)), args.eval_n, args.save_logits)
         write_results(result, args.out)
         return 0
     try:

@@ -79,6 +79,12 @@ def _parser() -> argparse.ArgumentParser:
     bl.add_argument("--msg", default="", help="why the baseline changes (required)")
     bl.add_argument("--baselines", type=Path, help="baselines folder (default benchmarks/baselines)")
 
+    ve = verbs.add_parser("verify", help="run the ARM CPU artifacts under qemu and compare with the host (make verify)")
+    ve.add_argument("--target", required=True)
+    ve.add_argument("--n", type=_int, default=4, help="eval images per artifact (default 4; emulation is slow)")
+    ve.add_argument("--only", action="append", help="only this artifact file (repeatable)")
+    _common(ve, default_cache_dir())
+
     pe = verbs.add_parser("peers", help="LiteRT / ONNX Runtime / TVM on Xception 299x299 here, one run (make peers)")
     pe.add_argument("--threads", type=_int, default=0, help="threads for every runtime (default: all cores)")
     pe.add_argument("--input-size", type=_int, default=299)
@@ -118,7 +124,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         verb = {"compile": _compile, "bench": _bench, "report": _report, "gate": _gate, "baseline": _baseline,
-                "peers": _peers, "targets": _targets, "clean": _clean, "test": _test}[args.verb]
+                "verify": _verify, "peers": _peers, "targets": _targets, "clean": _clean, "test": _test}[args.verb]
         return verb(args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -242,6 +248,26 @@ def _baseline(args) -> int:
 
     extra = ["--baselines", str(args.baselines)] if args.baselines else []
     return gate.main([str(args.out / args.target), "--write-baseline", args.msg, *extra])
+
+
+def _verify(args) -> int:
+    from pipeline.progress import Progress
+    from pipeline.targets import TARGETS_DIR, load_target
+    from pipeline.verify import table, verify_target
+
+    from benchmarks.run import BenchError
+
+    target = load_target(args.target, args.targets_dir or TARGETS_DIR)
+    try:
+        report = verify_target(args.out / args.target, target, args.cache_dir, args.n, Progress(quiet=args.quiet),
+                               args.only)
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    print(table(report))
+    print(f"\n{'PASS' if report['passed'] else 'FAIL'}: every CPU artifact of {args.target} "
+          f"{'matches' if report['passed'] else 'does NOT match'} the host under emulated {target.cpu.core}")
+    return 0 if report["passed"] else 1
 
 
 def _peers(args) -> int:

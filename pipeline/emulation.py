@@ -1,0 +1,106 @@
+"""Emulated aarch64 for `make verify`: qemu-user, an arm64 Debian sysroot with Python, and the
+aarch64 wheels of the versions the host uses. Set up once per tool versions, cached, atomically.
+
+The sysroot gets an ARM-looking /proc/cpuinfo and /sys/devices/system/cpu/{possible,present}
+for the emulated core (qemu-user redirects the guest's absolute paths into the sysroot when the
+file exists there): without them XNNPACK silently disables itself, or crashes.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from pipeline.errors import MissingDependencyError, StageError
+from pipeline.progress import Progress
+from pipeline.versions import tool_versions
+
+SUITE = "bookworm"                     # Debian 12: Python 3.11, like the host
+GUEST_SITE = "/opt/xception-edge-site"
+WHEELS = ("ai-edge-litert", "numpy", "apache-tvm", "apache-tvm-ffi")
+PLATFORMS = ("manylinux_2_27_aarch64", "manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64")
+# MIDR part numbers and the /proc/cpuinfo feature words Linux prints for each core.
+CORES = {
+    "cortex-a53": ("0xd03", "fp asimd evtstrm crc32 cpuid"),
+    "cortex-a55": ("0xd05", "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"),
+    "cortex-a72": ("0xd08", "fp asimd evtstrm crc32 cpuid"),
+    "cortex-a76": ("0xd0b", "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"),
+}
+
+
+@dataclass(frozen=True)
+class Emulator:
+    qemu: str
+    sysroot: Path
+
+    def python(self) -> list[str]:
+        return [self.qemu, "-L", str(self.sysroot), str(self.sysroot / "usr/bin/python3")]
+
+    def env(self, core: str) -> dict:
+        return os.environ | {"QEMU_CPU": core, "PYTHONPATH": GUEST_SITE, "TF_CPP_MIN_LOG_LEVEL": "2"}
+
+    def set_core(self, core: str, cores: int) -> None:
+        if core not in CORES:
+            raise MissingDependencyError(f"no emulated cpuinfo for core {core!r}; known: {', '.join(CORES)}")
+        part, features = CORES[core]
+        block = (f"processor\t: {{i}}\nBogoMIPS\t: 108.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\n"
+                 f"CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: {part}\nCPU revision\t: 0\n\n")
+        (self.sysroot / "proc").mkdir(exist_ok=True)
+        (self.sysroot / "proc" / "cpuinfo").write_text("".join(block.format(i=i) for i in range(cores)))
+        cpu = self.sysroot / "sys/devices/system/cpu"
+        cpu.mkdir(parents=True, exist_ok=True)
+        for name in ("possible", "present", "online"):
+            (cpu / name).write_text(f"0-{cores - 1}\n")
+
+
+def _tool(name: str, package: str, progress: Progress) -> str:
+    found = shutil.which(name)
+    if found:
+        return found
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        progress.log(f"installing {package} (Debian) for emulated verification")
+        env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", package], capture_output=True, env=env)
+        found = shutil.which(name)
+    if not found:
+        raise MissingDependencyError(f"{name} is not installed and could not be installed here; "
+                                     f"run `apt-get install {package}` as root")
+    return found
+
+
+def ensure_emulator(cache_dir: Path, progress: Progress) -> Emulator:
+    qemu = _tool("qemu-aarch64", "qemu-user", progress)
+    versions = tool_versions()
+    tag = "-".join(f"{w}{versions[w]}" for w in WHEELS)
+    sysroot = cache_dir / "emulation" / f"{SUITE}-arm64-{tag}"
+    if (sysroot / ".complete").is_file():
+        return Emulator(qemu, sysroot)
+    mmdebstrap = _tool("mmdebstrap", "mmdebstrap", progress)
+    sysroot.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=sysroot.parent))
+    try:
+        progress.log(f"building an arm64 Debian {SUITE} sysroot with Python (once, cached in {sysroot})")
+        _run([mmdebstrap, "--variant=extract", "--architectures=arm64", "--include=python3,libstdc++6",
+              SUITE, str(tmp / "root")], "mmdebstrap")
+        pins = [f"{w}=={versions[w]}" for w in WHEELS]
+        progress.log(f"installing aarch64 wheels: {' '.join(pins)}")
+        _run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
+              "--target", str(tmp / "root" / GUEST_SITE.lstrip("/")), "--only-binary=:all:", "--python-version",
+              "3.11", "--implementation", "cp", *[a for p in PLATFORMS for a in ("--platform", p)], *pins], "pip")
+        (tmp / "root" / ".complete").write_text(" ".join(pins) + "\n")
+        os.replace(tmp / "root", sysroot)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return Emulator(qemu, sysroot)
+
+
+def _run(cmd: list[str], what: str) -> None:
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode:
+        tail = " | ".join((done.stderr or done.stdout).strip().splitlines()[-3:])
+        raise StageError(f"emulator set-up: {what} failed (exit {done.returncode}): {tail}")

@@ -1,0 +1,135 @@
+"""`make verify TARGET=rpi4`: run every ARM CPU artifact under qemu-user with the target's core and
+compare with the host run of the same artifact, using the benchmark harness' own runner.
+
+LiteRT artifacts run on both sides as they are. A TVM library for aarch64 cannot run on x86, so
+its host side is a twin built by the TVM stage from the same TFLite file for this machine's CPU
+(FMA-capable, like aarch64). int8 must match bit for bit, fp32 within 1e-5 relative.
+"""
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import platform
+import signal
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.run import Budget, child_command, load_manifest, verify as verify_hashes, write_results
+from pipeline.cache import canonical_json
+from pipeline.emulation import ensure_emulator
+from pipeline.errors import InputError
+from pipeline.progress import Progress
+from pipeline.targets import Target
+
+ROOT = Path(__file__).resolve().parent.parent
+FP32_RELATIVE_TOLERANCE = 1e-5
+VERIFIED_RUNTIMES = ("litert", "tvm")
+ONE_RUN = Budget(warmup=0, min_runs=1, min_seconds=0.0, max_seconds=0.001, accuracy_seconds=1e9)
+
+
+def _run(cmd: list[str], env: dict | None = None) -> tuple[int, str, float]:
+    started = time.monotonic()
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
+    return done.returncode, done.stderr, time.monotonic() - started
+
+
+def _outcome(code: int, stderr: str) -> str | None:
+    if code == 0:
+        return None
+    if code < 0:
+        return f"killed by {signal.Signals(-code).name}"
+    if "Illegal instruction" in stderr or "signal 4" in stderr:
+        return "killed by SIGILL (an instruction the emulated core lacks)"
+    return f"exit {code}: " + " | ".join(stderr.strip().splitlines()[-2:])
+
+
+def _host_twin(build_dir: Path, art: dict, work: Path) -> dict:
+    """The same TFLite model compiled by the TVM stage for this machine, as a runner artifact record."""
+    from pipeline.compiler import _cpu_model
+    from pipeline.stages import tvm_build
+
+    source = build_dir / art["source_tflite"]
+    if not source.is_file():
+        raise InputError(f"{art['file']}: its source {art['source_tflite']} is not in {build_dir}; "
+                         f"add the TFLite kind to the target's artifacts")
+    out = work / f"twin-{Path(art['file']).stem}"
+    out.mkdir()
+    config = tvm_build.Config(kind=art["kind"], file_name="twin.so", target=canonical_json({"kind": "llvm"}),
+                              host="null", host_cpu=_cpu_model(), linker="native", arch=platform.machine())
+    tvm_build.run({"tflite": source}, config, out, Progress(quiet=True))
+    io = json.loads((out / "tvm.json").read_text())["io"]
+    return art | {"file": str(out / "twin.so"), "io": io}
+
+
+def compare(kind_precision: str, emulated: np.ndarray, host: np.ndarray) -> tuple[bool, float, str]:
+    diff = float(np.max(np.abs(emulated - host))) if emulated.size else 0.0
+    if kind_precision == "int8":
+        return diff == 0.0, diff, "bit-exact"
+    relative = diff / max(float(np.max(np.abs(host))), 1e-12)
+    return relative <= FP32_RELATIVE_TOLERANCE, relative, f"relative <= {FP32_RELATIVE_TOLERANCE:.0e}"
+
+
+def verify_target(build_dir: Path, target: Target, cache_dir: Path, n: int = 4,
+                  progress: Progress | None = None, only: list[str] | None = None) -> dict:
+    progress = progress or Progress()
+    if target.arch != "aarch64":
+        raise InputError(f"make verify emulates aarch64 boards; target {target.name} is {target.arch} "
+                         f"(aarch64 targets: rpi4, rpi5, android-arm64)")
+    manifest = load_manifest(build_dir)
+    artifacts = [a for a in manifest["artifacts"] if a["device"] == "cpu" and a["runtime"] in VERIFIED_RUNTIMES
+                 and (not only or a["file"] in only)]
+    verify_hashes(build_dir, artifacts)
+    emulator = ensure_emulator(cache_dir, progress)
+    emulator.set_core(target.cpu.core, target.cpu.cores or 4)
+    threads = target.bench.threads or 4
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        for art in artifacts:
+            progress.log(f"  {art['file']}: running under qemu ({target.cpu.core}) on {n} eval images")
+            emu_logits, host_logits = work / "emu.npy", work / "host.npy"
+            cmd = child_command(build_dir, art, threads, ONE_RUN, n, work / "emu.json", emulator.python(), emu_logits)
+            code, stderr, seconds = _run(cmd, emulator.env(target.cpu.core))
+            row = {"file": art["file"], "runtime": art["runtime"], "precision": art["precision"],
+                   "emulated_core": target.cpu.core, "emulated_seconds": round(seconds, 1), "n": n}
+            failure = _outcome(code, stderr)
+            if art["runtime"] == "litert":
+                row["xnnpack"] = "XNNPACK delegate" in stderr
+            if failure:
+                rows.append(row | {"match": False, "max_difference": None, "detail": failure})
+                progress.log(f"  {art['file']}: FAILED under emulation: {failure}")
+                continue
+            host_art = _host_twin(build_dir, art, work) if art["runtime"] == "tvm" else art
+            code, stderr, _ = _run(child_command(build_dir, host_art, threads, ONE_RUN, n, work / "host.json",
+                                                 save_logits=host_logits), os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"})
+            if code:
+                rows.append(row | {"match": False, "max_difference": None,
+                                   "detail": f"host run failed: {_outcome(code, stderr)}"})
+                continue
+            ok, diff, rule = compare(art["precision"], np.load(emu_logits), np.load(host_logits))
+            against = "host TVM build of the same TFLite model" if art["runtime"] == "tvm" else "host run, same file"
+            rows.append(row | {"match": ok, "max_difference": diff, "detail": f"{rule} against the {against}"})
+    now = datetime.datetime.now(datetime.timezone.utc)
+    report = {"kind": "verify", "target": target.name, "created": now.isoformat(timespec="seconds"),
+              "emulator": {"qemu": emulator.qemu, "sysroot": str(emulator.sysroot), "core": target.cpu.core},
+              "rows": rows, "passed": bool(rows) and all(r["match"] for r in rows)}
+    write_results(report, build_dir / "bench" / f"verify-{now.strftime('%Y%m%dT%H%M%SZ')}.json")
+    return report
+
+
+def table(report: dict) -> str:
+    lines = [("artifact", "runtime", "match", "max difference", "emulated s", "XNNPACK", "detail")]
+    for r in report["rows"]:
+        diff = "-" if r["max_difference"] is None else f"{r['max_difference']:.3g}"
+        xnn = {True: "active", False: "NOT active"}.get(r.get("xnnpack"), "")
+        lines.append((r["file"], r["runtime"], "yes" if r["match"] else "NO", diff, f"{r['emulated_seconds']:.1f}",
+                      xnn, r["detail"]))
+    widths = [max(len(x[i]) for x in lines) for i in range(len(lines[0]))]
+    out = ["  ".join(c.ljust(w) for c, w in zip(x, widths)).rstrip() for x in lines]
+    out.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(out)

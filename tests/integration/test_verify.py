@@ -1,0 +1,86 @@
+"""`make verify` on a tiny model: rpi4's CPU artifacts under qemu (Cortex-A72) match the host, and a
+library built for an ISA the Pi 4 lacks (SVE) is caught. Needs qemu-user, mmdebstrap and the
+aarch64 wheels; the set-up installs them as root, else the tests are skipped with the reason."""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from pipeline.compiler import CompileOptions, compile_target
+from pipeline.errors import MissingDependencyError, StageError
+from pipeline.progress import Progress
+from pipeline.targets import load_target
+
+
+@pytest.fixture(scope="module")
+def emulated(tiny_model, tmp_path_factory):
+    from pipeline.emulation import ensure_emulator
+
+    root = tmp_path_factory.mktemp("verify")
+    try:
+        ensure_emulator(root / "cache", Progress(quiet=True))
+    except (MissingDependencyError, StageError) as exc:
+        pytest.skip(f"emulator set-up not possible here: {exc}")
+    compile_target(CompileOptions(target="rpi4", weights=str(tiny_model), out_dir=root / "build",
+                                  cache_dir=root / "cache", calib_n=10, eval_n=8))
+    return root
+
+
+def test_rpi4_artifacts_match_the_host_under_emulation(emulated):
+    from pipeline.verify import verify_target
+
+    report = verify_target(emulated / "build" / "rpi4", load_target("rpi4"), emulated / "cache", n=3,
+                           progress=Progress(quiet=True))
+    rows = {r["file"]: r for r in report["rows"]}
+    assert set(rows) == {"tiny_fp32.tflite", "tiny_int8.tflite", "tiny_fp32.so", "tiny_int8.so"}
+    assert report["passed"], report
+    assert rows["tiny_int8.tflite"]["max_difference"] == 0.0 and rows["tiny_int8.so"]["max_difference"] == 0.0
+    assert rows["tiny_fp32.tflite"]["max_difference"] <= 1e-5
+    assert rows["tiny_int8.tflite"]["xnnpack"] and rows["tiny_fp32.tflite"]["xnnpack"]
+    assert all(r["emulated_core"] == "cortex-a72" for r in rows.values())
+    assert list((emulated / "build" / "rpi4" / "bench").glob("verify-*.json"))
+
+
+def test_library_for_an_isa_the_board_lacks_is_caught(emulated, tmp_path):
+    """SVE code on a Cortex-A72 (the Pi 4 has no SVE) dies with SIGILL under emulation."""
+    from pipeline.stages import tvm_build
+    from pipeline.verify import verify_target
+
+    build = tmp_path / "rpi4"
+    shutil.copytree(emulated / "build" / "rpi4", build, ignore=shutil.ignore_patterns("bench"))
+    config = tvm_build.Config(kind="tvm-int8", file_name="tiny_int8.so", arch="aarch64", host="null", host_cpu="",
+                              target=json.dumps({"kind": "llvm", "mtriple": "aarch64-linux-gnu",
+                                                 "mcpu": "neoverse-v1", "mattr": ["+sve"]}),
+                              linker="zig:aarch64-linux-gnu")
+    out = tmp_path / "sve"
+    out.mkdir()
+    tvm_build.run({"tflite": build / "tiny_int8.tflite"}, config, out, Progress(quiet=True))
+    shutil.copyfile(out / "tiny_int8.so", build / "tiny_int8.so")
+    manifest = json.loads((build / "manifest.json").read_text())
+    for art in manifest["artifacts"]:
+        if art["file"] == "tiny_int8.so":
+            art["sha256"] = hashlib.sha256((build / "tiny_int8.so").read_bytes()).hexdigest()
+    (build / "manifest.json").write_text(json.dumps(manifest))
+    report = verify_target(build, load_target("rpi4"), emulated / "cache", n=2, progress=Progress(quiet=True),
+                           only=["tiny_int8.so"])
+    assert not report["passed"]
+    assert "SIGILL" in report["rows"][0]["detail"]
+
+
+def test_cli_exit_code_on_mismatch_and_x86_target_refused(emulated, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "pipeline", "verify", "--target", "host", "--out",
+                           str(emulated / "build"), "--cache-dir", str(emulated / "cache")],
+                          capture_output=True, text=True)
+    assert done.returncode == 2 and "make verify emulates aarch64 boards; target host is x86_64" in done.stderr
+
+
+def test_unknown_core_is_one_clear_line(tmp_path):
+    from pipeline.emulation import Emulator
+
+    with pytest.raises(MissingDependencyError, match=r"no emulated cpuinfo for core 'cortex-x9'; known: cortex-a53"):
+        Emulator("qemu-aarch64", tmp_path).set_core("cortex-x9", 4)
