@@ -19,6 +19,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from benchmarks.run import BenchError, load_manifest
+from benchmarks.text import format_table
 
 HERE = Path(__file__).resolve().parent
 GATES_FILE = HERE / "gates.toml"
@@ -232,10 +233,7 @@ def table(report: dict) -> str:
         thr = "" if c["threshold"] is None else f"{c['op']} {_fmt(c['threshold'])}"
         rows.append((c["artifact"], c["metric"], _fmt(c["value"]), thr, c["status"].upper(),
                      c["source"] if c["status"] != "skip" else c["detail"]))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(x.ljust(w) for x, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return format_table(rows)
 
 
 def write_outputs(report: dict, build_dir: Path) -> Path:

@@ -27,6 +27,7 @@ import numpy as np
 
 from benchmarks import device
 from benchmarks.metrics import accuracy, latency_stats
+from benchmarks.text import format_table
 
 SCHEMA_VERSION = 1
 MAX_SAMPLES_KEPT = 2000      # samples_ms keeps at most this many (evenly strided) for the plots
@@ -246,10 +247,7 @@ def table(results: dict) -> str:
                      "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}",
                      f"{acc['agreement_top1'] * 100:.1f}%", "-" if acc["top1"] is None else f"{acc['top1'] * 100:.1f}%",
                      str(acc["n"])))
-    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
+    return format_table(rows)
 
 
 def main(argv: list[str] | None = None) -> int:

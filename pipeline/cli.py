@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.text import format_table
 from pipeline.errors import PipelineError
 
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -183,10 +184,7 @@ def summary_table(manifest: dict) -> str:
                     else f"max relative difference {v['max_rel_diff']:.1e}")
             notes.append(f"{a['file']}: against LiteRT on the same TFLite model: {diff}, "
                          f"top-1 agreement {v['agreement_top1'] * 100:.1f}%")
-    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return head + "\n\n" + "\n".join(lines) + "".join(f"\n  {n}" for n in notes)
+    return head + "\n\n" + format_table(rows) + "".join(f"\n  {n}" for n in notes)
 
 
 def _size(n: int) -> str:

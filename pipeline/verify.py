@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.text import format_table
 from benchmarks.run import Budget, child_command, load_manifest, verify as verify_hashes, write_results
 from pipeline.cache import canonical_json
 from pipeline.emulation import ensure_emulator
@@ -129,7 +130,4 @@ def table(report: dict) -> str:
         xnn = {True: "active", False: "NOT active"}.get(r.get("xnnpack"), "")
         lines.append((r["file"], r["runtime"], "yes" if r["match"] else "NO", diff, f"{r['emulated_seconds']:.1f}",
                       xnn, r["detail"]))
-    widths = [max(len(x[i]) for x in lines) for i in range(len(lines[0]))]
-    out = ["  ".join(c.ljust(w) for c, w in zip(x, widths)).rstrip() for x in lines]
-    out.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(out)
+    return format_table(lines)
