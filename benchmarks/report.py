@@ -31,8 +31,12 @@ def rows(results: dict) -> list[dict]:
     for r in results["results"]:
         acc = r["accuracy"]
         base = fp32.get((r["runtime"], r["device"]))
-        if acc["top1"] is not None and float_top1 is not None:
-            change = f"{(acc['top1'] - float_top1) * 100:+.2f} pt top-1"
+        # float top-1 on the same images: the runner's own figure, or the whole-set one if n is whole
+        same_images = acc.get("float_top1")
+        if same_images is None and acc.get("n") == results.get("eval", {}).get("n"):
+            same_images = float_top1
+        if acc["top1"] is not None and same_images is not None:
+            change = f"{(acc['top1'] - same_images) * 100:+.2f} pt top-1"
         else:
             change = f"{(acc['agreement_top1'] - 1) * 100:+.2f} pt agreement"
         out.append({

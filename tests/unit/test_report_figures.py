@@ -32,6 +32,14 @@ def test_speedup_is_over_fp32_of_the_same_runtime():
     assert by["a_int8.tflite"]["change"] == "-2.00 pt top-1"
 
 
+def test_accuracy_change_never_mixes_image_subsets():
+    subset = dict(RESULTS, results=[result("a_int8.so", "tvm", "int8", 600.0, 0.9)])
+    subset["results"][0]["accuracy"]["n"] = 4               # measured on 4 of 10 images, no float figure
+    assert rows(subset)[0]["change"].endswith("pt agreement")
+    subset["results"][0]["accuracy"]["float_top1"] = 0.95   # the runner's float top-1 on those 4 images
+    assert rows(subset)[0]["change"] == "-5.00 pt top-1"
+
+
 def test_markdown_row():
     md = markdown(RESULTS)
     assert "| a_int8.tflite | litert | int8 | 30.00 | 33.00 | 2.00x | 100 | 2.0 | -2.00 pt top-1 |" in md
