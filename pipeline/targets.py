@@ -47,6 +47,7 @@ class TvmSpec:
     target: Any                   # a TVM tag (str) or target dict, passed through untouched
     host: Any = None              # host target for GPU targets (dict or tag)
     cross_compiler: str = ""      # e.g. aarch64-linux-gnu-gcc; empty = native
+    schedules: str = "default"    # CPU builds: "default" schedules, or "none" (TVM's bare output)
 
 
 @dataclass(frozen=True)
@@ -104,13 +105,14 @@ def parse_target(name: str, path: Path) -> Target:
         g = _keys(top["gpu"], f"{where}: [gpu]", required=("api", "name"))
         gpu = GpuSpec(api=_choice(g["api"], f"{where}: gpu.api", GPU_APIS), name=_str(g["name"], f"{where}: gpu.name"))
     if "tvm" in top:
-        t = _keys(top["tvm"], f"{where}: [tvm]", required=("target",), optional=("host", "cross_compiler"))
+        t = _keys(top["tvm"], f"{where}: [tvm]", required=("target",), optional=("host", "cross_compiler", "schedules"))
         for key in ("target", "host"):
             if key in t and not isinstance(t[key], (str, dict)):
                 raise ConfigError(f"{where}: tvm.{key} must be a TVM tag (string) or a table, "
                                   f"got {type(t[key]).__name__}")
         tvm = TvmSpec(target=t["target"], host=t.get("host"),
-                      cross_compiler=_str(t.get("cross_compiler", ""), f"{where}: tvm.cross_compiler"))
+                      cross_compiler=_str(t.get("cross_compiler", ""), f"{where}: tvm.cross_compiler"),
+                      schedules=_choice(t.get("schedules", "default"), f"{where}: tvm.schedules", ("default", "none")))
     if tvm is None and any(k.startswith("tvm-") for k in artifacts):
         raise ConfigError(f"{where}: artifacts ask for TVM builds but there is no [tvm] table with a target")
     if gpu is None and "tvm-gpu-fp32" in artifacts:

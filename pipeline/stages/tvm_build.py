@@ -23,7 +23,7 @@ from pipeline.errors import StageError
 from pipeline.progress import Progress
 
 NAME = "tvm"
-VERSION = 2
+VERSION = 3
 TOOLS = ("apache-tvm", "apache-tvm-ffi", "tflite", "ziglang", "numpy")
 
 
@@ -36,6 +36,7 @@ class Config:
     host_cpu: str             # native builds: this machine's CPU model (mcpu is then detected by LLVM)
     linker: str               # "native", "zig:<triple>" or a cross compiler command
     arch: str
+    schedules: str = "default"  # CPU targets: "default" (pipeline/stages/tvm_schedules.py) or "none"
 
 
 def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progress) -> None:
@@ -59,8 +60,14 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     mod = from_tflite(model)
     if isinstance(mod, tuple):
         mod = mod[0]
-    progress.log(f"  compiling for {json.dumps(target_spec)}")
-    executable = tvm.compile(mod, target=target)
+    progress.log(f"  compiling for {json.dumps(target_spec)} ({config.schedules} CPU schedules)"
+                 if target.kind.name == "llvm" else f"  compiling for {json.dumps(target_spec)}")
+    if target.kind.name == "llvm" and config.schedules == "default":
+        from pipeline.stages.tvm_schedules import cpu_pipeline
+
+        executable = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
+    else:
+        executable = tvm.compile(mod, target=target)
     compile_seconds = time.monotonic() - started
 
     kernels = 0
@@ -81,6 +88,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
         "arch": config.arch,
         "io": io,
         "linker": config.linker,
+        "schedules": config.schedules if target.kind.name == "llvm" else "tvm default (GPU)",
         "opencl_kernels": kernels,
         "compile_seconds": round(compile_seconds, 1),
         "total_seconds": round(time.monotonic() - started, 1),

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.compiler import TVM_CHECK_MIN_IMAGES, TVM_CHECK_PIXELS, CompileOptions, compile_target
+from pipeline.compiler import CompileOptions, compile_target
 from pipeline.versions import tool_versions
 from tests.conftest import write_target
 
@@ -53,9 +53,7 @@ def test_int8_is_checked_against_float(compiled):
     _, result = compiled
     for a in result.manifest["artifacts"]:
         acc = a["accuracy"]
-        # untuned TVM checks a pixel budget's worth of images: all 40 at 32x32
-        expected = min(40, max(TVM_CHECK_MIN_IMAGES, TVM_CHECK_PIXELS // (32 * 32))) if a["format"] == "tvm" else 40
-        assert acc["n"] == expected
+        assert acc["n"] == 40                   # every artifact, TVM with default schedules too
         assert 0.0 <= acc["agreement_top1"] <= 1.0 and acc["mean_abs_logit_delta"] >= 0.0
         if a["precision"] == "fp32":
             assert acc["agreement_top1"] == 1.0 and acc["mean_abs_logit_delta"] < 1e-4

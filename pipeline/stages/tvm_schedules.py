@@ -1,0 +1,131 @@
+"""Default CPU schedules for the TVM stage: TVM 0.27 gives llvm builds none, and untuned code runs
+single-threaded and scalar (Xception-71 about 0.7 s per image, ~100x LiteRT).
+
+Applied with dlight's ApplyDefaultSchedule to every function no earlier rule scheduled:
+  ConvLike   [injective prologue] -> one spatial x reduction block (convolutions, 1x1 as a matrix
+             product, depthwise 3x3) -> [injective epilogue]: outer spatial loops in parallel,
+             width blocked by 4 (unrolled, 4 accumulator rows), output channels split to the
+             vector width and vectorized innermost, reductions in between, epilogue fused per tile.
+  Injective  element-wise, pooling-free chains (pad, add, relu, (de)quantize): intermediate steps
+             inlined, the last fused, split to the vector width, vectorized and parallelized.
+  dlight's GEMV and Reduction rules for the rest (the classifier, the global mean).
+Reduction order is never changed (vectorization runs over output channels), so a scheduled
+function gives the same result as the unscheduled one; tests/unit/test_tvm_schedules.py checks
+every function of a model that way. This module imports TVM: only the TVM stage imports it.
+"""
+from __future__ import annotations
+
+from tvm import s_tir, tirx
+from tvm.s_tir import dlight
+from tvm.s_tir.dlight.analysis import normalize_prim_func
+from tvm.s_tir.dlight.base import get_extent
+from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
+from tvm.target.codegen import llvm_get_vector_width
+
+WIDTH_BLOCK = 4
+
+
+def vector_lanes(target, bits: int = 32) -> int:
+    width = llvm_get_vector_width(target)
+    return max((width if width > 0 else 128) // bits, 2)
+
+
+class Injective(CPUScheduleRule):
+    def apply(self, func, target, _):
+        if not isinstance(func, tirx.PrimFunc):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if not infos or not all(b.is_injective() for b in infos):
+            return None
+        for block in infos[:-1]:
+            try:
+                sch.compute_inline(block.block_rv)
+            except Exception:  # noqa: BLE001 - TVM raises ScheduleError subclasses: leave the block as is
+                pass
+        loops = sch.get_loops(infos[-1].block_rv)
+        if not loops:
+            return None
+        fused = sch.fuse(*loops) if len(loops) > 1 else loops[0]
+        lanes = vector_lanes(target)
+        extent = get_extent(sch, fused)
+        if isinstance(extent, int) and extent >= 2 * lanes:
+            outer, inner = sch.split(fused, factors=[None, lanes])
+            sch.vectorize(inner)
+            sch.parallel(outer)
+        else:
+            sch.parallel(fused)
+        return sch
+
+
+class ConvLike(CPUScheduleRule):
+    def apply(self, func, target, _):
+        if not isinstance(func, tirx.PrimFunc):
+            return None
+        sch = s_tir.Schedule(func)
+        infos = normalize_prim_func(sch)
+        if not infos:
+            return None
+        reductions = [i for i, b in enumerate(infos) if not b.is_injective()]
+        if len(reductions) != 1:
+            return None
+        m = reductions[0]
+        kinds = infos[m].dom_kind()
+        spatial = len(kinds) - len(kinds.lstrip("S"))
+        if spatial < 2 or spatial == len(kinds) or kinds[spatial:].strip("R"):
+            return None
+        kept = []
+        for i, block in enumerate(infos):
+            if i in (m, len(infos) - 1):
+                continue
+            try:
+                sch.compute_inline(block.block_rv)
+            except Exception:  # noqa: BLE001 - not inlinable: must follow the tile below
+                kept.append(i)
+        if any(i < m for i in kept):
+            return None
+        epilogue = [infos[i].block_rv for i in kept] + ([infos[-1].block_rv] if m != len(infos) - 1 else [])
+        lanes = vector_lanes(target)
+        loops = sch.get_loops(infos[m].block_rv)
+        s_loops, r_loops = loops[:spatial], loops[spatial:]
+        channels = get_extent(sch, s_loops[-1])
+        if not isinstance(channels, int) or channels < 2:
+            return None
+        lanes = min(lanes, 1 << (channels.bit_length() - 1))     # narrow layers: a shorter vector
+        co, ci = sch.split(s_loops[-1], factors=[None, lanes])
+        outer = sch.fuse(*s_loops[:-2]) if spatial > 2 else None
+        width = get_extent(sch, s_loops[-2])
+        block = next((b for b in (WIDTH_BLOCK, 2) if isinstance(width, int) and width % b == 0), 1)
+        wo, wi = sch.split(s_loops[-2], factors=[None, block])
+        sch.reorder(*([outer] if outer is not None else []), wo, co, *r_loops, wi, ci)
+        sch.parallel(outer if outer is not None else wo)
+        sch.vectorize(ci)
+        if block > 1:
+            sch.unroll(wi)
+        sch.decompose_reduction(infos[m].block_rv, r_loops[0])
+        try:
+            for rv in epilogue:
+                sch.reverse_compute_at(rv, co)
+        except Exception:  # noqa: BLE001 - an epilogue that cannot follow the tile: leave the function alone
+            return None
+        return sch
+
+
+def default_schedules():
+    """The pass that schedules every unscheduled function of a Relax module for a CPU target."""
+    return dlight.ApplyDefaultSchedule(ConvLike(), Injective(), dlight.cpu.GEMV(), dlight.cpu.Reduction())
+
+
+def cpu_pipeline(target):
+    """TVM's CPU pipeline with the default schedules applied after legalization and fusion."""
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    @tvm.transform.module_pass(opt_level=0)
+    def _pipeline(mod, _ctx):
+        with target:
+            return tvm.transform.Sequential(
+                cpu.library_dispatch_passes(target) + cpu.legalize_passes(target) + [default_schedules()]
+                + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))(mod)
+
+    return _pipeline

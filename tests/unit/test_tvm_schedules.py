@@ -1,0 +1,63 @@
+"""Every function the default CPU schedules touch must compute exactly what TVM's unscheduled
+function computes (same reduction order), on a model with Xception's operator kinds in fp32 and int8."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+SHAPE = re.compile(r'T\.Buffer\(\((.*?)\), "(\w+)"\)')
+
+
+def legalized_functions(tflite_file, target):
+    import tflite
+    import tvm
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+    from tvm.relax.frontend.tflite import from_tflite
+
+    mod = from_tflite(tflite.Model.GetRootAsModel(tflite_file.read_bytes(), 0))
+    with target:
+        mod = tvm.transform.Sequential(cpu.library_dispatch_passes(target) + cpu.legalize_passes(target))(mod)
+    return [(gv.name_hint, f) for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+
+
+@pytest.fixture(scope="module")
+def tflite_models(tiny_model, tmp_path_factory):
+    from pipeline.compiler import CompileOptions, compile_target
+    from tests.conftest import write_target
+
+    root = tmp_path_factory.mktemp("sched")
+    targets = write_target(root / "t", "t", ["tflite-fp32", "tflite-int8"])
+    compile_target(CompileOptions(target="t", weights=str(tiny_model), out_dir=root / "b", cache_dir=root / "c",
+                                  calib_n=8, eval_n=4, targets_dir=targets))
+    return root / "b" / "t"
+
+
+@pytest.mark.parametrize("precision", ["fp32", "int8"])
+def test_scheduled_functions_match_unscheduled(tflite_models, precision):
+    import tvm
+
+    from pipeline.stages.tvm_schedules import ConvLike, Injective
+
+    target = tvm.target.Target({"kind": "llvm", "num-cores": 2})
+    rng = np.random.default_rng(0)
+    scheduled = 0
+    for name, func in legalized_functions(tflite_models / f"tiny_{precision}.tflite", target):
+        sch = ConvLike().apply(func, target, False) or Injective().apply(func, target, False)
+        if sch is None:
+            continue
+        signature = func.script().split("T.func_attr")[0]
+        shapes = [(tuple(int(x) for x in re.findall(r"T.int64\((\d+)\)", m.group(1))), m.group(2))
+                  for m in SHAPE.finditer(signature)]
+        args = [rng.standard_normal(s).astype(d) if d.startswith("float") else rng.integers(-100, 100, s).astype(d)
+                for s, d in shapes]
+        outputs = []
+        for fn in (func, sch.mod["main"]):
+            lib = tvm.compile(tvm.IRModule({"main": fn.with_attr("global_symbol", "main")}), target=target)
+            tensors = [tvm.runtime.tensor(a) for a in args]
+            lib["main"](*tensors)
+            outputs.append(tensors[-1].numpy())
+        np.testing.assert_array_equal(outputs[0], outputs[1], err_msg=name)
+        scheduled += 1
+    assert scheduled >= 4          # convolutions and element-wise chains were really scheduled
