@@ -182,7 +182,9 @@ def summary_table(manifest: dict) -> str:
             v = acc["vs_litert"]
             diff = (f"max {v['max_quant_steps']} quantization step(s)" if "max_quant_steps" in v
                     else f"max relative difference {v['max_rel_diff']:.1e}")
-            notes.append(f"{a['file']}: against LiteRT on the same TFLite model: {diff}, "
+            verdict = ("within tolerance" if v["within_tolerance"] else
+                       f"OUT OF TOLERANCE on {v['beyond_tolerance']} of {v['outputs']} outputs")
+            notes.append(f"{a['file']}: against LiteRT on the same TFLite model: {diff} ({verdict}), "
                          f"top-1 agreement {v['agreement_top1'] * 100:.1f}%")
     return head + "\n\n" + format_table(rows) + "".join(f"\n  {n}" for n in notes)
 

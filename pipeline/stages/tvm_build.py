@@ -23,7 +23,7 @@ from pipeline.errors import StageError
 from pipeline.progress import Progress
 
 NAME = "tvm"
-VERSION = 3
+VERSION = 4
 TOOLS = ("apache-tvm", "apache-tvm-ffi", "tflite", "ziglang", "numpy")
 
 

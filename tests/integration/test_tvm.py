@@ -36,6 +36,7 @@ def test_host_tvm_runs_and_matches_litert(build):
         assert acc["n"] == 40 and acc["agreement_top1"] >= 0.9      # the whole eval set
         assert art["schedules"] == "default"
         vs = acc["vs_litert"]
+        assert vs["within_tolerance"] and vs["beyond_tolerance"] == 0 and vs["outputs"] == 400
         if precision == "fp32":
             assert vs["max_rel_diff"] <= 1e-4
         else:
