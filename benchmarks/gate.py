@@ -196,6 +196,10 @@ def _baseline_check(name: str, a: dict, baseline: dict, t: Thresholds, src: str)
     base = baseline.get("artifacts", {}).get(name)
     if base is None:
         return Check(name, "baseline", None, None, "", "skip", "artifact not in the baseline", src)
+    if base.get("n") != a.get("n"):
+        return Check(name, "baseline", None, None, "", "skip",
+                     f"baseline measured on {base.get('n')} images, now {a.get('n')}: not comparable; "
+                     f"re-record with make baseline", src)
     metric = "top1" if a.get("top1") is not None and base.get("top1") is not None else "agreement_top1"
     floor = base[metric] - t.baseline_tolerance_points / 100
     return _compare(name, f"baseline_{metric}", a[metric], ">=", floor, src,

@@ -132,6 +132,16 @@ def test_regression_against_baseline(gated, tmp_path, capsys):
     assert "digitnet_int8.onnx: baseline_top1 = " in capsys.readouterr().out
 
 
+def test_baseline_on_other_images_is_not_compared(gated, tmp_path, capsys):
+    shutil.copytree(gated["baselines"], tmp_path / "b")
+    path = next((tmp_path / "b").rglob("gated.json"))
+    data = json.loads(path.read_text())
+    data["artifacts"]["digitnet_int8.onnx"] |= {"top1": 1.0, "n": 32}
+    path.write_text(json.dumps(data))
+    assert run_gate(gated, baselines=tmp_path / "b") == 0
+    assert "baseline measured on 32 images, now 120: not comparable" in capsys.readouterr().out
+
+
 def test_compile_time_accuracy_is_used_without_a_benchmark_run(gated, tmp_path, capsys):
     build = tmp_path / "gated"
     shutil.copytree(gated["build"], build, ignore=shutil.ignore_patterns("bench", "gate"))
