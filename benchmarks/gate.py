@@ -11,13 +11,13 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
-import os
 import sys
 import tomllib
 import xml.etree.ElementTree as ET
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from benchmarks.files import results_newest_first, write_text_atomic
 from benchmarks.run import BenchError, load_manifest
 from benchmarks.text import format_table
 
@@ -122,9 +122,7 @@ def model_id(manifest: dict) -> str:
 def accuracy_source(build_dir: Path, manifest: dict) -> tuple[dict, dict, str]:
     """{file: accuracy}, {file: bench result} and a description of where the figures came from."""
     shas = {a["file"]: a["sha256"] for a in manifest["artifacts"]}
-    runs = sorted((build_dir / "bench").glob("*.json")) if (build_dir / "bench").is_dir() else []
-    for path in sorted(runs, key=lambda p: json.loads(p.read_text())["created"], reverse=True):
-        results = json.loads(path.read_text())
+    for results, _ in results_newest_first(build_dir):
         usable = {r["file"]: r for r in results["results"] if shas.get(r["file"]) == r.get("sha256")}
         if usable:
             acc = {f: r["accuracy"] for f, r in usable.items()}
@@ -243,10 +241,8 @@ def table(report: dict) -> str:
 def write_outputs(report: dict, build_dir: Path) -> Path:
     folder = build_dir / "gate"
     folder.mkdir(parents=True, exist_ok=True)
-    for name, text in (("junit.xml", junit(report)), ("gate.json", json.dumps(report, indent=1) + "\n")):
-        tmp = folder / f".{name}.tmp-{os.getpid()}"
-        tmp.write_text(text)
-        os.replace(tmp, folder / name)
+    write_text_atomic(folder / "junit.xml", junit(report))
+    write_text_atomic(folder / "gate.json", json.dumps(report, indent=1) + "\n")
     return folder
 
 
@@ -267,10 +263,7 @@ def make_baseline(build_dir: Path, reason: str, baselines: Path = BASELINES_DIR)
     record = {"model": model_id(manifest), "target": manifest["target"], "reason": reason.strip(),
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "accuracy_source": source, "versions": manifest.get("versions", {}), "artifacts": entries}
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(record, indent=1) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -13,14 +13,15 @@ import os
 import sys
 from pathlib import Path
 
+from benchmarks.files import results_newest_first, write_text_atomic
 from benchmarks.run import BenchError
 
 
 def latest_results(build_dir: Path) -> Path:
-    runs = sorted((build_dir / "bench").glob("*.json"), key=lambda p: (json.loads(p.read_text())["created"], p.name))
+    runs = results_newest_first(build_dir)
     if not runs:
         raise BenchError(f"no benchmark results in {build_dir}/bench/; run `make bench` first")
-    return runs[-1]
+    return runs[0][1]
 
 
 def rows(results: dict) -> list[dict]:
@@ -156,10 +157,8 @@ def render(build_dir: Path, results_file: Path | None = None) -> dict[str, Path]
     md = markdown(results)
     images = plots(results, folder)
     out = {"markdown": folder / "report.md", "html": folder / "report.html"} | images
-    for key, text in (("markdown", md), ("html", html_page(results, md, images))):
-        tmp = out[key].with_name(f".{out[key].name}.tmp-{os.getpid()}")
-        tmp.write_text(text)
-        os.replace(tmp, out[key])
+    write_text_atomic(out["markdown"], md)
+    write_text_atomic(out["html"], html_page(results, md, images))
     return out
 
 

@@ -27,42 +27,26 @@ def parse_tracker(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def _measure_remote(session, build_dir: Path, art: dict, inputs, data, labels, budget: Budget, key: str) -> dict:
-    import tvm
-    from tvm import relax
+def _measure_remote(remote, build_dir: Path, art: dict, inputs, data, labels, budget: Budget, key: str) -> dict:
+    from benchmarks.runtimes import TvmSession, run_all
 
-    from benchmarks.runtimes import dequantize, quantize
-
-    dev = session.cl(0) if art["device"] == "gpu" else session.cpu(0)
-    io = art["io"]
+    dev = remote.cl(0) if art["device"] == "gpu" else remote.cpu(0)
     start = time.perf_counter()
-    session.upload(str(build_dir / art["file"]))
-    vm = relax.VirtualMachine(session.load_module(art["file"]), dev)
+    remote.upload(str(build_dir / art["file"]))
+    session = TvmSession(remote.load_module(art["file"]), dev, art["io"], f"tvm rpc {key}")
     init_ms = (time.perf_counter() - start) * 1e3
-
-    def to_dev(x):
-        return tvm.runtime.tensor(quantize(x, np.dtype(io["input"]["dtype"]), io["input"].get("scale"),
-                                           io["input"].get("zero_point")), device=dev)
-
-    x0 = to_dev(inputs[:1])
     start = time.perf_counter()
-    vm["main"](x0).numpy()
+    session.run(inputs[:1])
     first_ms = (time.perf_counter() - start) * 1e3
     repeat = max(budget.min_runs, math.ceil(budget.min_seconds * 1e3 / max(first_ms, 1e-3)))
     repeat = max(1, min(repeat, int(budget.max_seconds * 1e3 / max(first_ms, 1e-3))))
-    samples = [r * 1e3 for r in vm.time_evaluator("main", dev, number=1, repeat=repeat)(x0).results]
-    out_io = io["output"]
-    logits, began = [], time.perf_counter()
-    for i in range(len(inputs)):
-        y = vm["main"](to_dev(inputs[i:i + 1])).numpy()
-        logits.append(dequantize(y, out_io.get("scale"), out_io.get("zero_point"))[0])
-        if time.perf_counter() - began >= budget.accuracy_seconds:
-            break
-    logits = np.stack(logits)
+    timer = session.vm.time_evaluator("main", dev, number=1, repeat=repeat)
+    samples = [r * 1e3 for r in timer(session.to_device(inputs[:1])).results]
+    logits = run_all(session, inputs, seconds=budget.accuracy_seconds)
     return {"file": art["file"], "runtime": "tvm", "precision": art["precision"], "device": art["device"],
             "format": "tvm", "bytes": art["bytes"], "sha256": art["sha256"], "latency_ms": latency_stats(samples),
             "samples_ms": samples, "init_ms": init_ms, "first_ms": first_ms, "peak_rss_mb": None,
-            "rss_growth_mb": None, "provider": f"tvm rpc {key}",
+            "rss_growth_mb": None, "provider": session.provider,
             "accuracy": accuracy(logits, data["logits"][:len(logits)],
                                  None if labels is None else labels[:len(logits)])}
 
@@ -89,16 +73,16 @@ def run_over_rpc(build_dir: Path, tracker: str, key: str, budget: Budget = Budge
     for art in artifacts:
         log(f"  {art['file']}: requesting a '{key}' device from the tracker at {tracker}")
         try:
-            session = client.request(key, priority=1, session_timeout=session_timeout, max_retry=3)
+            remote = client.request(key, priority=1, session_timeout=session_timeout, max_retry=3)
         except (RuntimeError, tvm.error.TVMError) as exc:
             raise BenchError(f"the tracker at {tracker} has no free device under key {key!r}: {exc}") from None
         try:
-            results.append(_measure_remote(session, build_dir, art, inputs, data, labels, budget, key))
+            results.append(_measure_remote(remote, build_dir, art, inputs, data, labels, budget, key))
         except (RuntimeError, tvm.error.TVMError) as exc:
             failed.append({"file": art["file"], "reason": f"{type(exc).__name__}: {str(exc).splitlines()[0][:300]}"})
             log(f"  {art['file']}: FAILED ({failed[-1]['reason']})")
         finally:
-            del session                 # hand the board back to the tracker before the next request
+            del remote                  # hand the board back to the tracker before the next request
             gc.collect()
         if results and results[-1]["file"] == art["file"]:
             log(f"  {art['file']}: p50 {results[-1]['latency_ms']['p50']:.2f} ms over {results[-1]['latency_ms']['n']} runs")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import device
+from benchmarks.files import sha256_file, write_text_atomic
 from benchmarks.metrics import accuracy, latency_stats
 from benchmarks.text import format_table
 
@@ -63,7 +63,7 @@ def _mb(kb: int | None) -> float | None:
 
 def measure(path: Path, runtime: str, io: dict | None, eval_file: Path, threads: int, budget: Budget,
             eval_n: int, save_logits: Path | None = None) -> dict:
-    from benchmarks.runtimes import open_session
+    from benchmarks.runtimes import open_session, run_all
 
     data = np.load(eval_file)
     inputs = data["inputs"] if not eval_n else data["inputs"][:eval_n]
@@ -89,12 +89,7 @@ def measure(path: Path, runtime: str, io: dict | None, eval_file: Path, threads:
         if elapsed >= budget.max_seconds or (len(samples) >= budget.min_runs and elapsed >= budget.min_seconds):
             break
     rss_steady = _status_kb("VmRSS")
-    outputs, began = [], time.perf_counter()
-    for i in range(len(inputs)):
-        outputs.append(session.run(inputs[i:i + 1])[0])
-        if time.perf_counter() - began >= budget.accuracy_seconds:
-            break
-    logits = np.stack(outputs)
+    logits = run_all(session, inputs, seconds=budget.accuracy_seconds)
     if save_logits is not None:
         np.save(save_logits, logits)
     labels = data["labels"][:len(logits)] if "labels" in data.files else None
@@ -112,14 +107,6 @@ def measure(path: Path, runtime: str, io: dict | None, eval_file: Path, threads:
 
 
 # -- the whole build folder (parent process) ----------------------------------------------------------
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def load_manifest(build_dir: Path) -> dict:
     path = build_dir / "manifest.json"
     if not path.is_file():
@@ -135,7 +122,7 @@ def verify(build_dir: Path, artifacts: list[dict]) -> None:
         path = build_dir / art["file"]
         if not path.is_file():
             raise BenchError(f"artifact {path} listed in the manifest is missing")
-        digest = sha256(path)
+        digest = sha256_file(path)
         if digest != art["sha256"]:
             raise BenchError(f"refusing {art['file']}: its sha256 {digest[:16]}... differs from the manifest's "
                              f"{art['sha256'][:16]}... (modified or corrupt; recompile with `make compile`)")
@@ -232,10 +219,7 @@ def run_build(build_dir: Path, threads: int = 0, budget: Budget = Budget(), eval
 
 def write_results(results: dict, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(results, indent=1) + "\n")
-    os.replace(tmp, path)
-    return path
+    return write_text_atomic(path, json.dumps(results, indent=1) + "\n")
 
 
 def table(results: dict) -> str:
@@ -248,6 +232,16 @@ def table(results: dict) -> str:
                      f"{acc['agreement_top1'] * 100:.1f}%", "-" if acc["top1"] is None else f"{acc['top1'] * 100:.1f}%",
                      str(acc["n"])))
     return format_table(rows)
+
+
+def summary(results: dict, path: Path) -> str:
+    """What the runner and `make bench` print: the table, skips, failures, throttling, the file."""
+    lines = [table(results)]
+    lines += [f"  skipped {s['file']}: {s['reason']}" for s in results["skipped"]]
+    lines += [f"  FAILED {f['file']}: {f['reason']}" for f in results["failed"]]
+    if results["device"]["throttled"]:
+        lines.append(f"  THROTTLED run: {', '.join(results['device']['throttle_reasons'])}")
+    return "\n".join(lines) + f"\n\nresults: {path}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -284,14 +278,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     path = write_results(results, args.out or args.build_dir / "bench" / f"{results['run_id']}.json")
-    print(table(results))
-    for s in results["skipped"]:
-        print(f"  skipped {s['file']}: {s['reason']}")
-    for f in results["failed"]:
-        print(f"  FAILED {f['file']}: {f['reason']}")
-    if results["device"]["throttled"]:
-        print(f"  THROTTLED run: {', '.join(results['device']['throttle_reasons'])}")
-    print(f"\nresults: {path}")
+    print(summary(results, path))
     return 3 if results["failed"] else 0
 
 

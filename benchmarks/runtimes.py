@@ -7,6 +7,7 @@ Quantized inputs/outputs are (de)quantized here with the scale and zero point th
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -67,30 +68,42 @@ class OnnxSession:
 
 
 class TvmSession:
-    """A TVM Relax library (export_library .so) run by the Relax VM on the CPU.
+    """A TVM Relax library run by the Relax VM: here (``load``) or on an RPC device (the module and
+    device of a remote session).
 
     ``io`` carries the input/output dtype, scale and zero point (from the manifest), since the
     library itself does not: int8 libraries take and give int8 like the TFLite model they came from.
     """
 
-    def __init__(self, path: Path, threads: int, io: dict | None):
+    def __init__(self, module, device, io: dict | None, provider: str):
+        import tvm
+        from tvm import relax
+
+        self._tensor = tvm.runtime.tensor
+        self.device = device
+        self.vm = relax.VirtualMachine(module, device)
+        self.main = self.vm["main"]
+        self.io = io or {"input": {"dtype": "float32"}, "output": {"dtype": "float32"}}
+        self.input_shape = tuple(self.io["input"].get("shape", ()))
+        self.provider = provider
+
+    @classmethod
+    def load(cls, path: Path, threads: int, io: dict | None) -> "TvmSession":
         if threads:
             os.environ.setdefault("TVM_NUM_THREADS", str(threads))
         try:
             import tvm
-            from tvm import relax
         except ImportError:
             raise RuntimeMissing("no TVM runtime: install apache-tvm") from None
-        self._tensor = tvm.runtime.tensor
-        self.vm = relax.VirtualMachine(tvm.runtime.load_module(str(path)), tvm.cpu())
-        self.main = self.vm["main"]
-        self.io = io or {"input": {"dtype": "float32"}, "output": {"dtype": "float32"}}
-        self.input_shape = tuple(self.io["input"].get("shape", ()))
-        self.provider = f"tvm {tvm.__version__}"
+        return cls(tvm.runtime.load_module(str(path)), tvm.cpu(), io, f"tvm {tvm.__version__}")
+
+    def to_device(self, x: np.ndarray):
+        i = self.io["input"]
+        return self._tensor(quantize(x, np.dtype(i["dtype"]), i.get("scale"), i.get("zero_point")), device=self.device)
 
     def run(self, x: np.ndarray) -> np.ndarray:
-        i, o = self.io["input"], self.io["output"]
-        result = self.main(self._tensor(quantize(x, np.dtype(i["dtype"]), i.get("scale"), i.get("zero_point"))))
+        o = self.io["output"]
+        result = self.main(self.to_device(x))
         y = result.numpy() if hasattr(result, "numpy") else result[0].numpy()
         return dequantize(y, o.get("scale"), o.get("zero_point"))
 
@@ -116,17 +129,22 @@ def open_session(path: Path, runtime: str, threads: int, io: dict | None = None)
     if runtime == "onnxruntime":
         return OnnxSession(path, threads)
     if runtime == "tvm":
-        return TvmSession(path, threads, io)
+        return TvmSession.load(path, threads, io)
     raise ValueError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
 
 
-def run_all(session, inputs: np.ndarray, on_step=None) -> np.ndarray:
-    """Run a batch-1 session over every input (N, H, W, C); returns (N, classes) float logits."""
-    outputs = []
+def run_all(session, inputs: np.ndarray, on_step=None, seconds: float | None = None) -> np.ndarray:
+    """Run a batch-1 session over the inputs (N, H, W, C); returns (n, classes) float logits.
+
+    With ``seconds``, stops once that much time has passed (after at least one input).
+    """
+    outputs, began = [], time.perf_counter()
     for i in range(len(inputs)):
         outputs.append(session.run(inputs[i:i + 1])[0])
         if on_step:
             on_step()
+        if seconds is not None and time.perf_counter() - began >= seconds:
+            break
     return np.stack(outputs)
 
 

@@ -226,12 +226,7 @@ def _bench(args) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     path = run.write_results(results, build_dir / "bench" / f"{results['run_id']}.json")
-    print(run.table(results))
-    for note in results["skipped"]:
-        print(f"  skipped {note['file']}: {note['reason']}")
-    for note in results["failed"]:
-        print(f"  FAILED {note['file']}: {note['reason']}")
-    print(f"\nresults: {path}")
+    print(run.summary(results, path))
     return 3 if results["failed"] else 0
 
 

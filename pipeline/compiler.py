@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
+from benchmarks.device import cpu_model
 from pipeline import __version__
 from pipeline.cache import CacheEntry, StageCache, canonical_json, sha256_file, sha256_tree, stage_key
 from pipeline.datasets import ImageSource, folder_images
@@ -152,7 +153,7 @@ class _Compilation:
             spec = spec | {"num-cores": os.cpu_count() or 1}
         detect_cpu = native and isinstance(spec, dict) and "mcpu" not in spec and "mtriple" not in spec
         config = tvm_build.Config(kind=kind, file_name=file_name, target=canonical_json(spec),
-                                  host=canonical_json(target.tvm.host), host_cpu=_cpu_model() if detect_cpu else "",
+                                  host=canonical_json(target.tvm.host), host_cpu=cpu_model() if detect_cpu else "",
                                   linker=self._linker(), arch=target.arch, schedules=target.tvm.schedules)
         made = self.stage(tvm_build, config, {"tflite": source.file(source_file)}, f"tvm {kind}")
         info = json.loads(made.file("tvm.json").read_text())
@@ -250,11 +251,11 @@ class _Compilation:
                 record |= {"file": file_name, "path": made.file(file_name), "sha256": made.files[file_name],
                            "accuracy": json.loads(checked.file("accuracy.json").read_text())}
             artifacts.append(record)
-        return self._package(source, model_name, info, built, self.calibrated, artifacts)
+        return self._package(source, artifacts)
 
-    def _package(self, source: ModelSource, model_name: str, info: dict, built: CacheEntry,
-                 calibrated: CacheEntry | None, artifacts: list[dict]) -> CompileResult:
+    def _package(self, source: ModelSource, artifacts: list[dict]) -> CompileResult:
         opts, target = self.options, self.target
+        built, calibrated, info, model_name = self.built, self.calibrated, self.info, self.model_name
         staging = staging_dir(opts.out_dir, target.name)
         try:
             (staging / "eval").mkdir()
@@ -296,17 +297,6 @@ class _Compilation:
                 shutil.rmtree(staging, ignore_errors=True)
         path = opts.out_dir / target.name / "manifest.json"
         return CompileResult(path, manifest, self.runs)
-
-
-def _cpu_model() -> str:
-    """This machine's CPU model (part of a native TVM build's cache key; TVM itself picks mcpu)."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _safe_name(stem: str) -> str:

@@ -7,6 +7,7 @@ import os
 import shutil
 from pathlib import Path
 
+from benchmarks.files import write_text_atomic
 from pipeline.errors import BusyError, InputError
 
 
@@ -71,6 +72,4 @@ def publish(staging: Path, final: Path) -> None:
 
 
 def write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")

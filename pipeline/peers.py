@@ -6,7 +6,6 @@ in one run, with the same thread count, and writes a dated Markdown table naming
 """
 from __future__ import annotations
 
-import datetime
 from pathlib import Path
 
 from benchmarks import run

@@ -84,7 +84,7 @@ def _reachable(url: str, timeout: float) -> tuple[bool, str]:
     try:
         socket.create_connection((host, 443), timeout=timeout).close()
         return True, ""
-    except OSError as exc:
+    except OSError:
         return False, f"offline: cannot reach {host}"
 
 

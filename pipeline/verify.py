@@ -51,7 +51,7 @@ def _outcome(code: int, stderr: str) -> str | None:
 
 def _host_twin(build_dir: Path, art: dict, work: Path) -> dict:
     """The same TFLite model compiled by the TVM stage for this machine, as a runner artifact record."""
-    from pipeline.compiler import _cpu_model
+    from benchmarks.device import cpu_model
     from pipeline.stages import tvm_build
 
     source = build_dir / art["source_tflite"]
@@ -61,7 +61,7 @@ def _host_twin(build_dir: Path, art: dict, work: Path) -> dict:
     out = work / f"twin-{Path(art['file']).stem}"
     out.mkdir()
     config = tvm_build.Config(kind=art["kind"], file_name="twin.so", target=canonical_json({"kind": "llvm"}),
-                              host="null", host_cpu=_cpu_model(), linker="native", arch=platform.machine())
+                              host="null", host_cpu=cpu_model(), linker="native", arch=platform.machine())
     tvm_build.run({"tflite": source}, config, out, Progress(quiet=True))
     io = json.loads((out / "tvm.json").read_text())["io"]
     return art | {"file": str(out / "twin.so"), "io": io}

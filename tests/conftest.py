@@ -95,7 +95,7 @@ def make_trained_tiny_model(path: Path, size: int = 32, epochs: int = 8) -> Path
     return path
 
 
-def damaged_int8_tflite(model_file: Path, calib: "np.ndarray", out: Path) -> Path:
+def damaged_int8_tflite(model_file: Path, calib, out: Path) -> Path:
     """A real quantization regression: per-tensor int8 calibrated on ranges clipped to 2% of the data."""
     import keras
     import tensorflow as tf

@@ -30,12 +30,17 @@ def vector_lanes(target, bits: int = 32) -> int:
     return max((width if width > 0 else 128) // bits, 2)
 
 
+def _normalized(func):
+    """A schedule of ``func`` and its normalized blocks, or (None, None) for what no rule takes."""
+    if not isinstance(func, tirx.PrimFunc):
+        return None, None
+    sch = s_tir.Schedule(func)
+    return sch, normalize_prim_func(sch)
+
+
 class Injective(CPUScheduleRule):
     def apply(self, func, target, _):
-        if not isinstance(func, tirx.PrimFunc):
-            return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
+        sch, infos = _normalized(func)
         if not infos or not all(b.is_injective() for b in infos):
             return None
         for block in infos[:-1]:
@@ -60,10 +65,7 @@ class Injective(CPUScheduleRule):
 
 class ConvLike(CPUScheduleRule):
     def apply(self, func, target, _):
-        if not isinstance(func, tirx.PrimFunc):
-            return None
-        sch = s_tir.Schedule(func)
-        infos = normalize_prim_func(sch)
+        sch, infos = _normalized(func)
         if not infos:
             return None
         reductions = [i for i, b in enumerate(infos) if not b.is_injective()]

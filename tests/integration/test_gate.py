@@ -6,7 +6,6 @@ import hashlib
 import json
 import shutil
 import xml.etree.ElementTree as ET
-from pathlib import Path
 
 import numpy as np
 import pytest
