@@ -32,12 +32,19 @@ COMMON = --out '$(OUT)' $(if $(CACHE_DIR),--cache-dir '$(CACHE_DIR)') \
 
 MSG        ?=
 VERIFY_N   ?= 4
+TRIALS     ?= 1000
+TUNING_DIR ?=
+TUNED      ?= 1
+TUNE_TIMEOUT ?= 60
 
-.PHONY: help setup compile bench report verify gate baseline peers targets test test-slow clean clean-cache
+TUNING = $(if $(TUNING_DIR),--tuning-dir '$(TUNING_DIR)')
+
+.PHONY: help setup compile tune bench report verify gate baseline peers targets test test-slow clean clean-cache
 
 help:
 	@echo "make setup                       create $(VENV) with the pinned dependencies (automatic)"
 	@echo "make compile TARGET=rpi4         compile a target into $(OUT)/<target>/ (see README for variables)"
+	@echo "make tune TARGET=host [TRIALS=n] [RPC=host:port KEY=k]   MetaSchedule tuning; records in targets/tuning/"
 	@echo "make bench TARGET=rpi4 [DEVICE=user@host | RPC=host:port KEY=k]   benchmark the artifacts"
 	@echo "make report TARGET=rpi4          Markdown, plots and HTML from the newest results"
 	@echo "make verify TARGET=rpi4          run the ARM CPU artifacts under qemu and compare with the host"
@@ -62,7 +69,13 @@ compile: setup
 	$(PY) -m pipeline compile --target '$(TARGET)' --weights '$(WEIGHTS)' \
 	  $(if $(CALIB),--calib '$(CALIB)') --calib-n '$(CALIB_N)' \
 	  $(if $(EVAL),--eval '$(EVAL)') --eval-n '$(EVAL_N)' \
-	  --input-size '$(INPUT_SIZE)' --classes '$(CLASSES)' $(COMMON)
+	  --input-size '$(INPUT_SIZE)' --classes '$(CLASSES)' $(TUNING) $(if $(filter 0,$(TUNED)),--no-tuning) $(COMMON)
+
+tune: setup
+	$(PY) -m pipeline tune --target '$(TARGET)' --weights '$(WEIGHTS)' \
+	  $(if $(CALIB),--calib '$(CALIB)') --calib-n '$(CALIB_N)' \
+	  --input-size '$(INPUT_SIZE)' --classes '$(CLASSES)' --trials '$(TRIALS)' --timeout '$(TUNE_TIMEOUT)' \
+	  $(if $(RPC),--rpc '$(RPC)') $(if $(KEY),--key '$(KEY)') $(TUNING) $(COMMON)
 
 bench: setup
 	$(PY) -m pipeline bench --target '$(TARGET)' --out '$(OUT)' \

@@ -45,7 +45,24 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--eval-n", type=_int, default=0, help="evaluation images to use (default 0 = all)")
     comp.add_argument("--input-size", type=_int, default=299, help="input size for --weights random")
     comp.add_argument("--classes", type=_int, default=1000, help="class count for --weights random")
+    _tuning_dir(comp)
+    comp.add_argument("--no-tuning", action="store_true", help="do not apply tuning records (default schedules)")
     _common(comp, default_cache_dir())
+
+    tu = verbs.add_parser("tune", help="MetaSchedule-tune the TVM CPU functions here or over an RPC tracker (make tune)")
+    tu.add_argument("--target", required=True, help="a file name in targets/ without .toml (e.g. host, rpi4)")
+    tu.add_argument("--weights", default="auto", help="the model, as for compile")
+    tu.add_argument("--calib", type=Path, help="calibration images, as for compile (int8 functions)")
+    tu.add_argument("--calib-n", type=_int, default=100)
+    tu.add_argument("--input-size", type=_int, default=299, help="input size for --weights random")
+    tu.add_argument("--classes", type=_int, default=1000, help="class count for --weights random")
+    tu.add_argument("--trials", type=_int, default=1000,
+                    help="trial budget of the records (a re-run resumes up to it; default 1000)")
+    tu.add_argument("--rpc", help="host:port of a TVM RPC tracker: measure on the boards registered under --key")
+    tu.add_argument("--key", help="device key at the tracker (with --rpc)")
+    tu.add_argument("--timeout", type=float, default=60.0, help="seconds per candidate build or run (default 60)")
+    _tuning_dir(tu)
+    _common(tu, default_cache_dir())
 
     be = verbs.add_parser("bench", help="benchmark OUT/<target>/ here, over ssh or a TVM RPC tracker (make bench)")
     be.add_argument("--target", required=True)
@@ -104,6 +121,13 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _tuning_dir(p: argparse.ArgumentParser) -> None:
+    from pipeline.targets import TUNING_DIR
+
+    p.add_argument("--tuning-dir", type=Path, default=TUNING_DIR,
+                   help=f"tuning records, <dir>/<target>/<model>/ (default {TUNING_DIR.relative_to(TUNING_DIR.parent.parent)})")
+
+
 def _common(p: argparse.ArgumentParser, cache: Path) -> None:
     p.add_argument("--out", type=Path, default=Path("build"), help="output folder (default build)")
     p.add_argument("--cache-dir", type=Path, default=cache, help=f"stage cache (default {cache})")
@@ -125,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     try:
         verb = {"compile": _compile, "bench": _bench, "report": _report, "gate": _gate, "baseline": _baseline,
-                "verify": _verify, "peers": _peers, "targets": _targets, "clean": _clean, "test": _test}[args.verb]
+                "verify": _verify, "peers": _peers, "tune": _tune, "targets": _targets, "clean": _clean, "test": _test}[args.verb]
         return verb(args)
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
@@ -146,12 +170,31 @@ def _compile(args) -> int:
         target=args.target, weights=args.weights, calib_dir=args.calib, calib_n=args.calib_n,
         eval_dir=args.eval, eval_n=args.eval_n, input_size=args.input_size, num_classes=args.classes,
         out_dir=args.out, cache_dir=args.cache_dir, reference_dir=args.reference_dir,
-        targets_dir=args.targets_dir or TARGETS_DIR)
+        targets_dir=args.targets_dir or TARGETS_DIR, tuning_dir=None if args.no_tuning else args.tuning_dir)
     result = compile_target(options, Progress(quiet=args.quiet))
     print(summary_table(result.manifest))
     ran = sum(not r.cached for r in result.runs)
     print(f"\n{len(result.manifest['artifacts'])} artifacts and the manifest in {result.manifest_path.parent}/ "
           f"({ran} of {len(result.runs)} stage runs did work, the rest came from the cache)")
+    return 0
+
+
+def _tune(args) -> int:
+    from pipeline.compiler import CompileOptions
+    from pipeline.progress import Progress
+    from pipeline.targets import TARGETS_DIR
+    from pipeline.tuning import TuneOptions, summary_table as tuning_table, tune_target
+
+    options = TuneOptions(
+        CompileOptions(target=args.target, weights=args.weights, calib_dir=args.calib, calib_n=args.calib_n,
+                       input_size=args.input_size, num_classes=args.classes, out_dir=args.out,
+                       cache_dir=args.cache_dir, reference_dir=args.reference_dir,
+                       targets_dir=args.targets_dir or TARGETS_DIR, tuning_dir=args.tuning_dir),
+        trials=args.trials, rpc=args.rpc, key=args.key, timeout_sec=args.timeout)
+    summary = tune_target(options, Progress(quiet=args.quiet))
+    print(tuning_table(summary))
+    print(f"\n`make compile TARGET={args.target}` (same model) applies these records; commit {summary['records_dir']}/ "
+          f"to share them")
     return 0
 
 
@@ -167,6 +210,10 @@ def summary_table(manifest: dict) -> str:
     for a in manifest["artifacts"]:
         acc = a["accuracy"]
         pct = lambda v: "-" if v is None else f"{v * 100:.1f}%"
+        if a.get("tuning"):
+            t = a["tuning"]
+            notes.append(f"{a['file']}: tuned schedules for {t['applied']} of {t['functions']} functions "
+                         f"(records {t['records']}, {t['trials']} trials); default schedules for the rest")
         if "opencl_kernels" in a:
             notes.append(f"{a['file']}: OpenCL module with {a['opencl_kernels']} kernels; source {a['opencl_source']}")
         if acc is None:

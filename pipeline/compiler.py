@@ -26,7 +26,7 @@ from pipeline.output import TargetLock, ensure_writable, publish, staging_dir, w
 from pipeline.progress import Progress
 from pipeline.sources import ModelSource, check_size, resolve
 from pipeline.stages import build, calibrate, check, convert, tvm_build
-from pipeline.targets import ARTIFACT_KINDS, TARGETS_DIR, Target, load_target
+from pipeline.targets import ARTIFACT_KINDS, TARGETS_DIR, TUNING_DIR, Target, load_target
 from pipeline.versions import tool_versions
 
 EXTENSIONS = {"tflite": "tflite", "onnx": "onnx"}
@@ -57,6 +57,8 @@ class CompileOptions:
     reference_dir: Path | None = None     # None = <cache_dir>/reference
     targets_dir: Path = TARGETS_DIR
     seed: int = 0
+    tuning_dir: Path | None = TUNING_DIR  # MetaSchedule records (make tune); None = do not apply them
+    records_target: str = ""              # look records up under this target's name (default: the target's)
 
 
 @dataclass
@@ -143,23 +145,49 @@ class _Compilation:
             inputs["calib"] = self.calibrated.file("calib.npz")
         return self.stage(convert, convert.Config(kind, file_name), inputs, f"convert {kind}"), file_name
 
+    def tvm_spec(self) -> tuple[dict | str, bool]:
+        """The target's TVM target as the stage gets it, and whether LLVM should detect this CPU."""
+        target = self.target
+        native = target.arch == platform.machine()
+        spec = target.tvm.target
+        if native and isinstance(spec, dict) and target.cpu.cores == 0 and "num-cores" not in spec:
+            spec = spec | {"num-cores": os.cpu_count() or 1}
+        if isinstance(spec, dict) and "num-cores" not in spec and target.cpu.cores:
+            spec = spec | {"num-cores": target.cpu.cores}
+        detect_cpu = native and isinstance(spec, dict) and "mcpu" not in spec and "mtriple" not in spec
+        return spec, detect_cpu
+
+    def records_dir(self) -> Path | None:
+        """The MetaSchedule records for this target and model, or None (none made, or not wanted)."""
+        if self.options.tuning_dir is None:
+            return None
+        return records_path(self.options.tuning_dir, self.options.records_target or self.target.name,
+                            self.model_id)
+
+    @property
+    def model_id(self) -> str:
+        _, height, width, _ = self.info["input_shape"]
+        return f"{self.model_name}-{height}x{width}-{self.info['num_classes']}"
+
     def _tvm_artifact(self, kind: str, precision: str, device: str) -> dict:
         target = self.target
         source, source_file = self._converted("tflite-int8" if precision == "int8" else "tflite-fp32")
         file_name = f"{self.model_name}_{precision}{'_opencl' if device == 'gpu' else ''}.so"
         native = target.arch == platform.machine()
-        spec = target.tvm.target
-        if native and isinstance(spec, dict) and target.cpu.cores == 0 and "num-cores" not in spec:
-            spec = spec | {"num-cores": os.cpu_count() or 1}
-        detect_cpu = native and isinstance(spec, dict) and "mcpu" not in spec and "mtriple" not in spec
+        spec, detect_cpu = self.tvm_spec()
         config = tvm_build.Config(kind=kind, file_name=file_name, target=canonical_json(spec),
                                   host=canonical_json(target.tvm.host), host_cpu=cpu_model() if detect_cpu else "",
                                   linker=self._linker(), arch=target.arch, schedules=target.tvm.schedules)
-        made = self.stage(tvm_build, config, {"tflite": source.file(source_file)}, f"tvm {kind}")
+        inputs = {"tflite": source.file(source_file)}
+        records = self.records_dir() if device == "cpu" and target.tvm.schedules == "default" else None
+        if records is not None and (records / tvm_build.TUNING_FILES[0]).exists():
+            inputs |= {name: records / name for name in tvm_build.TUNING_FILES}
+            self.progress.log(f"  applying tuning records from {records}")
+        made = self.stage(tvm_build, config, inputs, f"tvm {kind}")
         info = json.loads(made.file("tvm.json").read_text())
         record = {"file": file_name, "path": made.file(file_name), "sha256": made.files[file_name],
                   "tvm_target": info["tvm_target"], "arch": target.arch, "io": info["io"],
-                  "schedules": info["schedules"],
+                  "schedules": info["schedules"], "tuning": info.get("tuning"),
                   "source_tflite": source_file, "accuracy": None}
         if device == "gpu":
             record["opencl_source"] = Path(file_name).stem + ".cl"
@@ -203,6 +231,25 @@ class _Compilation:
 
     # -- the compilation ------------------------------------------------------------------------
     def run(self) -> CompileResult:
+        source = self.prepare()
+        artifacts = []
+        for kind in self.target.artifacts:
+            fmt, precision, runtime, device = ARTIFACT_KINDS[kind]
+            record = {"kind": kind, "format": fmt, "precision": precision, "runtime": runtime, "device": device}
+            if fmt == "tvm":
+                record |= self._tvm_artifact(kind, precision, device)
+            else:
+                made, file_name = self._converted(kind)
+                checked = self.stage(check, check.Config(kind, runtime),
+                                     {"artifact": made.file(file_name), "eval": self.built.file("eval.npz")},
+                                     f"check {kind}")
+                record |= {"file": file_name, "path": made.file(file_name), "sha256": made.files[file_name],
+                           "accuracy": json.loads(checked.file("accuracy.json").read_text())}
+            artifacts.append(record)
+        return self._package(source, artifacts)
+
+    def prepare(self) -> ModelSource:
+        """The model source, the build stage and (when the target has int8 artifacts) calibration."""
         opts, target = self.options, self.target
         self.progress.log(f"compiling target {target.name}: {target.description}")
         reference_dir = opts.reference_dir or opts.cache_dir / "reference"
@@ -236,22 +283,7 @@ class _Compilation:
             self.calibrated = self.stage(calibrate, calibrate.Config(calib_source, opts.calib_n, opts.seed),
                                          calib_inputs, "calibrate")
         self.built, self.model_name, self.info = built, model_name, info
-
-        artifacts = []
-        for kind in target.artifacts:
-            fmt, precision, runtime, device = ARTIFACT_KINDS[kind]
-            record = {"kind": kind, "format": fmt, "precision": precision, "runtime": runtime, "device": device}
-            if fmt == "tvm":
-                record |= self._tvm_artifact(kind, precision, device)
-            else:
-                made, file_name = self._converted(kind)
-                checked = self.stage(check, check.Config(kind, runtime),
-                                     {"artifact": made.file(file_name), "eval": built.file("eval.npz")},
-                                     f"check {kind}")
-                record |= {"file": file_name, "path": made.file(file_name), "sha256": made.files[file_name],
-                           "accuracy": json.loads(checked.file("accuracy.json").read_text())}
-            artifacts.append(record)
-        return self._package(source, artifacts)
+        return source
 
     def _package(self, source: ModelSource, artifacts: list[dict]) -> CompileResult:
         opts, target = self.options, self.target
@@ -297,6 +329,11 @@ class _Compilation:
                 shutil.rmtree(staging, ignore_errors=True)
         path = opts.out_dir / target.name / "manifest.json"
         return CompileResult(path, manifest, self.runs)
+
+
+def records_path(tuning_dir: Path, target: str, model_id: str) -> Path:
+    """Where `make tune` keeps the MetaSchedule records of one target and model."""
+    return Path(tuning_dir) / target / model_id
 
 
 def _safe_name(stem: str) -> str:

@@ -12,6 +12,7 @@ from typing import Any
 from pipeline.errors import ConfigError
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
+TUNING_DIR = TARGETS_DIR / "tuning"          # make tune writes <target>/<model>/ here; commit it
 
 # artifact kind -> (format, precision, runtime, device)
 ARTIFACT_KINDS: dict[str, tuple[str, str, str, str]] = {

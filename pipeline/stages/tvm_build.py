@@ -23,8 +23,10 @@ from pipeline.errors import StageError
 from pipeline.progress import Progress
 
 NAME = "tvm"
-VERSION = 4
+VERSION = 5
 TOOLS = ("apache-tvm", "apache-tvm-ffi", "tflite", "ziglang", "numpy")
+# A records folder written by `make tune` (pipeline/stages/tvm_tuning.py): our summary first.
+TUNING_FILES = ("tuning.json", "database_workload.json", "database_tuning_record.json")
 
 
 @dataclass(frozen=True)
@@ -62,10 +64,14 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
         mod = mod[0]
     progress.log(f"  compiling for {json.dumps(target_spec)} ({config.schedules} CPU schedules)"
                  if target.kind.name == "llvm" else f"  compiling for {json.dumps(target_spec)}")
+    tuning = None
     if target.kind.name == "llvm" and config.schedules == "default":
         from pipeline.stages.tvm_schedules import cpu_pipeline
 
-        executable = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
+        database = None
+        if TUNING_FILES[0] in inputs:
+            database, tuning = _tuned(inputs, target, progress)
+        executable = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, database))
     else:
         executable = tvm.compile(mod, target=target)
     compile_seconds = time.monotonic() - started
@@ -81,19 +87,41 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
 
     progress.log(f"  linking {config.file_name} ({config.linker})")
     library = out / config.file_name
-    executable.export_library(str(library), **_linker(config.linker))
+    executable.export_library(str(library), **linker_options(config.linker))
     details = {
         "kind": config.kind,
         "tvm_target": _plain(target.export()),
         "arch": config.arch,
         "io": io,
         "linker": config.linker,
-        "schedules": config.schedules if target.kind.name == "llvm" else "tvm default (GPU)",
+        "schedules": (("tuned + default" if tuning and tuning["applied"] else config.schedules)
+                      if target.kind.name == "llvm" else "tvm default (GPU)"),
+        "tuning": tuning,
         "opencl_kernels": kernels,
         "compile_seconds": round(compile_seconds, 1),
         "total_seconds": round(time.monotonic() - started, 1),
     }
     (out / "tvm.json").write_text(json.dumps(details, indent=1, default=str))
+
+
+def _tuned(inputs: Mapping[str, Path], target, progress: Progress):
+    """The tuned schedules that beat the default ones, and what the manifest says about them."""
+    import hashlib
+
+    from pipeline.stages import tvm_tuning
+
+    summary_file, workloads, records = (inputs[name] for name in TUNING_FILES)
+    database, winners, summary = tvm_tuning.winning_database(summary_file, workloads, records)
+    keys = {task.key for task in tvm_tuning.extract(inputs["tflite"], target, "")}
+    applied = winners & keys
+    progress.log(f"  tuned schedules for {len(applied)} of {len(keys)} functions (the others: default schedules)")
+    return database, {
+        "records": str(summary_file.parent),
+        "sha256": {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in (summary_file, workloads, records)},
+        "functions": len(keys), "in_records": len(keys & set(summary["tasks"])), "applied": len(applied),
+        "trials": sum(summary["tasks"][k]["trials"] for k in keys & set(summary["tasks"])),
+        "tuned_on": summary.get("tuned_on"), "estimate": tvm_tuning.speedups(summary, keys),
+    }
 
 
 def _plain(value):
@@ -141,7 +169,8 @@ def _opencl_source(module) -> str:
     return opencl.inspect_source() if opencl is not None else ""
 
 
-def _linker(spec: str) -> dict:
+def linker_options(spec: str) -> dict:
+    """export_library keyword arguments for a linker spec: native, zig:<triple> or a cross compiler."""
     if spec == "native":
         return {}
     if spec.startswith("zig:"):

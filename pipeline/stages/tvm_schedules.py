@@ -118,25 +118,37 @@ def default_schedules():
     return dlight.ApplyDefaultSchedule(ConvLike(), Injective(), dlight.cpu.GEMV(), dlight.cpu.Reduction())
 
 
-def cpu_pipeline(target):
-    """TVM's CPU pipeline with operator fusion and the default schedules.
+def fusion_passes(target) -> list:
+    """Library dispatch, legalization and operator fusion: what the compile stage and the tuner's task
+    extraction both run, so tuning records match the compiled functions."""
+    from tvm import relax
+    from tvm.relax.backend.cpu_generic import pipeline as cpu
+
+    return cpu.library_dispatch_passes(target) + [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
+                                                 relax.transform.FuseOps(), relax.transform.FuseTIR()]
+
+
+def cpu_pipeline(target, database=None):
+    """TVM's CPU pipeline with operator fusion, tuned schedules from ``database`` (a MetaSchedule
+    database, optional) and the default schedules for every function still unscheduled.
 
     tvm.compile's own CPU default neither fuses nor folds constants. FoldConstant is left out here
     on purpose: it would fold int8 weights' dequantize into float32 constants (an int8 Xception
     library of 84 MB instead of 24 MB); without it the weights stay int8 and are dequantized inside
     the fused kernels.
     """
+    import contextlib
+
     import tvm
     from tvm import relax
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     @tvm.transform.module_pass(opt_level=0)
     def _pipeline(mod, _ctx):
-        with target:
+        tuned = [relax.transform.MetaScheduleApplyDatabase()] if database is not None else []
+        with target, (database if database is not None else contextlib.nullcontext()):
             return tvm.transform.Sequential(
-                cpu.library_dispatch_passes(target)
-                + [relax.transform.LegalizeOps(), relax.transform.AnnotateTIROpPattern(),
-                   relax.transform.FuseOps(), relax.transform.FuseTIR(), default_schedules()]
+                fusion_passes(target) + tuned + [default_schedules()]
                 + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))(mod)
 
     return _pipeline

@@ -1,0 +1,297 @@
+"""MetaSchedule tuning of the TVM stage's functions, with records kept per target and model.
+
+A records folder (the path is chosen by pipeline/tuning.py) holds MetaSchedule's own JSON database
+(database_workload.json, database_tuning_record.json) and tuning.json, our summary: one entry per
+tuned function (keyed by its workload hash) with the trials spent, the best tuned time and the time
+of our default schedule (pipeline/stages/tvm_schedules.py) measured by the same runner. The compile
+stage applies a tuned schedule only where it beat the default one.
+
+Tuning runs one function at a time. Each function is tuned into copies of the database files that
+replace the originals (os.replace) only once the function is done, followed by tuning.json: an
+interrupted run loses at most the function in progress, and a re-run with the same TRIALS goes on
+where it stopped (TRIALS is the total for the records, not per run). This module imports TVM.
+"""
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import shutil
+import tempfile
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import tvm
+from tvm.s_tir import meta_schedule as ms
+
+from pipeline.stages.tvm_schedules import default_schedules, fusion_passes
+
+from pipeline.stages.tvm_build import TUNING_FILES
+
+SUMMARY, WORKLOADS, RECORDS = TUNING_FILES
+FORMAT = 1
+MAX_TRIALS_PER_ITER = 64
+FAILED = 1e9            # MetaSchedule's run time for a candidate that failed to build or run
+
+
+@dataclass
+class Task:
+    key: str            # workload structural hash, as MetaSchedule's database writes it
+    name: str
+    precision: str
+    weight: int         # calls per inference
+    mod: tvm.IRModule
+    flops: float
+
+
+def load_relax(tflite_path: Path) -> tvm.IRModule:
+    import tflite
+    from tvm.relax.frontend.tflite import from_tflite
+
+    mod = from_tflite(tflite.Model.GetRootAsModel(Path(tflite_path).read_bytes(), 0))
+    return mod[0] if isinstance(mod, tuple) else mod
+
+
+def extract(tflite_path: Path, target, precision: str) -> list[Task]:
+    """The fused TIR functions of a TFLite model, exactly as the compile stage's pipeline fuses them."""
+    from tvm.s_tir.analysis import estimate_tir_flops
+
+    with target:
+        fused = tvm.transform.Sequential(fusion_passes(target))(load_relax(tflite_path))
+    keys = ms.database.MemoryDatabase()
+    tasks = []
+    for extracted in ms.relax_integration.extract_tasks(fused, target):
+        mod = extracted.dispatched[0]
+        try:
+            flops = float(estimate_tir_flops(mod))
+        except Exception:  # noqa: BLE001 - TVM cannot estimate some functions: count them as cheap
+            flops = 1.0
+        tasks.append(Task(workload_key(keys, mod), extracted.task_name, precision, int(extracted.weight), mod,
+                          max(flops, 1.0)))
+    return tasks
+
+
+def workload_key(database, mod) -> str:
+    return str(database.commit_workload(mod).as_json()[0])
+
+
+def allocate(tasks: list[Task], trials: int) -> dict[str, int]:
+    """TRIALS split over the functions: a third evenly, two thirds by share of the model's FLOPs
+    (calls x FLOPs per call); a function shared by fp32 and int8 models is tuned once."""
+    unique: dict[str, float] = {}
+    for task in tasks:
+        unique[task.key] = unique.get(task.key, 0.0) + task.weight * task.flops
+    total = sum(unique.values())
+    return {key: int(trials * (1 / 3 / len(unique) + 2 / 3 * cost / total)) for key, cost in unique.items()}
+
+
+def build_candidate(mod, target, _params):
+    """The builder's f_build: MetaSchedule's default without importing tvm.s_tir.tensor_intrin, which
+    takes 15 s per builder process (LocalBuilder starts new processes for every batch); candidates
+    arrive already tensorized, so the build does not need the intrinsics registered."""
+    from tvm.s_tir.transform import RemoveWeightLayoutRewriteBlock
+
+    return tvm.compile(RemoveWeightLayoutRewriteBlock(skip_tensor_rewrite=True)(mod), target=target)
+
+
+def export_candidate(linker: str, rt_mod) -> str:
+    """The builder's f_export: a shared library linked here (a board running the RPC server needs no
+    compiler), with the same linker as the compile stage."""
+    from pipeline.stages.tvm_build import linker_options
+
+    folder = tempfile.mkdtemp(prefix="tvm-candidate-")
+    path = os.path.join(folder, "candidate.so")
+    rt_mod.export_library(path, **linker_options(linker))
+    return path
+
+
+def builder(linker: str, workers: int, timeout_sec: float = 60.0):
+    return ms.builder.LocalBuilder(max_workers=workers, timeout_sec=timeout_sec, f_build=build_candidate,
+                                   f_export=functools.partial(export_candidate, linker))
+
+
+def read_summary(folder: Path) -> dict:
+    path = folder / SUMMARY
+    if not path.exists():
+        return {"format": FORMAT, "tasks": {}}
+    summary = json.loads(path.read_text())
+    if summary.get("format") != FORMAT:
+        raise ValueError(f"{path}: unknown format {summary.get('format')!r} (this version reads {FORMAT})")
+    return summary
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    with os.fdopen(handle, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+class Tuner:
+    """Tunes tasks into a records folder with one builder and runner (local or over RPC)."""
+
+    def __init__(self, target, records: Path, builder, runner, log, work_dir: Path):
+        self.target, self.records, self.builder, self.runner, self.log = target, records, builder, runner, log
+        self.work_dir = work_dir
+        records.mkdir(parents=True, exist_ok=True)
+        for stale in records.glob(".tuning-*"):          # left by a run that was killed mid-function
+            shutil.rmtree(stale, ignore_errors=True)
+        self.summary = read_summary(records)
+        self._quiet_metaschedule(work_dir / "metaschedule.log")
+
+    def _quiet_metaschedule(self, log_file: Path) -> None:
+        """MetaSchedule logs every round's tables to the console: they go to a file instead."""
+        handler = logging.FileHandler(log_file, mode="a")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        for name in ("tvm.s_tir.meta_schedule", "tvm.meta_schedule"):
+            logger = logging.getLogger(name)
+            logger.handlers = [handler]
+            logger.propagate = False
+            logger.setLevel(logging.INFO)
+
+    def measure(self, mod) -> float:
+        """Run time in ms of one scheduled function, built and run like a tuning candidate."""
+        built = self.builder.build([ms.builder.BuilderInput(mod, self.target)])[0]
+        if built.error_msg:
+            raise RuntimeError(f"building the default schedule failed: {built.error_msg.splitlines()[-1]}")
+        try:
+            func = next(iter(mod.functions.values()))
+            run_input = ms.runner.RunnerInput(built.artifact_path, "cpu" if self.target.kind.name == "llvm" else self.target.kind.name,
+                                              ms.arg_info.ArgInfo.from_prim_func(func))
+            result = self.runner.run([run_input])[0].result()
+        finally:
+            shutil.rmtree(os.path.dirname(built.artifact_path), ignore_errors=True)
+        if result.error_msg:
+            raise RuntimeError(f"running the default schedule failed: {result.error_msg.splitlines()[-1]}")
+        return 1e3 * sum(float(s) for s in result.run_secs) / len(result.run_secs)
+
+    def default_ms(self, task: Task) -> float:
+        copy = tvm.IRModule(dict(task.mod.functions.items()))   # dlight's pass updates its input in place
+        with self.target:
+            scheduled = default_schedules()(copy)
+        return self.measure(scheduled)
+
+    def tune(self, tasks: list[Task], trials: int) -> dict:
+        plan = allocate(tasks, trials)
+        seen: set[str] = set()
+        order = [t for t in tasks if not (t.key in seen or seen.add(t.key))]
+        for index, task in enumerate(order, 1):
+            entry = self.summary["tasks"].setdefault(task.key, {"name": task.name, "trials": 0, "best_ms": None,
+                                                                "default_ms": None, "exhausted": False})
+            entry |= {"name": task.name, "precision": task.precision, "calls": task.weight, "flops": task.flops}
+            head = f"  [{index}/{len(order)}] {task.precision} {task.name}"
+            if entry["default_ms"] is None:
+                entry["default_ms"] = round(self.default_ms(task), 5)
+                self._save_summary()
+            remaining = plan[task.key] - entry["trials"]
+            if plan[task.key] == 0:
+                self.log(f"{head}: no trials at this budget (default schedule {_ms(entry['default_ms'])})")
+                continue
+            if remaining <= 0 or entry["exhausted"]:
+                self.log(f"{head}: done before ({entry['trials']} trials, best {_ms(entry['best_ms'])}, "
+                         f"default schedule {_ms(entry['default_ms'])})")
+                continue
+            if task.mod.functions and any(f.attrs and f.attrs.get("tirx.is_scheduled") for f in task.mod.functions.values()):
+                raise RuntimeError(f"{task.name} is already scheduled: nothing to tune")
+            self.log(f"{head}: {remaining} trials (of {plan[task.key]}), default schedule {_ms(entry['default_ms'])}")
+            started = time.monotonic()
+            measured, best = self._tune_one(task, remaining)
+            entry["trials"] += measured
+            entry["exhausted"] = measured < remaining
+            if best is not None and (entry["best_ms"] is None or best < entry["best_ms"]):
+                entry["best_ms"] = round(best, 5)
+            self._save_summary()
+            verdict = ("faster" if entry["best_ms"] is not None and entry["best_ms"] < entry["default_ms"]
+                       else "not faster")
+            self.log(f"{head}: best {_ms(entry['best_ms'])} after {entry['trials']} trials "
+                     f"({time.monotonic() - started:.0f} s), {verdict} than the default schedule")
+        return self.summary
+
+    def _tune_one(self, task: Task, trials: int) -> tuple[int, float | None]:
+        staging = Path(tempfile.mkdtemp(dir=self.records, prefix=".tuning-"))
+        try:
+            for name in (WORKLOADS, RECORDS):
+                if (self.records / name).exists():
+                    shutil.copyfile(self.records / name, staging / name)
+            database = ms.database.JSONDatabase(path_workload=str(staging / WORKLOADS),
+                                                path_tuning_record=str(staging / RECORDS), allow_missing=True)
+            before = _lines(staging / RECORDS)
+            context = ms.TuneContext(mod=task.mod, target=self.target, space_generator="post-order-apply",
+                                     search_strategy="evolutionary", task_name=task.name,
+                                     logger=logging.getLogger("tvm.s_tir.meta_schedule"),
+                                     rand_state=zlib.crc32(task.key.encode()) % (2 ** 31 - 1), num_threads="physical")
+            ms.tune_tasks(tasks=[context.clone()], task_weights=[1.0], work_dir=str(self.work_dir),
+                          max_trials_global=trials, num_trials_per_iter=min(trials, MAX_TRIALS_PER_ITER),
+                          builder=self.builder, runner=self.runner, database=database, cost_model="xgb",
+                          task_scheduler="round-robin")
+            measured = _lines(staging / RECORDS) - before
+            best = best_ms(database, task.mod)
+            for name in (WORKLOADS, RECORDS):
+                if (staging / name).exists():
+                    os.replace(staging / name, self.records / name)
+            return measured, best
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+
+    def _save_summary(self) -> None:
+        _write_atomic(self.records / SUMMARY, json.dumps(self.summary, indent=1, sort_keys=True) + "\n")
+
+
+def best_ms(database, mod) -> float | None:
+    if not database.has_workload(mod):
+        return None
+    top = database.get_top_k(database.commit_workload(mod), 1)
+    if not top or not top[0].run_secs:
+        return None
+    secs = [float(s) for s in top[0].run_secs]
+    value = 1e3 * sum(secs) / len(secs)
+    return None if value >= FAILED * 1e3 else value
+
+
+def _lines(path: Path) -> int:
+    if not path.exists():
+        return 0
+    with path.open() as f:
+        return sum(1 for line in f if line.strip())
+
+
+def _ms(value) -> str:
+    return "-" if value is None else f"{value:.3f} ms"
+
+
+def winning_database(summary_file: Path, workloads: Path, records: Path):
+    """A MemoryDatabase with the tuned schedules that beat the default ones, and what it holds."""
+    summary = read_summary(summary_file.parent)
+    winners = {key for key, e in summary["tasks"].items()
+               if e.get("best_ms") is not None and e.get("default_ms") is not None and e["best_ms"] < e["default_ms"]}
+    source = ms.database.JSONDatabase(path_workload=str(workloads), path_tuning_record=str(records),
+                                      allow_missing=False)
+    chosen = ms.database.MemoryDatabase()
+    keys = ms.database.MemoryDatabase()
+    for record in source.get_all_tuning_records():
+        mod = record.workload.mod
+        if workload_key(keys, mod) not in winners:
+            continue
+        workload = chosen.commit_workload(mod)
+        chosen.commit_tuning_record(ms.database.TuningRecord(record.trace, workload, record.run_secs,
+                                                             record.target, record.args_info))
+    return chosen, winners, summary
+
+
+def speedups(summary: dict, keys: set[str]) -> dict:
+    """Sum of default vs chosen time over the functions this model uses (per call, weighted by calls)."""
+    default = chosen = 0.0
+    for key in keys:
+        entry = summary["tasks"].get(key)
+        if not entry or entry.get("default_ms") is None:
+            continue
+        calls = entry.get("calls", 1)
+        default += calls * entry["default_ms"]
+        best = entry.get("best_ms")
+        chosen += calls * (min(best, entry["default_ms"]) if best is not None else entry["default_ms"])
+    return {"default_ms_sum": round(default, 3), "chosen_ms_sum": round(chosen, 3),
+            "ratio": round(default / chosen, 3) if chosen else None}
+

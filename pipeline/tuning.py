@@ -1,0 +1,175 @@
+"""`make tune`: MetaSchedule tuning of a target's TVM CPU functions, here or on boards via an RPC tracker.
+
+    from pipeline.tuning import TuneOptions, tune_target
+    summary = tune_target(TuneOptions(CompileOptions(target="host"), trials=2000))
+
+The model goes through the compile stages (cached) up to its TFLite files; their fused TIR functions
+(exactly those the TVM stage compiles) are tuned one at a time. Candidates are built and linked
+here (the board needs no compiler) and measured by MetaSchedule's local runner, or on a board
+taken from the tracker under KEY. Records go to <tuning dir>/<target>/<model>/ (default
+targets/tuning/, meant to be committed); `make compile` applies those that beat the default
+schedules. TRIALS is the budget of the records folder: a re-run goes on where the last one stopped
+and tunes nothing more once the budget is spent; a larger TRIALS adds to it.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import platform
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.device import cpu_model
+from benchmarks.text import format_table
+from pipeline.compiler import CompileOptions, _Compilation, _validate
+from pipeline.errors import ConfigError, InputError, MissingDependencyError
+from pipeline.output import TargetLock, ensure_writable
+from pipeline.progress import Progress
+from pipeline.targets import ARTIFACT_KINDS, load_target
+from pipeline.versions import tool_versions
+
+MAX_TRIALS = 1_000_000
+
+
+@dataclass(frozen=True)
+class TuneOptions:
+    compile: CompileOptions
+    trials: int = 1000
+    rpc: str | None = None            # host:port of a TVM RPC tracker
+    key: str | None = None            # device key at the tracker
+    timeout_sec: float = 60.0         # per candidate build and per measurement
+
+
+def _check(options: TuneOptions) -> None:
+    if not 1 <= options.trials <= MAX_TRIALS:
+        raise InputError(f"TRIALS={options.trials} must be between 1 and {MAX_TRIALS:,}")
+    if options.compile.tuning_dir is None:
+        raise ConfigError("tuning needs a records folder (tuning_dir is None)")
+    if options.rpc:
+        host, _, port = options.rpc.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise InputError(f"RPC={options.rpc!r} is not host:port of a TVM RPC tracker (e.g. 127.0.0.1:9190)")
+        if not options.key:
+            raise InputError("RPC=host:port needs KEY=<device key> (the key the boards registered under)")
+    elif options.key:
+        raise InputError("KEY= is only used with RPC=host:port (tuning on boards through a tracker)")
+
+
+def tune_target(options: TuneOptions, progress: Progress | None = None) -> dict:
+    progress = progress or Progress(quiet=True)
+    target = load_target(options.compile.target, options.compile.targets_dir)
+    _check(options)
+    _validate(options.compile)
+    precisions = [ARTIFACT_KINDS[k][1] for k in target.artifacts
+                  if ARTIFACT_KINDS[k][0] == "tvm" and ARTIFACT_KINDS[k][3] == "cpu"]
+    if not precisions:
+        raise ConfigError(f"target {target.name} builds no TVM CPU library (artifacts: {', '.join(target.artifacts)}); "
+                          f"tuning is for tvm-fp32 / tvm-int8 on llvm targets")
+    if target.tvm.schedules != "default":
+        raise ConfigError(f"target {target.name} sets tvm.schedules = {target.tvm.schedules!r}: its builds would not "
+                          f"use tuning records; tune a target with the default schedules")
+    native = target.arch == platform.machine()
+    if not native and not options.rpc:
+        raise InputError(f"target {target.name} is {target.arch} and this machine is {platform.machine()}: its "
+                         f"functions must be measured on the board; give RPC=host:port KEY=<key> of a TVM RPC tracker")
+    ensure_writable(options.compile.out_dir)
+    compilation = _Compilation(options.compile, target, progress, dict(tool_versions()))
+    compilation.prepare()
+    records = compilation.records_dir()
+    try:
+        records.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"records folder {records} cannot be created: {exc.strerror or exc}") from None
+    with TargetLock(records.parent, records.name):
+        sources = {p: compilation._converted("tflite-int8" if p == "int8" else "tflite-fp32") for p in precisions}
+        return _tune(options, compilation, records, {p: e.file(f) for p, (e, f) in sources.items()}, native, progress)
+
+
+def _tune(options: TuneOptions, compilation: _Compilation, records: Path, tflites: dict, native: bool,
+          progress: Progress) -> dict:
+    progress.log("[tune] loading TVM MetaSchedule (the first time takes ~15 s)")
+    try:
+        import tvm
+        from tvm.s_tir import meta_schedule as ms
+        from tvm.target.codegen import llvm_get_system_cpu
+
+        import xgboost  # noqa: F401 - MetaSchedule's cost model
+    except ImportError as exc:
+        raise MissingDependencyError(f"tuning needs {exc.name}: run `make setup` (requirements.lock pins it)") from None
+    from pipeline.stages import tvm_tuning
+
+    spec, detect_cpu = compilation.tvm_spec()
+    if detect_cpu:
+        spec = spec | {"mcpu": llvm_get_system_cpu()}
+    target = tvm.target.Target(spec)
+    workers = os.cpu_count() or 1
+    if options.rpc:
+        host, _, port = options.rpc.rpartition(":")
+        _check_tracker(host, int(port), options.key, options.rpc)
+        runner = ms.runner.RPCRunner(
+            rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=int(port), tracker_key=options.key,
+                                           session_priority=1, session_timeout_sec=options.timeout_sec),
+            max_workers=1)
+        where = {"runner": "rpc", "tracker": options.rpc, "key": options.key}
+    else:
+        runner = ms.runner.LocalRunner(timeout_sec=options.timeout_sec)
+        where = {"runner": "local", "cpu": cpu_model(), "machine": platform.node()}
+    builder = tvm_tuning.builder(compilation._linker(), workers, options.timeout_sec)
+
+    tasks = []
+    for precision, tflite in tflites.items():
+        found = tvm_tuning.extract(tflite, target, precision)
+        progress.log(f"[tune] {precision}: {len(found)} functions to tune from {tflite.name}")
+        tasks += found
+    started = time.monotonic()
+    work = options.compile.out_dir / "logs" / f"tune-{compilation.target.name}-{compilation.model_id}"
+    work.mkdir(parents=True, exist_ok=True)
+    progress.log(f"[tune] MetaSchedule's own log: {work / 'metaschedule.log'}")
+    tuner = tvm_tuning.Tuner(target, records, builder, runner, progress.log, work)
+    tuner.summary |= {
+        "target": compilation.target.name, "model": compilation.model_id, "tvm_target": spec,
+        "tuned_on": where, "trials_budget": max(options.trials, tuner.summary.get("trials_budget", 0)),
+    }
+    progress.log(f"[tune] {len({t.key for t in tasks})} distinct functions, budget {options.trials} trials, "
+                 f"records in {records}")
+    summary = tuner.tune(tasks, options.trials)
+    summary["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+    tuner._save_summary()
+    return dict(summary) | {"seconds_this_run": round(time.monotonic() - started, 1), "records_dir": str(records),
+                            "keys": list(dict.fromkeys(t.key for t in tasks))}
+
+
+def _check_tracker(host: str, port: int, key: str, text: str) -> None:
+    """One clear line when the tracker is unreachable or has no device under KEY (instead of a timeout per trial)."""
+    import tvm
+    from tvm import rpc
+
+    try:
+        client = rpc.connect_tracker(host, port)
+        queues = client.summary().get("queue_info", {})
+    except (OSError, tvm.error.TVMError, RuntimeError) as exc:
+        raise InputError(f"cannot reach the TVM RPC tracker at {text}: {exc}") from None
+    if key not in queues:
+        known = ", ".join(sorted(queues)) or "none"
+        raise InputError(f"the tracker at {text} has no device under KEY={key!r} (keys registered: {known})")
+
+
+def summary_table(summary: dict) -> str:
+    rows = [("function", "precision", "calls", "trials", "default ms", "tuned ms", "used")]
+    default_total = chosen_total = 0.0
+    for key in summary["keys"]:
+        e = summary["tasks"][key]
+        best, default = e.get("best_ms"), e.get("default_ms")
+        used = best is not None and default is not None and best < default
+        rows.append((e["name"][:48], e.get("precision", ""), str(e.get("calls", 1)), str(e["trials"]),
+                     "-" if default is None else f"{default:.4f}", "-" if best is None else f"{best:.4f}",
+                     "tuned" if used else "default"))
+        if default is not None:
+            default_total += e.get("calls", 1) * default
+            chosen_total += e.get("calls", 1) * (best if used else default)
+    ratio = f"{default_total / chosen_total:.2f}x" if chosen_total else "-"
+    return (format_table(rows) + f"\n\nsum over functions (x calls): default schedules {default_total:.2f} ms, "
+            f"with tuned ones where faster {chosen_total:.2f} ms ({ratio}); "
+            f"{summary.get('seconds_this_run', 0):.0f} s this run; records: {summary['records_dir']}")
+
