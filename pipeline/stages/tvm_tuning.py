@@ -34,6 +34,11 @@ from pipeline.stages.tvm_build import TUNING_FILES
 SUMMARY, WORKLOADS, RECORDS = TUNING_FILES
 FORMAT = 1
 MAX_TRIALS_PER_ITER = 64
+# Functions are identified by their anchor block (the convolution / matmul / pooling at their core):
+# int8 functions carry their activation scales as constants, so with plain structural equality a
+# re-calibrated model would match none of its records. MetaSchedule replays a record's trace on any
+# function with the same anchor block.
+MODULE_EQUALITY = "anchor-block"
 FAILED = 1e9            # MetaSchedule's run time for a candidate that failed to build or run
 
 
@@ -61,9 +66,9 @@ def extract(tflite_path: Path, target, precision: str) -> list[Task]:
 
     with target:
         fused = tvm.transform.Sequential(fusion_passes(target))(load_relax(tflite_path))
-    keys = ms.database.MemoryDatabase()
+    keys = ms.database.MemoryDatabase(module_equality=MODULE_EQUALITY)
     tasks = []
-    for extracted in ms.relax_integration.extract_tasks(fused, target):
+    for extracted in ms.relax_integration.extract_tasks(fused, target, module_equality=MODULE_EQUALITY):
         mod = extracted.dispatched[0]
         try:
             flops = float(estimate_tir_flops(mod))
@@ -176,13 +181,19 @@ class Tuner:
 
     def tune(self, tasks: list[Task], trials: int) -> dict:
         plan = allocate(tasks, trials)
+        precisions: dict[str, set] = {}
+        calls: dict[str, int] = {}
+        for t in tasks:            # functions with the same anchor block (e.g. fp32 and int8 convolutions) are one
+            precisions.setdefault(t.key, set()).add(t.precision)
+            calls[t.key] = calls.get(t.key, 0) + t.weight
         seen: set[str] = set()
         order = [t for t in tasks if not (t.key in seen or seen.add(t.key))]
         for index, task in enumerate(order, 1):
             entry = self.summary["tasks"].setdefault(task.key, {"name": task.name, "trials": 0, "best_ms": None,
                                                                 "default_ms": None, "exhausted": False})
-            entry |= {"name": task.name, "precision": task.precision, "calls": task.weight, "flops": task.flops}
-            head = f"  [{index}/{len(order)}] {task.precision} {task.name}"
+            precision = "+".join(sorted(precisions[task.key]))
+            entry |= {"name": task.name, "precision": precision, "calls": calls[task.key], "flops": task.flops}
+            head = f"  [{index}/{len(order)}] {precision} {task.name}"
             if entry["default_ms"] is None:
                 entry["default_ms"] = round(self.default_ms(task), 5)
                 self._save_summary()
@@ -217,7 +228,8 @@ class Tuner:
                 if (self.records / name).exists():
                     shutil.copyfile(self.records / name, staging / name)
             database = ms.database.JSONDatabase(path_workload=str(staging / WORKLOADS),
-                                                path_tuning_record=str(staging / RECORDS), allow_missing=True)
+                                                path_tuning_record=str(staging / RECORDS), allow_missing=True,
+                                                module_equality=MODULE_EQUALITY)
             before = _lines(staging / RECORDS)
             context = ms.TuneContext(mod=task.mod, target=self.target, space_generator="post-order-apply",
                                      search_strategy="evolutionary", task_name=task.name,
@@ -226,7 +238,7 @@ class Tuner:
             ms.tune_tasks(tasks=[context.clone()], task_weights=[1.0], work_dir=str(self.work_dir),
                           max_trials_global=trials, num_trials_per_iter=min(trials, MAX_TRIALS_PER_ITER),
                           builder=self.builder, runner=self.runner, database=database, cost_model="xgb",
-                          task_scheduler="round-robin")
+                          task_scheduler="round-robin", module_equality=MODULE_EQUALITY)
             measured = _lines(staging / RECORDS) - before
             best = best_ms(database, task.mod)
             for name in (WORKLOADS, RECORDS):
@@ -268,9 +280,9 @@ def winning_database(summary_file: Path, workloads: Path, records: Path):
     winners = {key for key, e in summary["tasks"].items()
                if e.get("best_ms") is not None and e.get("default_ms") is not None and e["best_ms"] < e["default_ms"]}
     source = ms.database.JSONDatabase(path_workload=str(workloads), path_tuning_record=str(records),
-                                      allow_missing=False)
-    chosen = ms.database.MemoryDatabase()
-    keys = ms.database.MemoryDatabase()
+                                      allow_missing=False, module_equality=MODULE_EQUALITY)
+    chosen = ms.database.MemoryDatabase(module_equality=MODULE_EQUALITY)
+    keys = ms.database.MemoryDatabase(module_equality=MODULE_EQUALITY)
     for record in source.get_all_tuning_records():
         mod = record.workload.mod
         if workload_key(keys, mod) not in winners:
