@@ -39,7 +39,7 @@ TUNE_TIMEOUT ?= 60
 
 TUNING = $(if $(TUNING_DIR),--tuning-dir '$(TUNING_DIR)')
 
-.PHONY: help setup compile tune bench report verify gate baseline peers targets test test-slow clean clean-cache
+.PHONY: help setup compile tune bench report verify gate baseline peers profile targets test test-slow clean clean-cache
 
 help:
 	@echo "make setup                       create $(VENV) with the pinned dependencies (automatic)"
@@ -51,6 +51,7 @@ help:
 	@echo "make gate TARGET=host            int8 accuracy/size/speed gates; exit 1 on failure; JUnit in OUT/<t>/gate/"
 	@echo "make baseline TARGET=host MSG=.. record the current int8 figures as the committed baseline"
 	@echo "make peers                       LiteRT / ONNX Runtime / TVM on Xception 299x299 here, one run"
+	@echo "make profile TARGET=host         per-function time of the TVM libraries (where the time goes)"
 	@echo "make targets                     list the targets"
 	@echo "make test                        run the fast test suite"
 	@echo "make test-slow                   run the Xception-size tests (minutes)"
@@ -85,7 +86,10 @@ bench: setup
 	  --min-seconds '$(MIN_SECONDS)' --max-seconds '$(MAX_SECONDS)' --accuracy-seconds '$(ACC_SECONDS)'
 
 peers: setup
-	$(PY) -m pipeline peers --out '$(OUT)' --threads '$(THREADS)' $(if $(CACHE_DIR),--cache-dir '$(CACHE_DIR)')
+	$(PY) -m pipeline peers --out '$(OUT)' --threads '$(THREADS)' $(TUNING) $(if $(CACHE_DIR),--cache-dir '$(CACHE_DIR)')
+
+profile: setup
+	$(PY) -m benchmarks.profile '$(OUT)/$(TARGET)' --threads '$(THREADS)'
 
 verify: setup
 	$(PY) -m pipeline verify --target '$(TARGET)' --out '$(OUT)' --n '$(VERIFY_N)' $(if $(CACHE_DIR),--cache-dir '$(CACHE_DIR)')

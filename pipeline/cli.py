@@ -107,6 +107,7 @@ def _parser() -> argparse.ArgumentParser:
     pe.add_argument("--threads", type=_int, default=0, help="threads for every runtime (default: all cores)")
     pe.add_argument("--input-size", type=_int, default=299)
     pe.add_argument("--max-seconds", type=float, default=30.0, help="latency budget per artifact")
+    _tuning_dir(pe)
     _common(pe, default_cache_dir())
 
     tg = verbs.add_parser("targets", help="list the targets and what each builds (make targets)")
@@ -319,7 +320,8 @@ def _peers(args) -> int:
 
     budget = Budget(warmup=1, min_runs=10, min_seconds=2.0, max_seconds=args.max_seconds, accuracy_seconds=60.0)
     threads = args.threads or os.cpu_count() or 1
-    _, table = compare(args.out, args.cache_dir, threads, args.input_size, budget, Progress(quiet=args.quiet))
+    _, table = compare(args.out, args.cache_dir, threads, args.input_size, budget, Progress(quiet=args.quiet),
+                       tuning_dir=args.tuning_dir)
     path = args.out / "peers" / "peers.md"
     path.write_text(table)
     print(table)

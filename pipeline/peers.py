@@ -1,52 +1,92 @@
 """Peer comparison on this machine: Xception 299x299 through LiteRT, ONNX Runtime and TVM, one run.
 
-Compiles Xception with random weights (latency does not depend on the weights) for a target that
-asks for fp32 and int8 of every runtime, then measures every artifact with the device-side runner
-in one run, with the same thread count, and writes a dated Markdown table naming the machine.
+Compiles Xception with random weights (latency does not depend on the weights) three times from the
+same TFLite/ONNX files: every runtime at fp32 and int8 with TVM's default schedules; TVM untuned
+(tvm.schedules = "none", what TVM 0.27 gives out of the box); TVM with the host's tuning records
+(`make tune TARGET=host WEIGHTS=random`; skipped, and said so, when there are none). Every artifact
+is measured with the device-side runner, with the same thread count, one after the other in one
+process run; then the TVM libraries' time is broken down per function. Writes a dated Markdown
+table naming the machine.
 """
 from __future__ import annotations
 
 from pathlib import Path
 
 from benchmarks import run
-from pipeline.compiler import CompileOptions, compile_target
+from benchmarks.profile import format_profile, profile_artifact
+from pipeline.compiler import CompileOptions, compile_target, records_path
 from pipeline.progress import Progress
+from pipeline.targets import TUNING_DIR
 
 PEER_ARTIFACTS = ("tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8", "tvm-fp32", "tvm-int8")
+# target name -> (artifacts, tvm.schedules, row label)
+VARIANTS = {
+    "peers": (PEER_ARTIFACTS, "default", "default schedules"),
+    "peers-untuned": (("tvm-fp32", "tvm-int8"), "none", "untuned"),
+    "peers-tuned": (("tvm-fp32", "tvm-int8"), "default", "tuned"),
+}
+RECORDS_TARGET = "host"
 
 
-def write_peer_target(folder: Path) -> Path:
+def write_peer_targets(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
-    listed = ", ".join(f'"{k}"' for k in PEER_ARTIFACTS)
-    (folder / "peers.toml").write_text(
-        '# written by `make peers`: every runtime at fp32 and int8 on this machine\n'
-        f'description = "this machine, peer comparison"\narch = "x86_64"\nartifacts = [{listed}]\n'
-        '[cpu]\ncore = "host"\ncores = 0\n[bench]\nthreads = 0\n[tvm]\ntarget = { kind = "llvm" }\n')
+    for name, (artifacts, schedules, label) in VARIANTS.items():
+        listed = ", ".join(f'"{k}"' for k in artifacts)
+        (folder / f"{name}.toml").write_text(
+            f'# written by `make peers`: {label}\n'
+            f'description = "this machine, peer comparison ({label})"\narch = "x86_64"\nartifacts = [{listed}]\n'
+            '[cpu]\ncore = "host"\ncores = 0\n[bench]\nthreads = 0\n'
+            f'[tvm]\ntarget = {{ kind = "llvm" }}\nschedules = "{schedules}"\n')
     return folder
 
 
 def compare(out_dir: Path, cache_dir: Path, threads: int, input_size: int = 299, budget: run.Budget = run.Budget(),
-            progress: Progress | None = None) -> tuple[dict, str]:
+            progress: Progress | None = None, tuning_dir: Path = TUNING_DIR, profile_runs: int = 3) -> tuple[dict, str]:
     progress = progress or Progress()
-    targets = write_peer_target(out_dir / "peer-targets")
-    compile_target(CompileOptions(target="peers", weights="random", input_size=input_size, num_classes=1000,
-                                  calib_n=16, eval_n=8, out_dir=out_dir, cache_dir=cache_dir, targets_dir=targets),
-                   progress)
-    results = run.run_build(out_dir / "peers", threads, budget, eval_n=8, log=progress.log)
-    run.write_results(results, out_dir / "peers" / "bench" / f"{results['run_id']}.json")
-    return results, peer_table(results)
+    targets = write_peer_targets(out_dir / "peer-targets")
+    model_id = f"xception-{input_size}x{input_size}-1000"
+    records = records_path(tuning_dir, RECORDS_TARGET, model_id)
+    variants = [v for v in VARIANTS if v != "peers-tuned" or (records / "tuning.json").exists()]
+    if "peers-tuned" not in variants:
+        progress.warn(f"no tuning records in {records}: the table has no tuned TVM rows; run "
+                      f"`make tune TARGET=host WEIGHTS=random` first")
+    runs: dict[str, dict] = {}
+    for name in variants:
+        compile_target(CompileOptions(target=name, weights="random", input_size=input_size, num_classes=1000,
+                                      calib_n=16, eval_n=8, out_dir=out_dir, cache_dir=cache_dir, targets_dir=targets,
+                                      tuning_dir=tuning_dir if name == "peers-tuned" else None,
+                                      records_target=RECORDS_TARGET), progress)
+    for name in variants:                     # measured back to back, after every compile is done
+        results = run.run_build(out_dir / name, threads, budget, eval_n=8, log=progress.log)
+        run.write_results(results, out_dir / name / "bench" / f"{results['run_id']}.json")
+        runs[name] = results
+    profiled = "peers-tuned" if "peers-tuned" in runs else "peers"
+    profiles = []
+    manifest = run.load_manifest(out_dir / profiled)
+    for art in (a for a in manifest["artifacts"] if a["format"] == "tvm"):
+        progress.log(f"  profiling {profiled}/{art['file']} per function ({profile_runs} runs)")
+        profiles.append(profile_artifact(out_dir / profiled, art, threads, profile_runs)
+                        | {"variant": VARIANTS[profiled][2]})
+    return runs, peer_table(runs, profiles, records if "peers-tuned" in runs else None)
 
 
-def peer_table(results: dict) -> str:
-    by = {(r["runtime"], r["precision"]): r for r in results["results"]}
-    d = results["device"]
-    date = results["created"][:10]
-    lines = [f"Xception {results['model']['input_shape'][1]}x{results['model']['input_shape'][2]}, batch 1, "
+def peer_table(runs: dict[str, dict], profiles: list[dict] | None = None, records: Path | None = None) -> str:
+    base = runs["peers"]
+    by, failed = {}, []
+    for name, results in runs.items():
+        for r in results["results"]:
+            label = r["runtime"] if r["runtime"] != "tvm" else f"tvm ({VARIANTS[name][2]})"
+            by[(label, r["precision"])] = r
+        failed += [f"{name}/{f['file']}: {f['reason']}" for f in results.get("failed", [])]
+    d = base["device"]
+    date = base["created"][:10]
+    lines = [f"Xception {base['model']['input_shape'][1]}x{base['model']['input_shape'][2]}, batch 1, "
              f"{d['threads']} threads, one run on {date}: {d['cpu_model']} ({d['cores']} cores), "
              f"{d['platform']}.", "",
              "| runtime | precision | p50 ms | p90 ms | runs | int8 speed-up | vs LiteRT (same precision) | peak RSS MB |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
-    for runtime in ("litert", "onnxruntime", "tvm"):
+    order = ["litert", "onnxruntime"] + [f"tvm ({VARIANTS[n][2]})" for n in ("peers-untuned", "peers", "peers-tuned")]
+    for runtime in order:
         for precision in ("fp32", "int8"):
             r = by.get((runtime, precision))
             if r is None:
@@ -59,4 +99,9 @@ def peer_table(results: dict) -> str:
             rss = "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
             lines.append(f"| {runtime} | {precision} | {p50:.1f} | {r['latency_ms']['p90']:.1f} | "
                          f"{r['latency_ms']['n']} | {speedup} | {ratio} | {rss} |")
+    lines += [f"FAILED {f}" for f in failed]
+    if records is not None:
+        lines += ["", f"Tuned rows use the records in {records}."]
+    for p in profiles or []:
+        lines += ["", format_profile(p, f"Where the time goes, TVM {p['variant']}, {p['file']}").rstrip()]
     return "\n".join(lines) + "\n"

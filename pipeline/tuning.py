@@ -142,9 +142,15 @@ def _tune(options: TuneOptions, compilation: _Compilation, records: Path, tflite
 
 def _check_tracker(host: str, port: int, key: str, text: str) -> None:
     """One clear line when the tracker is unreachable or has no device under KEY (instead of a timeout per trial)."""
+    import socket
+
     import tvm
     from tvm import rpc
 
+    try:                                        # TVM's own client retries for a minute before it says so
+        socket.create_connection((host, port), timeout=5).close()
+    except OSError as exc:
+        raise InputError(f"cannot reach the TVM RPC tracker at {text}: {exc.strerror or exc}") from None
     try:
         client = rpc.connect_tracker(host, port)
         queues = client.summary().get("queue_info", {})

@@ -3,8 +3,10 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -113,3 +115,53 @@ def damaged_int8_tflite(model_file: Path, calib, out: Path) -> Path:
     converter.inference_output_type = tf.int8
     out.write_bytes(converter.convert())
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def rpc_tracker():
+    """A TVM RPC tracker and one server registered under key 'testboard', both on 127.0.0.1."""
+    port = free_port()
+    procs = []
+
+    def start(*args):
+        procs.append(subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL,
+                                      stderr=subprocess.DEVNULL, start_new_session=True))
+
+    start("tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1))
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if procs[0].poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"the TVM RPC tracker did not start (exit {procs[0].poll()})")
+            time.sleep(0.2)
+    start("tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}", "--key", "testboard", "--host", "127.0.0.1")
+    from tvm import rpc
+
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            summary = rpc.connect_tracker("127.0.0.1", port).summary()
+            if summary.get("queue_info", {}).get("testboard", {}).get("free"):
+                break
+        except Exception:  # the tracker is still starting
+            pass
+        time.sleep(0.5)
+    else:
+        pytest.fail("the TVM RPC server did not register with the tracker")
+    yield f"127.0.0.1:{port}"
+    for proc in procs:                          # stop whole process groups: servers fork workers
+        try:
+            os.killpg(proc.pid, signal.SIGTERM)
+        except ProcessLookupError:
+            pass
+    for proc in procs:
+        proc.wait(timeout=10)

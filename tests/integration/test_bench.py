@@ -16,7 +16,7 @@ import pytest
 
 from benchmarks.run import BenchError, Budget, run_build
 from pipeline.compiler import CompileOptions, compile_target
-from tests.conftest import ROOT
+from tests.conftest import ROOT, free_port
 
 SCHEMA = json.loads((ROOT / "benchmarks" / "results.schema.json").read_text())
 FAST = Budget(warmup=1, min_runs=5, min_seconds=0.05, max_seconds=2.0, accuracy_seconds=10.0)
@@ -116,12 +116,6 @@ def test_report_without_results_is_one_line(host_build, tmp_path):
 
 
 # -- ssh -------------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _ensure_sshd() -> str | None:
     sshd = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
     if sshd is None and os.geteuid() == 0 and shutil.which("apt-get"):
@@ -141,7 +135,7 @@ def sshd(tmp_path_factory):
     for name in ("host_key", "client_key"):
         subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / name)], check=True)
     (work / "authorized_keys").write_text((work / "client_key.pub").read_text())
-    port = _free_port()
+    port = free_port()
     (work / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {work}/host_key\nAuthorizedKeysFile {work}/authorized_keys\n"
         f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
@@ -188,50 +182,7 @@ def test_ssh_destination_is_validated(dest):
         check_destination(dest)
 
 
-# -- TVM RPC ---------------------------------------------------------------------------------------
-@pytest.fixture(scope="module")
-def rpc_tracker():
-    port = _free_port()
-    procs = []
-
-    def start(*args):
-        procs.append(subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, start_new_session=True))
-
-    start("tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1))
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if procs[0].poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the TVM RPC tracker did not start (exit {procs[0].poll()})")
-            time.sleep(0.2)
-    start("tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}", "--key", "testboard", "--host", "127.0.0.1")
-    from tvm import rpc
-
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            summary = rpc.connect_tracker("127.0.0.1", port).summary()
-            if summary.get("queue_info", {}).get("testboard", {}).get("free"):
-                break
-        except Exception:  # the tracker is still starting
-            pass
-        time.sleep(0.5)
-    else:
-        pytest.fail("the TVM RPC server did not register with the tracker")
-    yield f"127.0.0.1:{port}"
-    for proc in procs:                          # stop whole process groups: servers fork workers
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    for proc in procs:
-        proc.wait(timeout=10)
-
-
+# -- TVM RPC (the tracker and server fixture is in tests/conftest.py) ------------------------------
 def test_bench_tvm_over_rpc(rpc_tracker, host_build):
     from benchmarks.rpc import run_over_rpc
 

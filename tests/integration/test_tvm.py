@@ -122,3 +122,20 @@ def test_tvm_failure_names_stage_target_artifact_and_log(build, monkeypatch, tin
     assert "stage tvm tvm-fp32 (tiny_fp32.so) failed for target rpi4" in message
     log = message.split("full log: ")[1].rstrip(")")
     assert "simulated codegen failure" in open(log).read() and "\n" not in message
+
+
+def test_profile_breaks_an_inference_down_per_function(build, tmp_path, capsys):
+    from benchmarks.profile import main as profile_main
+
+    manifest, folder = build("host")
+    assert profile_main([str(folder), "--runs", "3", "--json", str(tmp_path / "p.json")]) == 0
+    profiles = json.loads((tmp_path / "p.json").read_text())
+    assert {p["file"] for p in profiles} == {a["file"] for a in tvm_artifacts(manifest).values()}
+    for p in profiles:
+        names = {f["name"] for f in p["functions"]}
+        assert any(n.startswith("fused_conv2d") for n in names)           # the model's own kernels are timed
+        assert all(f["calls"] >= 1 and f["ms"] >= 0 for f in p["functions"])
+        assert 0 < p["instrumented_ms"] <= p["total_ms"] * 1.05           # parts never exceed the whole
+    out = capsys.readouterr().out
+    assert all(f"{p['file']}: " in out for p in profiles) and "| function | calls | ms | share |" in out
+    assert profile_main([str(folder), "--file", "nope.so"]) == 2

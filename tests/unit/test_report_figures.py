@@ -47,8 +47,17 @@ def test_markdown_row():
 
 
 def test_peer_table_ratios_against_litert_same_precision():
-    table = peer_table(RESULTS)
+    untuned = dict(RESULTS, results=[result("a_fp32.so", "tvm", "fp32", 6000.0, rss=None),
+                                     result("a_int8.so", "tvm", "int8", 7500.0, rss=None)])
+    tuned = dict(RESULTS, results=[result("a_fp32.so", "tvm", "fp32", 45.0, rss=None)],
+                 failed=[{"file": "a_int8.so", "reason": "boom"}])
+    table = peer_table({"peers": RESULTS, "peers-untuned": untuned, "peers-tuned": tuned})
     assert "one run on 2026-11-22: Test CPU (2 cores)" in table
     assert "| onnxruntime | int8 | 100.0 | 110.0 | 10 | 1.20x | 3.33x | 100 |" in table
-    assert "| tvm | fp32 | 600.0 | 660.0 | 10 |  | 10.00x | - |" in table
+    assert "| tvm (default schedules) | fp32 | 600.0 | 660.0 | 10 |  | 10.00x | - |" in table
+    assert "| tvm (untuned) | int8 | 7500.0 | 8250.0 | 10 | 0.80x | 250.00x | - |" in table
+    assert "| tvm (tuned) | fp32 | 45.0 | 49.5 | 10 |  | 0.75x | - |" in table
     assert "| litert | int8 | 30.0 | 33.0 | 10 | 2.00x | 1.00x | 100 |" in table
+    assert "FAILED peers-tuned/a_int8.so: boom" in table
+    rows_in_order = [line.split(" |")[0] for line in table.splitlines() if line.startswith("| tvm")]
+    assert rows_in_order == ["| tvm (untuned)"] * 2 + ["| tvm (default schedules)"] + ["| tvm (tuned)"]

@@ -1,0 +1,120 @@
+"""Per-operator profile of a TVM library: where one inference's time goes, function by function.
+
+    python -m benchmarks.profile build/host [--file xception_fp32.so] [--threads 2] [--runs 5] [--json out.json]
+
+TVM 0.27's Relax VM has no profiler of its own; its instrumentation hook is called before and after
+every call instruction, so each fused TIR function (and VM builtin) is timed there. CPU kernels
+run synchronously, so the wall time between the two calls is the kernel's. Runs on the device
+(TVM runtime and numpy only). The figures are medians over --runs inferences after one warm-up.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.files import write_text_atomic
+from benchmarks.run import BenchError, load_manifest, verify
+from benchmarks.runtimes import TvmSession
+
+
+def profile_session(session: TvmSession, x: np.ndarray, runs: int = 5) -> dict:
+    """Median per-inference time of every function the VM calls, and of the whole inference."""
+    from tvm.runtime.vm import VMInstrumentReturnKind
+
+    started: dict[str, list[float]] = {}
+    current: dict[str, float] = {}
+    calls: dict[str, int] = {}
+
+    def instrument(_func, symbol, before, _ret, *_args):
+        now = time.perf_counter()
+        if before:
+            started.setdefault(symbol, []).append(now)
+        else:
+            current[symbol] = current.get(symbol, 0.0) + now - started[symbol].pop()
+            calls[symbol] = calls.get(symbol, 0) + 1
+        return VMInstrumentReturnKind.NO_OP
+
+    data = session.to_device(x)
+    session.main(data)                                  # warm-up, not instrumented
+    session.vm.set_instrument(instrument)
+    per_run: list[dict[str, float]] = []
+    totals = []
+    try:
+        for _ in range(runs):
+            current.clear()
+            calls.clear()
+            begin = time.perf_counter()
+            session.main(data)
+            totals.append(time.perf_counter() - begin)
+            per_run.append(dict(current))
+        counted = dict(calls)
+    finally:
+        session.vm.set_instrument(lambda *_: VMInstrumentReturnKind.NO_OP)
+    names = set().union(*per_run)
+    rows = [{"name": n, "calls": counted.get(n, 0), "ms": 1e3 * statistics.median(r.get(n, 0.0) for r in per_run)}
+            for n in names]
+    total_ms = 1e3 * statistics.median(totals)
+    for row in rows:
+        row["share"] = row["ms"] / total_ms if total_ms else 0.0
+    rows.sort(key=lambda r: -r["ms"])
+    return {"total_ms": total_ms, "runs": runs, "functions": rows,
+            "instrumented_ms": sum(r["ms"] for r in rows)}
+
+
+def format_profile(profile: dict, title: str, top: int = 12) -> str:
+    rows = profile["functions"]
+    lines = [f"{title}: {profile['total_ms']:.1f} ms per inference (median of {profile['runs']}, instrumented), "
+             f"{len(rows)} functions; the {min(top, len(rows))} slowest:", "",
+             "| function | calls | ms | share |", "|---|---:|---:|---:|"]
+    for r in rows[:top]:
+        lines.append(f"| {r['name']} | {r['calls']} | {r['ms']:.2f} | {r['share'] * 100:.1f}% |")
+    rest = rows[top:]
+    if rest:
+        lines.append(f"| ({len(rest)} others) | {sum(r['calls'] for r in rest)} | {sum(r['ms'] for r in rest):.2f} | "
+                     f"{sum(r['share'] for r in rest) * 100:.1f}% |")
+    return "\n".join(lines) + "\n"
+
+
+def profile_artifact(build_dir: Path, art: dict, threads: int, runs: int) -> dict:
+    session = TvmSession.load(build_dir / art["file"], threads, art.get("io"))
+    x = np.load(build_dir / "eval" / "eval.npz")["inputs"][:1]
+    return profile_session(session, x, runs) | {"file": art["file"]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.profile", description=__doc__.splitlines()[0])
+    parser.add_argument("build_dir", type=Path, help="a folder made by make compile (build/<target>)")
+    parser.add_argument("--file", action="append", help="only this TVM library (repeatable; default: all CPU ones)")
+    parser.add_argument("--threads", type=int, default=0)
+    parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--top", type=int, default=12)
+    parser.add_argument("--json", type=Path, help="also write the full profile here")
+    args = parser.parse_args(argv)
+    try:
+        if args.runs < 1:
+            raise BenchError(f"--runs {args.runs} must be 1 or more")
+        manifest = load_manifest(args.build_dir)
+        arts = [a for a in manifest["artifacts"] if a["format"] == "tvm" and a["device"] == "cpu"
+                and (not args.file or a["file"] in args.file)]
+        if not arts:
+            raise BenchError(f"{args.build_dir}: no TVM CPU library" + (f" named {', '.join(args.file)}" if args.file else ""))
+        verify(args.build_dir, arts)
+        profiles = [profile_artifact(args.build_dir, a, args.threads, args.runs) for a in arts]
+    except BenchError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    for p in profiles:
+        print(format_profile(p, p["file"], args.top))
+    if args.json:
+        write_text_atomic(args.json, json.dumps(profiles, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

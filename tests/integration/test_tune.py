@@ -1,0 +1,113 @@
+"""make tune on a tiny model: MetaSchedule over a real TVM RPC tracker and server on 127.0.0.1, resuming,
+records applied by compile (and the results still agree with LiteRT), and bad inputs."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from pipeline.compiler import CompileOptions, compile_target
+from pipeline.errors import ConfigError, InputError
+from pipeline.stages.tvm_build import TUNING_FILES
+from pipeline.tuning import TuneOptions, tune_target
+from tests.conftest import error_lines, free_port, write_target
+
+TRIALS = 12
+
+
+@pytest.fixture(scope="module")
+def setup(tiny_model, tmp_path_factory):
+    root = tmp_path_factory.mktemp("tune")
+    targets = write_target(root / "targets", "tunehost", ["tflite-fp32", "tvm-fp32"], '[tvm]\ntarget = { kind = "llvm" }\n')
+
+    def options(**extra) -> CompileOptions:
+        return CompileOptions(**({"target": "tunehost", "weights": str(tiny_model), "out_dir": root / "build",
+                                  "cache_dir": root / "cache", "calib_n": 10, "eval_n": 40, "targets_dir": targets,
+                                  "tuning_dir": root / "tuning"} | extra))
+    return root, options
+
+
+@pytest.fixture(scope="module")
+def tuned_over_rpc(setup, rpc_tracker):
+    root, options = setup
+    return tune_target(TuneOptions(options(), trials=TRIALS, rpc=rpc_tracker, key="testboard", timeout_sec=30))
+
+
+def _record_lines(folder):
+    return (folder / TUNING_FILES[2]).read_text().count("\n")
+
+
+def test_rpc_tuning_measures_on_the_board_and_keeps_records(tuned_over_rpc, rpc_tracker):
+    summary = tuned_over_rpc
+    folder = Path(summary["records_dir"])
+    assert folder.parts[-2:] == ("tunehost", "tiny-32x32-10")
+    for name in TUNING_FILES:
+        assert (folder / name).stat().st_size > 0, name
+    assert summary["tuned_on"] == {"runner": "rpc", "tracker": rpc_tracker, "key": "testboard"}
+    entries = [summary["tasks"][k] for k in summary["keys"]]
+    spent = sum(e["trials"] for e in entries)
+    assert 0 < spent <= TRIALS
+    measured = [e for e in entries if e["best_ms"] is not None]
+    assert measured, "no candidate was measured on the RPC server"
+    assert all(e["default_ms"] > 0 for e in entries)       # the default schedule, measured by the same runner
+    assert _record_lines(folder) >= spent
+
+
+def test_tuning_resumes_and_extends(tuned_over_rpc, setup, rpc_tracker):
+    root, options = setup
+    folder = Path(tuned_over_rpc["records_dir"])
+    lines = _record_lines(folder)
+    again = tune_target(TuneOptions(options(), trials=TRIALS, rpc=rpc_tracker, key="testboard", timeout_sec=30))
+    assert _record_lines(folder) == lines                  # the budget was spent: nothing more measured
+    assert sum(again["tasks"][k]["trials"] for k in again["keys"]) == sum(
+        tuned_over_rpc["tasks"][k]["trials"] for k in tuned_over_rpc["keys"])
+    more = tune_target(TuneOptions(options(), trials=2 * TRIALS, rpc=rpc_tracker, key="testboard", timeout_sec=30))
+    assert _record_lines(folder) > lines
+    assert sum(more["tasks"][k]["trials"] for k in more["keys"]) <= 2 * TRIALS
+    assert json.loads((folder / TUNING_FILES[0]).read_text())["trials_budget"] == 2 * TRIALS
+    assert not list(folder.glob(".tuning-*"))              # no staging copies left behind
+
+
+def test_compile_applies_the_records_and_stays_correct(tuned_over_rpc, setup):
+    root, options = setup
+    folder = Path(tuned_over_rpc["records_dir"])
+    art = next(a for a in compile_target(options()).manifest["artifacts"] if a["format"] == "tvm")
+    tuning = art["tuning"]
+    assert tuning["records"] == str(folder)
+    for name in TUNING_FILES:
+        assert tuning["sha256"][name] == hashlib.sha256((folder / name).read_bytes()).hexdigest()
+    assert tuning["functions"] == len(tuned_over_rpc["keys"]) and tuning["in_records"] == tuning["functions"]
+    winners = sum(1 for k in tuned_over_rpc["keys"]
+                  if (e := json.loads((folder / TUNING_FILES[0]).read_text())["tasks"][k])["best_ms"] is not None
+                  and e["best_ms"] < e["default_ms"])
+    assert tuning["applied"] == winners
+    assert art["schedules"] == ("tuned + default" if winners else "default")
+    vs = art["accuracy"]["vs_litert"]
+    assert vs["within_tolerance"] and vs["max_rel_diff"] <= 1e-4      # tuned schedules keep results correct
+    plain = next(a for a in compile_target(options(out_dir=root / "plain", tuning_dir=None)).manifest["artifacts"]
+                 if a["format"] == "tvm")
+    assert plain["tuning"] is None and plain["schedules"] == "default"
+    if winners:
+        assert plain["sha256"] != art["sha256"]           # the records really changed the library
+
+
+def test_tune_bad_inputs_are_one_line(setup, cli, tmp_path):
+    root, options = setup
+    with pytest.raises(InputError, match="needs KEY="):
+        tune_target(TuneOptions(options(), rpc="127.0.0.1:9"))
+    with pytest.raises(InputError, match="not host:port"):
+        tune_target(TuneOptions(options(), rpc="nohost", key="k"))
+    with pytest.raises(InputError, match="TRIALS=0"):
+        tune_target(TuneOptions(options(), trials=0))
+    with pytest.raises(ConfigError, match="builds no TVM CPU library"):
+        tune_target(TuneOptions(options(target="mali", targets_dir=CompileOptions.targets_dir)))
+    with pytest.raises(InputError, match="must be measured on the board"):
+        tune_target(TuneOptions(options(target="rpi4", targets_dir=CompileOptions.targets_dir)))
+    port = free_port()
+    code, out, err = cli("tune", "--target", "tunehost", "--targets-dir", root / "targets", "--weights",
+                         options().weights, "--calib-n", "10", "--rpc", f"127.0.0.1:{port}", "--key", "k",
+                         "--out", tmp_path / "o", "--cache-dir", root / "cache", "--tuning-dir", tmp_path / "t",
+                         "--quiet")
+    assert code == 2 and len(error_lines(err)) == 1 and "cannot reach the TVM RPC tracker" in err
