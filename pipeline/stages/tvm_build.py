@@ -23,7 +23,7 @@ from pipeline.errors import StageError
 from pipeline.progress import Progress
 
 NAME = "tvm"
-VERSION = 5
+VERSION = 6
 TOOLS = ("apache-tvm", "apache-tvm-ffi", "tflite", "ziglang", "numpy")
 # A records folder written by `make tune` (pipeline/stages/tvm_tuning.py): our summary first.
 TUNING_FILES = ("tuning.json", "database_workload.json", "database_tuning_record.json")
@@ -68,10 +68,14 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     if target.kind.name == "llvm" and config.schedules == "default":
         from pipeline.stages.tvm_schedules import cpu_pipeline
 
-        database = None
+        database, stats = None, {}
         if TUNING_FILES[0] in inputs:
-            database, tuning = _tuned(inputs, target, progress)
-        executable = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, database))
+            database, tuning = _tuned(inputs, target)
+        executable = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, database, stats))
+        if tuning is not None:
+            tuning |= {"applied": stats.get("tuned", 0), "functions": stats.get("functions", 0)}
+            progress.log(f"  tuned schedules for {tuning['applied']} of {tuning['functions']} functions "
+                         f"(the others: default schedules)")
     else:
         executable = tvm.compile(mod, target=target)
     compile_seconds = time.monotonic() - started
@@ -104,7 +108,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     (out / "tvm.json").write_text(json.dumps(details, indent=1, default=str))
 
 
-def _tuned(inputs: Mapping[str, Path], target, progress: Progress):
+def _tuned(inputs: Mapping[str, Path], target):
     """The tuned schedules that beat the default ones, and what the manifest says about them."""
     import hashlib
 
@@ -113,12 +117,11 @@ def _tuned(inputs: Mapping[str, Path], target, progress: Progress):
     summary_file, workloads, records = (inputs[name] for name in TUNING_FILES)
     database, winners, summary = tvm_tuning.winning_database(summary_file, workloads, records)
     keys = {task.key for task in tvm_tuning.extract(inputs["tflite"], target, "")}
-    applied = winners & keys
-    progress.log(f"  tuned schedules for {len(applied)} of {len(keys)} functions (the others: default schedules)")
     return database, {
         "records": str(summary_file.parent),
         "sha256": {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in (summary_file, workloads, records)},
-        "functions": len(keys), "in_records": len(keys & set(summary["tasks"])), "applied": len(applied),
+        "distinct_functions": len(keys), "with_records": len(keys & set(summary["tasks"])),
+        "with_faster_records": len(winners & keys),
         "trials": sum(summary["tasks"][k]["trials"] for k in keys & set(summary["tasks"])),
         "tuned_on": summary.get("tuned_on"), "estimate": tvm_tuning.speedups(summary, keys),
     }

@@ -128,9 +128,10 @@ def fusion_passes(target) -> list:
                                                  relax.transform.FuseOps(), relax.transform.FuseTIR()]
 
 
-def cpu_pipeline(target, database=None):
+def cpu_pipeline(target, database=None, stats: dict | None = None):
     """TVM's CPU pipeline with operator fusion, tuned schedules from ``database`` (a MetaSchedule
-    database, optional) and the default schedules for every function still unscheduled.
+    database, optional; ``stats`` then receives how many functions really got one) and the default
+    schedules for every function still unscheduled.
 
     tvm.compile's own CPU default neither fuses nor folds constants. FoldConstant is left out here
     on purpose: it would fold int8 weights' dequantize into float32 constants (an int8 Xception
@@ -145,10 +146,15 @@ def cpu_pipeline(target, database=None):
 
     @tvm.transform.module_pass(opt_level=0)
     def _pipeline(mod, _ctx):
-        tuned = [relax.transform.MetaScheduleApplyDatabase()] if database is not None else []
         with target, (database if database is not None else contextlib.nullcontext()):
+            mod = tvm.transform.Sequential(fusion_passes(target))(mod)
+            if database is not None:
+                mod = relax.transform.MetaScheduleApplyDatabase()(mod)
+                if stats is not None:      # what really got a tuned schedule (not what the records promise)
+                    funcs = [f for f in mod.functions.values() if isinstance(f, tirx.PrimFunc)]
+                    stats["functions"] = len(funcs)
+                    stats["tuned"] = sum(1 for f in funcs if f.attrs and f.attrs.get("tirx.is_scheduled"))
             return tvm.transform.Sequential(
-                fusion_passes(target) + tuned + [default_schedules()]
-                + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))(mod)
+                [default_schedules()] + cpu.dataflow_lower_passes(target) + cpu.finalize_passes(target))(mod)
 
     return _pipeline

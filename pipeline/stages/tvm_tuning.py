@@ -132,6 +132,7 @@ def _write_atomic(path: Path, text: str) -> None:
     handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(handle, "w") as f:
         f.write(text)
+    os.chmod(tmp, 0o644)              # records are meant to be committed and shared
     os.replace(tmp, path)
 
 
