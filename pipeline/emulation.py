@@ -21,7 +21,8 @@ from pipeline.versions import tool_versions
 
 SUITE = "bookworm"                     # Debian 12: Python 3.11, like the host
 GUEST_SITE = "/opt/xception-edge-site"
-WHEELS = ("ai-edge-litert", "numpy", "apache-tvm", "apache-tvm-ffi")
+# cloudpickle and psutil: TVM's RPC server (an emulated board for `make tune RPC=`) needs them
+WHEELS = ("ai-edge-litert", "numpy", "apache-tvm", "apache-tvm-ffi", "cloudpickle", "psutil")
 PLATFORMS = ("manylinux_2_27_aarch64", "manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64")
 # MIDR part numbers and the /proc/cpuinfo feature words Linux prints for each core.
 CORES = {

@@ -19,6 +19,9 @@ TOOLS = {
     "numpy": ("numpy",),
     "scikit-learn": ("scikit-learn",),
     "pillow": ("pillow",),
+    "xgboost": ("xgboost-cpu", "xgboost"),
+    "cloudpickle": ("cloudpickle",),
+    "psutil": ("psutil",),
 }
 
 

@@ -123,45 +123,93 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+class RpcFarm:
+    """A TVM RPC tracker on 127.0.0.1 and the servers ("boards") registered with it; every process is
+    stopped as a whole process group (servers fork a worker per session)."""
+
+    def __init__(self):
+        self.port = free_port()
+        self.procs: list[subprocess.Popen] = []
+        self._start([sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(self.port),
+                     "--port-end", str(self.port + 1)])
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
+                break
+            except OSError:
+                if self.procs[0].poll() is not None or time.monotonic() > deadline:
+                    self.stop()
+                    pytest.fail(f"the TVM RPC tracker did not start (exit {self.procs[0].poll()})")
+                time.sleep(0.2)
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def _start(self, cmd: list[str], env: dict | None = None) -> subprocess.Popen:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
+                                env=env)
+        self.procs.append(proc)
+        return proc
+
+    def add_board(self, key: str, python: list[str] | None = None, env: dict | None = None,
+                  timeout: float = 30) -> None:
+        """An RPC server under ``key``. With ``python`` (e.g. qemu + an aarch64 python) the server loop runs
+        in that process: TVM's rpc_server would spawn its worker with sys.executable, which qemu-user
+        cannot exec without binfmt_misc."""
+        if python is None:
+            proc = self._start([sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", self.address, "--key", key,
+                                "--host", "127.0.0.1"])
+        else:
+            code = ("import time\nfrom tvm.rpc import server\n"
+                    f"server._popen_start_rpc_server('127.0.0.1', 9300, 9500, False, ('127.0.0.1', {self.port}), "
+                    f"{key!r})\nwhile True:\n    time.sleep(3600)\n")
+            proc = self._start([*python, "-c", code], env)
+        from tvm import rpc
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            try:
+                if rpc.connect_tracker("127.0.0.1", self.port).summary().get("queue_info", {}).get(key, {}).get("free"):
+                    return
+            except Exception:  # noqa: BLE001 - the tracker is still starting
+                pass
+            time.sleep(0.5)
+        self.stop()
+        pytest.fail(f"the TVM RPC server for key {key!r} did not register with the tracker (exit {proc.poll()})")
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            try:
+                os.killpg(proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+        for proc in self.procs:
+            proc.wait(timeout=10)
+
+
 @pytest.fixture(scope="module")
 def rpc_tracker():
     """A TVM RPC tracker and one server registered under key 'testboard', both on 127.0.0.1."""
-    port = free_port()
-    procs = []
+    farm = RpcFarm()
+    farm.add_board("testboard")
+    yield farm.address
+    farm.stop()
 
-    def start(*args):
-        procs.append(subprocess.Popen([sys.executable, "-m", *args], stdout=subprocess.DEVNULL,
-                                      stderr=subprocess.DEVNULL, start_new_session=True))
 
-    start("tvm.exec.rpc_tracker", "--host", "127.0.0.1", "--port", str(port), "--port-end", str(port + 1))
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if procs[0].poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"the TVM RPC tracker did not start (exit {procs[0].poll()})")
-            time.sleep(0.2)
-    start("tvm.exec.rpc_server", "--tracker", f"127.0.0.1:{port}", "--key", "testboard", "--host", "127.0.0.1")
-    from tvm import rpc
+@pytest.fixture(scope="session")
+def emulator_cache(tmp_path_factory) -> Path:
+    """A cache folder holding the emulated aarch64 board (qemu-user + arm64 sysroot), built once per run."""
+    from pipeline.emulation import ensure_emulator
+    from pipeline.errors import MissingDependencyError, StageError
+    from pipeline.progress import Progress
 
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            summary = rpc.connect_tracker("127.0.0.1", port).summary()
-            if summary.get("queue_info", {}).get("testboard", {}).get("free"):
-                break
-        except Exception:  # the tracker is still starting
-            pass
-        time.sleep(0.5)
-    else:
-        pytest.fail("the TVM RPC server did not register with the tracker")
-    yield f"127.0.0.1:{port}"
-    for proc in procs:                          # stop whole process groups: servers fork workers
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            pass
-    for proc in procs:
-        proc.wait(timeout=10)
+    cache = tmp_path_factory.mktemp("emulation-cache")
+    try:
+        ensure_emulator(cache, Progress(quiet=True))
+    except (MissingDependencyError, StageError) as exc:
+        pytest.skip(f"emulator set-up not possible here: {exc}")
+    return cache
