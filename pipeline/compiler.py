@@ -152,8 +152,8 @@ class _Compilation:
         spec = target.tvm.target
         if native and isinstance(spec, dict) and target.cpu.cores == 0 and "num-cores" not in spec:
             spec = spec | {"num-cores": os.cpu_count() or 1}
-        if isinstance(spec, dict) and "num-cores" not in spec and target.cpu.cores:
-            spec = spec | {"num-cores": target.cpu.cores}
+        if isinstance(spec, dict) and spec.get("kind") == "llvm" and "num-cores" not in spec and target.cpu.cores:
+            spec = spec | {"num-cores": target.cpu.cores}          # MetaSchedule needs it
         detect_cpu = native and isinstance(spec, dict) and "mcpu" not in spec and "mtriple" not in spec
         return spec, detect_cpu
 

@@ -175,7 +175,7 @@ def summary_table(summary: dict) -> str:
             default_total += e.get("calls", 1) * default
             chosen_total += e.get("calls", 1) * (best if used else default)
     ratio = f"{default_total / chosen_total:.2f}x" if chosen_total else "-"
-    return (format_table(rows) + f"\n\nsum over functions (x calls): default schedules {default_total:.2f} ms, "
+    return (format_table(rows) + f"\n\nsum over the functions of the tuned models (x calls): default schedules {default_total:.2f} ms, "
             f"with tuned ones where faster {chosen_total:.2f} ms ({ratio}); "
             f"{summary.get('seconds_this_run', 0):.0f} s this run; records: {summary['records_dir']}")
 
