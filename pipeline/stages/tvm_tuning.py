@@ -165,8 +165,8 @@ class Tuner:
             raise RuntimeError(f"building the default schedule failed: {built.error_msg.splitlines()[-1]}")
         try:
             func = next(iter(mod.functions.values()))
-            run_input = ms.runner.RunnerInput(built.artifact_path, "cpu" if self.target.kind.name == "llvm" else self.target.kind.name,
-                                              ms.arg_info.ArgInfo.from_prim_func(func))
+            device = "cpu" if self.target.kind.name == "llvm" else self.target.kind.name
+            run_input = ms.runner.RunnerInput(built.artifact_path, device, ms.arg_info.ArgInfo.from_prim_func(func))
             result = self.runner.run([run_input])[0].result()
         finally:
             shutil.rmtree(os.path.dirname(built.artifact_path), ignore_errors=True)
@@ -202,6 +202,7 @@ class Tuner:
             if plan[task.key] == 0:
                 self.log(f"{head}: no trials at this budget (default schedule {_ms(entry['default_ms'])})")
                 continue
+            # fewer candidates than asked means the search space is used up (failed candidates count too)
             if remaining <= 0 or entry["exhausted"]:
                 self.log(f"{head}: done before ({entry['trials']} trials, best {_ms(entry['best_ms'])}, "
                          f"default schedule {_ms(entry['default_ms'])})")
