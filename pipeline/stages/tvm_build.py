@@ -23,7 +23,7 @@ from pipeline.errors import StageError
 from pipeline.progress import Progress
 
 NAME = "tvm"
-VERSION = 6
+VERSION = 8
 TOOLS = ("apache-tvm", "apache-tvm-ffi", "tflite", "ziglang", "numpy")
 # A records folder written by `make tune` (pipeline/stages/tvm_tuning.py): our summary first.
 TUNING_FILES = ("tuning.json", "database_workload.json", "database_tuning_record.json")
@@ -73,9 +73,14 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
             database, tuning = _tuned(inputs, target)
         executable = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target, database, stats))
         if tuning is not None:
-            tuning |= {"applied": stats.get("tuned", 0), "functions": stats.get("functions", 0)}
+            tuning |= {"applied": stats.get("tuned", 0), "functions": stats.get("functions", 0),
+                       "replay_failed": stats.get("replay_failed", [])}
             progress.log(f"  tuned schedules for {tuning['applied']} of {tuning['functions']} functions "
                          f"(the others: default schedules)")
+            if tuning["replay_failed"]:
+                progress.warn(f"{len(tuning['replay_failed'])} functions have a record that TVM could not replay "
+                              f"on them; they keep the default schedules: {', '.join(tuning['replay_failed'][:5])}"
+                              + (" ..." if len(tuning["replay_failed"]) > 5 else ""))
     else:
         executable = tvm.compile(mod, target=target)
     compile_seconds = time.monotonic() - started
