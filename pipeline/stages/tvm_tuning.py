@@ -14,6 +14,7 @@ where it stopped (TRIALS is the total for the records, not per run). This module
 from __future__ import annotations
 
 import functools
+import gzip
 import json
 import logging
 import os
@@ -31,7 +32,8 @@ from pipeline.stages.tvm_schedules import default_schedules, fusion_passes
 
 from pipeline.stages.tvm_build import TUNING_FILES
 
-SUMMARY, WORKLOADS, RECORDS = TUNING_FILES
+SUMMARY, WORKLOADS_GZ, RECORDS_GZ = TUNING_FILES
+WORKLOADS, RECORDS = (name.removesuffix(".gz") for name in (WORKLOADS_GZ, RECORDS_GZ))  # what MetaSchedule reads
 FORMAT = 1
 MAX_TRIALS_PER_ITER = 64
 # Functions are identified by their anchor block (the convolution / matmul / pooling at their core):
@@ -226,9 +228,7 @@ class Tuner:
     def _tune_one(self, task: Task, trials: int) -> tuple[int, float | None]:
         staging = Path(tempfile.mkdtemp(dir=self.records, prefix=".tuning-"))
         try:
-            for name in (WORKLOADS, RECORDS):
-                if (self.records / name).exists():
-                    shutil.copyfile(self.records / name, staging / name)
+            unpack(self.records, staging)
             database = ms.database.JSONDatabase(path_workload=str(staging / WORKLOADS),
                                                 path_tuning_record=str(staging / RECORDS), allow_missing=True,
                                                 module_equality=MODULE_EQUALITY)
@@ -245,13 +245,33 @@ class Tuner:
             best = best_ms(database, task.mod)
             for name in (WORKLOADS, RECORDS):
                 if (staging / name).exists():
-                    os.replace(staging / name, self.records / name)
+                    pack(staging / name, self.records / f"{name}.gz")
             return measured, best
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
     def _save_summary(self) -> None:
         _write_atomic(self.records / SUMMARY, json.dumps(self.summary, indent=1, sort_keys=True) + "\n")
+
+
+def unpack(records: Path, folder: Path) -> None:
+    """MetaSchedule's plain JSON files in ``folder`` from a records folder's gzipped ones."""
+    for name in (WORKLOADS, RECORDS):
+        packed = records / f"{name}.gz"
+        if packed.exists():
+            with gzip.open(packed, "rb") as src, open(folder / name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+
+
+def pack(plain: Path, packed: Path) -> None:
+    """Gzip ``plain`` into ``packed`` atomically; mtime 0, so the same records give the same bytes
+    (and the compile stage's cache key does not change)."""
+    handle, tmp = tempfile.mkstemp(dir=packed.parent, prefix=f".{packed.name}.", suffix=".tmp")
+    with os.fdopen(handle, "wb") as raw, open(plain, "rb") as src:
+        with gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as dst:
+            shutil.copyfileobj(src, dst)
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, packed)
 
 
 def best_ms(database, mod) -> float | None:
@@ -281,11 +301,15 @@ def winning_database(summary_file: Path, workloads: Path, records: Path):
     summary = read_summary(summary_file.parent)
     winners = {key for key, e in summary["tasks"].items()
                if e.get("best_ms") is not None and e.get("default_ms") is not None and e["best_ms"] < e["default_ms"]}
-    source = ms.database.JSONDatabase(path_workload=str(workloads), path_tuning_record=str(records),
-                                      allow_missing=False, module_equality=MODULE_EQUALITY)
+    with tempfile.TemporaryDirectory(prefix="tuning-records-") as plain:
+        unpack(workloads.parent, Path(plain))
+        source = ms.database.JSONDatabase(path_workload=str(Path(plain) / WORKLOADS),
+                                          path_tuning_record=str(Path(plain) / RECORDS),
+                                          allow_missing=False, module_equality=MODULE_EQUALITY)
+        all_records = source.get_all_tuning_records()
     chosen = ms.database.MemoryDatabase(module_equality=MODULE_EQUALITY)
     keys = ms.database.MemoryDatabase(module_equality=MODULE_EQUALITY)
-    for record in source.get_all_tuning_records():
+    for record in all_records:
         mod = record.workload.mod
         if workload_key(keys, mod) not in winners:
             continue
