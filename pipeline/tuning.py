@@ -83,11 +83,10 @@ def tune_target(options: TuneOptions, progress: Progress | None = None) -> dict:
         raise InputError(f"records folder {records} cannot be created: {exc.strerror or exc}") from None
     with TargetLock(records.parent, records.name):
         sources = {p: compilation._converted("tflite-int8" if p == "int8" else "tflite-fp32") for p in precisions}
-        return _tune(options, compilation, records, {p: e.file(f) for p, (e, f) in sources.items()}, native, progress)
+        return _tune(options, compilation, records, {p: e.file(f) for p, (e, f) in sources.items()}, progress)
 
 
-def _tune(options: TuneOptions, compilation: _Compilation, records: Path, tflites: dict, native: bool,
-          progress: Progress) -> dict:
+def _tune(options: TuneOptions, compilation: _Compilation, records: Path, tflites: dict, progress: Progress) -> dict:
     progress.log("[tune] loading TVM MetaSchedule (the first time takes ~15 s)")
     try:
         import tvm
@@ -135,7 +134,7 @@ def _tune(options: TuneOptions, compilation: _Compilation, records: Path, tflite
                  f"records in {records}")
     summary = tuner.tune(tasks, options.trials)
     summary["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
-    tuner._save_summary()
+    tuner.save_summary()
     return dict(summary) | {"seconds_this_run": round(time.monotonic() - started, 1), "records_dir": str(records),
                             "keys": list(dict.fromkeys(t.key for t in tasks))}
 
@@ -161,9 +160,23 @@ def _check_tracker(host: str, port: int, key: str, text: str) -> None:
         raise InputError(f"the tracker at {text} has no device under KEY={key!r} (keys registered: {known})")
 
 
+def estimate(summary: dict, keys) -> dict:
+    """Default vs chosen time summed over functions (x calls), each function's tuned schedule counted
+    only where it beat the default one, as compile applies them."""
+    default = chosen = 0.0
+    for key in keys:
+        entry = summary["tasks"].get(key)
+        if not entry or entry.get("default_ms") is None:
+            continue
+        calls, best = entry.get("calls", 1), entry.get("best_ms")
+        default += calls * entry["default_ms"]
+        chosen += calls * (min(best, entry["default_ms"]) if best is not None else entry["default_ms"])
+    return {"default_ms_sum": round(default, 3), "chosen_ms_sum": round(chosen, 3),
+            "ratio": round(default / chosen, 3) if chosen else None}
+
+
 def summary_table(summary: dict) -> str:
     rows = [("function", "precision", "calls", "trials", "default ms", "tuned ms", "used")]
-    default_total = chosen_total = 0.0
     for key in summary["keys"]:
         e = summary["tasks"][key]
         best, default = e.get("best_ms"), e.get("default_ms")
@@ -171,11 +184,8 @@ def summary_table(summary: dict) -> str:
         rows.append((e["name"][:48], e.get("precision", ""), str(e.get("calls", 1)), str(e["trials"]),
                      "-" if default is None else f"{default:.4f}", "-" if best is None else f"{best:.4f}",
                      "tuned" if used else "default"))
-        if default is not None:
-            default_total += e.get("calls", 1) * default
-            chosen_total += e.get("calls", 1) * (best if used else default)
-    ratio = f"{default_total / chosen_total:.2f}x" if chosen_total else "-"
-    return (format_table(rows) + f"\n\nsum over the functions of the tuned models (x calls): default schedules {default_total:.2f} ms, "
-            f"with tuned ones where faster {chosen_total:.2f} ms ({ratio}); "
+    total = estimate(summary, summary["keys"])
+    ratio = f"{total['ratio']:.2f}x" if total["ratio"] else "-"
+    return (format_table(rows) + f"\n\nsum over the functions of the tuned models (x calls): default schedules "
+            f"{total['default_ms_sum']:.2f} ms, with tuned ones where faster {total['chosen_ms_sum']:.2f} ms ({ratio}); "
             f"{summary.get('seconds_this_run', 0):.0f} s this run; records: {summary['records_dir']}")
-

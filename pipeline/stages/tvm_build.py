@@ -119,6 +119,7 @@ def _tuned(inputs: Mapping[str, Path], target):
     import hashlib
 
     from pipeline.stages import tvm_tuning
+    from pipeline.tuning import estimate
 
     summary_file, workloads, records = (inputs[name] for name in TUNING_FILES)
     database, winners, summary = tvm_tuning.winning_database(summary_file, workloads, records)
@@ -129,7 +130,7 @@ def _tuned(inputs: Mapping[str, Path], target):
         "distinct_functions": len(keys), "with_records": len(keys & set(summary["tasks"])),
         "with_faster_records": len(winners & keys),
         "trials": sum(summary["tasks"][k]["trials"] for k in keys & set(summary["tasks"])),
-        "tuned_on": summary.get("tuned_on"), "estimate": tvm_tuning.speedups(summary, keys),
+        "tuned_on": summary.get("tuned_on"), "estimate": estimate(summary, keys),
     }
 
 

@@ -199,7 +199,7 @@ class Tuner:
             head = f"  [{index}/{len(order)}] {precision} {task.name}"
             if entry["default_ms"] is None:
                 entry["default_ms"] = round(self.default_ms(task), 5)
-                self._save_summary()
+                self.save_summary()
             remaining = plan[task.key] - entry["trials"]
             if plan[task.key] == 0:
                 self.log(f"{head}: no trials at this budget (default schedule {_ms(entry['default_ms'])})")
@@ -218,7 +218,7 @@ class Tuner:
             entry["exhausted"] = measured < remaining
             if best is not None and (entry["best_ms"] is None or best < entry["best_ms"]):
                 entry["best_ms"] = round(best, 5)
-            self._save_summary()
+            self.save_summary()
             verdict = ("faster" if entry["best_ms"] is not None and entry["best_ms"] < entry["default_ms"]
                        else "not faster")
             self.log(f"{head}: best {_ms(entry['best_ms'])} after {entry['trials']} trials "
@@ -250,7 +250,7 @@ class Tuner:
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
-    def _save_summary(self) -> None:
+    def save_summary(self) -> None:
         _write_atomic(self.records / SUMMARY, json.dumps(self.summary, indent=1, sort_keys=True) + "\n")
 
 
@@ -317,19 +317,3 @@ def winning_database(summary_file: Path, workloads: Path, records: Path):
         chosen.commit_tuning_record(ms.database.TuningRecord(record.trace, workload, record.run_secs,
                                                              record.target, record.args_info))
     return chosen, winners, summary
-
-
-def speedups(summary: dict, keys: set[str]) -> dict:
-    """Sum of default vs chosen time over the functions this model uses (per call, weighted by calls)."""
-    default = chosen = 0.0
-    for key in keys:
-        entry = summary["tasks"].get(key)
-        if not entry or entry.get("default_ms") is None:
-            continue
-        calls = entry.get("calls", 1)
-        default += calls * entry["default_ms"]
-        best = entry.get("best_ms")
-        chosen += calls * (min(best, entry["default_ms"]) if best is not None else entry["default_ms"])
-    return {"default_ms_sum": round(default, 3), "chosen_ms_sum": round(chosen, 3),
-            "ratio": round(default / chosen, 3) if chosen else None}
-
