@@ -116,8 +116,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
 
 def _tuned(inputs: Mapping[str, Path], target):
     """The tuned schedules that beat the default ones, and what the manifest says about them."""
-    import hashlib
-
+    from benchmarks.files import sha256_file
     from pipeline.stages import tvm_tuning
     from pipeline.tuning import estimate
 
@@ -126,7 +125,7 @@ def _tuned(inputs: Mapping[str, Path], target):
     keys = {task.key for task in tvm_tuning.extract(inputs["tflite"], target, "")}
     return database, {
         "records": str(summary_file.parent),
-        "sha256": {path.name: hashlib.sha256(path.read_bytes()).hexdigest() for path in (summary_file, workloads, records)},
+        "sha256": {path.name: sha256_file(path) for path in (summary_file, workloads, records)},
         "distinct_functions": len(keys), "with_records": len(keys & set(summary["tasks"])),
         "with_faster_records": len(winners & keys),
         "trials": sum(summary["tasks"][k]["trials"] for k in keys & set(summary["tasks"])),

@@ -28,9 +28,9 @@ from pathlib import Path
 import tvm
 from tvm.s_tir import meta_schedule as ms
 
-from pipeline.stages.tvm_schedules import default_schedules, fusion_passes
-
+from benchmarks.files import write_text_atomic
 from pipeline.stages.tvm_build import TUNING_FILES
+from pipeline.stages.tvm_schedules import default_schedules, fusion_passes
 
 SUMMARY, WORKLOADS_GZ, RECORDS_GZ = TUNING_FILES
 WORKLOADS, RECORDS = (name.removesuffix(".gz") for name in (WORKLOADS_GZ, RECORDS_GZ))  # what MetaSchedule reads
@@ -128,14 +128,6 @@ def read_summary(folder: Path) -> dict:
     if summary.get("format") != FORMAT:
         raise ValueError(f"{path}: unknown format {summary.get('format')!r} (this version reads {FORMAT})")
     return summary
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w") as f:
-        f.write(text)
-    os.chmod(tmp, 0o644)              # records are meant to be committed and shared
-    os.replace(tmp, path)
 
 
 class Tuner:
@@ -251,7 +243,7 @@ class Tuner:
             shutil.rmtree(staging, ignore_errors=True)
 
     def save_summary(self) -> None:
-        _write_atomic(self.records / SUMMARY, json.dumps(self.summary, indent=1, sort_keys=True) + "\n")
+        write_text_atomic(self.records / SUMMARY, json.dumps(self.summary, indent=1, sort_keys=True) + "\n")
 
 
 def unpack(records: Path, folder: Path) -> None:
