@@ -188,6 +188,7 @@ class _Compilation:
         record = {"file": file_name, "path": made.file(file_name), "sha256": made.files[file_name],
                   "tvm_target": info["tvm_target"], "arch": target.arch, "io": info["io"],
                   "schedules": info["schedules"], "tuning": info.get("tuning"),
+                  "int8_integer_chains": info.get("int8_integer_chains", 0),
                   "source_tflite": source_file, "accuracy": None}
         if device == "gpu":
             record["opencl_source"] = Path(file_name).stem + ".cl"

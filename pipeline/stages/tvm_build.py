@@ -23,7 +23,7 @@ from pipeline.errors import StageError
 from pipeline.progress import Progress
 
 NAME = "tvm"
-VERSION = 9
+VERSION = 10
 TOOLS = ("apache-tvm", "apache-tvm-ffi", "tflite", "ziglang", "numpy")
 # A records folder written by `make tune` (pipeline/stages/tvm_tuning.py): our summary first, then
 # MetaSchedule's JSON database, gzipped (Xception: 10 MB of JSON -> 0.4 MB, for users who commit it).
@@ -45,7 +45,8 @@ class Config:
 def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progress) -> None:
     import tflite
     import tvm
-    from tvm.relax.frontend.tflite import from_tflite
+
+    from pipeline.stages.tvm_int8 import import_tflite, rewrites
 
     from tvm.target.codegen import llvm_get_system_cpu
 
@@ -60,9 +61,9 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     io = _io_quantization(model)
     started = time.monotonic()
     progress.log(f"  importing {inputs['tflite'].name} into Relax")
-    mod = from_tflite(model)
-    if isinstance(mod, tuple):
-        mod = mod[0]
+    mod = import_tflite(inputs["tflite"])
+    if rewrites(mod):
+        progress.log(f"  {rewrites(mod)} int8 convolutions / products in integer arithmetic (as LiteRT computes them)")
     progress.log(f"  compiling for {json.dumps(target_spec)} ({config.schedules} CPU schedules)"
                  if target.kind.name == "llvm" else f"  compiling for {json.dumps(target_spec)}")
     tuning = None
@@ -107,6 +108,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
         "schedules": (("tuned + default" if tuning and tuning["applied"] else config.schedules)
                       if target.kind.name == "llvm" else "tvm default (GPU)"),
         "tuning": tuning,
+        "int8_integer_chains": rewrites(mod),
         "opencl_kernels": kernels,
         "compile_seconds": round(compile_seconds, 1),
         "total_seconds": round(time.monotonic() - started, 1),

@@ -55,11 +55,10 @@ class Task:
 
 
 def load_relax(tflite_path: Path) -> tvm.IRModule:
-    import tflite
-    from tvm.relax.frontend.tflite import from_tflite
+    """The model as the compile stage imports it (int8 chains in integer arithmetic)."""
+    from pipeline.stages.tvm_int8 import import_tflite
 
-    mod = from_tflite(tflite.Model.GetRootAsModel(Path(tflite_path).read_bytes(), 0))
-    return mod[0] if isinstance(mod, tuple) else mod
+    return import_tflite(tflite_path)
 
 
 def extract(tflite_path: Path, target, precision: str) -> list[Task]:

@@ -38,7 +38,5 @@ def test_reference_xception_tvm_fp32_matches_litert_on_host(tmp_path):
     assert tvm["int8"]["accuracy"]["vs_litert"]["agreement_top1"] >= 0.995
 
 
-@pytest.mark.xfail(strict=True, reason="known: TVM imports int8 TFLite as dequantize -> float op -> quantize; "
-                   "2 of 3,600 reference outputs (images 105, 171) are 2 quantization steps from LiteRT")
 def test_reference_xception_tvm_int8_within_one_step_of_litert(tmp_path):
     assert _tvm(tmp_path)["int8"]["accuracy"]["vs_litert"]["max_quant_steps"] <= 1

@@ -11,12 +11,12 @@ SHAPE = re.compile(r'T\.Buffer\(\((.*?)\), "(\w+)"\)')
 
 
 def legalized_functions(tflite_file, target):
-    import tflite
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
-    from tvm.relax.frontend.tflite import from_tflite
 
-    mod = from_tflite(tflite.Model.GetRootAsModel(tflite_file.read_bytes(), 0))
+    from pipeline.stages.tvm_int8 import import_tflite
+
+    mod = import_tflite(tflite_file)                   # as the compile stage imports it
     with target:
         mod = tvm.transform.Sequential(cpu.library_dispatch_passes(target) + cpu.legalize_passes(target))(mod)
     return [(gv.name_hint, f) for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]

@@ -1,0 +1,164 @@
+"""Integer arithmetic for int8 TFLite models in TVM: the convolutions and the classifier computed as
+LiteRT's int8 kernels compute them, not in float.
+
+TVM 0.27's TFLite frontend imports an int8 convolution as
+    quantize(add(conv2d(dequantize(x), dequantize(W)), dequantize(bias)))
+i.e. float32 arithmetic on dequantized values, rounded half away from zero. LiteRT (XNNPACK's
+qs8/qc8w kernels) instead accumulates (x - x_zero_point) * W exactly in int32, adds the int32 bias,
+scales the accumulator in float32 by input_scale * weight_scale[c] / output_scale (computed in that
+order, in float32), clamps, rounds half to even and adds the output zero point. The two agree to
+within rounding, but the float path's different roundings add up over Xception's 75 convolutions:
+2 of 3,600 reference outputs ended 2 quantization steps from LiteRT (issue 3).
+
+``integer_arithmetic`` rewrites every such chain (conv2d, depthwise conv2d, fully connected) into
+that integer form with Relax operators, so it is fused, scheduled and tuned like any other function:
+    acc   = conv2d(int16(x) - x_zero_point, W int8 -> int32)  + bias (int32)
+    y     = clip(float32(acc) * scale[c], qmin - zp, qmax - zp)
+    out   = int8(round_half_even(y) + zp)
+Chains that do not have that exact form (non-zero weight zero point, a bias whose scale is not
+input_scale * weight_scale, float bias) are left as imported.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
+
+BIAS_SCALE_RTOL = 1e-5       # TFLite requires bias_scale == input_scale * weight_scale
+
+
+def import_tflite(tflite_path: Path) -> tvm.IRModule:
+    """A TFLite model as a Relax module, int8 chains in integer arithmetic: what the compile stage
+    builds and the tuner extracts tasks from."""
+    import tflite
+    from tvm.relax.frontend.tflite import from_tflite
+
+    mod = from_tflite(tflite.Model.GetRootAsModel(Path(tflite_path).read_bytes(), 0))
+    mod = mod[0] if isinstance(mod, tuple) else mod
+    return integer_arithmetic(mod)
+
+
+def integer_arithmetic(mod: tvm.IRModule) -> tvm.IRModule:
+    """``mod`` with every recognised int8 dequantize -> conv2d/matmul -> quantize chain in int32."""
+    rewriter = _Rewriter()
+    result = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs, global_infos=mod.global_infos)
+    for gvar, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            func = rewrite_call(rewriter.pattern, rewriter, func)
+            result[gvar] = func
+    result = relax.transform.DeadCodeElimination()(result)
+    result = result.with_attr("xception_edge.int8_rewrites", rewriter.count) if rewriter.count else result
+    return result
+
+
+def rewrites(mod: tvm.IRModule) -> int:
+    """How many chains ``integer_arithmetic`` rewrote in ``mod``."""
+    return int(mod.attrs["xception_edge.int8_rewrites"]) if mod.attrs and "xception_edge.int8_rewrites" in mod.attrs else 0
+
+
+def _numpy(const) -> np.ndarray:
+    return const.value.numpy()
+
+
+def _scalar_int(const) -> int | None:
+    value = _numpy(const)
+    return int(value.reshape(-1)[0]) if value.size == 1 else None
+
+
+class _Rewriter:
+    def __init__(self):
+        self.count = 0
+        self.x = wildcard()
+        self.x_scale, self.x_zero = is_const(), is_const()
+        self.w, self.w_scale, self.w_zero = is_const(), is_const(), is_const()
+        self.w_shape = wildcard()
+        self.b, self.b_scale, self.b_zero = is_const(), is_const(), is_const()
+        self.y_scale, self.y_zero = is_const(), is_const()
+        x = is_op("relax.dequantize")(self.x, self.x_scale, self.x_zero)
+        w_int = self.w | is_op("relax.permute_dims")(self.w)
+        w = is_op("relax.dequantize")(w_int, self.w_scale, self.w_zero)
+        w = w | is_op("relax.reshape")(w, self.w_shape)
+        self.conv = is_op("relax.nn.conv2d")(x, w)
+        self.matmul = is_op("relax.matmul")(x, w)
+        product = self.conv | self.matmul
+        bias = is_op("relax.dequantize")(self.b, self.b_scale, self.b_zero)
+        self.add = is_op("relax.add")(product, bias)
+        self.quantize = is_op("relax.quantize")(self.add | product, self.y_scale, self.y_zero)
+        self.pattern = self.quantize
+
+    def __call__(self, expr, m):
+        try:
+            rewritten = self._rewrite(expr, m)
+        except _Skip:
+            return expr
+        self.count += 1
+        return rewritten
+
+    def _rewrite(self, expr, m):
+        out_dtype = str(expr.attrs.out_dtype)
+        x = m[self.x]
+        if out_dtype not in ("int8", "uint8") or x.ty.dtype != out_dtype:
+            raise _Skip
+        x_zero, y_zero, w_zero = _scalar_int(m[self.x_zero]), _scalar_int(m[self.y_zero]), _numpy(m[self.w_zero])
+        x_scale, y_scale = _numpy(m[self.x_scale]).astype(np.float32), _numpy(m[self.y_scale]).astype(np.float32)
+        if x_zero is None or y_zero is None or x_scale.size != 1 or y_scale.size != 1 or np.any(w_zero != 0):
+            raise _Skip
+        weights = _numpy(m[self.w])
+        if weights.dtype != np.int8:
+            raise _Skip
+        product = m[self.conv] if self.conv in m else m[self.matmul]
+        # the weights as the product uses them (transposed / reshaped like the imported float weights)
+        w_float = product.args[1]
+        shape = [int(d) for d in w_float.ty.shape]
+        if self.matmul in m and weights.ndim == 2 and tuple(shape) == weights.T.shape:
+            weights = weights.T
+        weights = weights.reshape(shape)
+        channels = shape[str(product.attrs.kernel_layout).index("O")] if self.conv in m else shape[-1]
+        w_scale = np.broadcast_to(_numpy(m[self.w_scale]).astype(np.float32).reshape(-1), (channels,))
+        bias = np.zeros(channels, np.int32)
+        if self.add in m:
+            if self.b not in m:
+                raise _Skip
+            b, b_scale = _numpy(m[self.b]), _numpy(m[self.b_scale]).astype(np.float32).reshape(-1)
+            if b.dtype != np.int32 or np.any(_numpy(m[self.b_zero]) != 0) or b.size != channels:
+                raise _Skip
+            expected = x_scale.reshape(()) * w_scale
+            if not np.allclose(np.broadcast_to(b_scale, (channels,)), expected, rtol=BIAS_SCALE_RTOL, atol=0):
+                raise _Skip
+            bias = b.reshape(channels)
+        # XNNPACK: scale = input_scale * kernel_scale / output_scale, left to right, in float32
+        scale = (np.float32(x_scale.reshape(())) * w_scale).astype(np.float32) / np.float32(y_scale.reshape(()))
+        scale = scale.astype(np.float32)
+        info = np.iinfo(out_dtype)
+
+        data = relax.op.subtract(relax.op.astype(x, "int16"), relax.const(x_zero, "int16"))
+        kernel = relax.const(weights, "int8")
+        if self.conv in m:
+            a = product.attrs
+            acc = relax.op.nn.conv2d(data, kernel, strides=a.strides, padding=a.padding, dilation=a.dilation,
+                                     groups=a.groups, data_layout=a.data_layout, kernel_layout=a.kernel_layout,
+                                     out_layout=a.out_layout, out_dtype="int32")
+        else:
+            acc = relax.op.matmul(data, kernel, out_dtype="int32")
+        acc = relax.op.add(acc, relax.const(bias, "int32"))
+        y = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale, "float32"))
+        y = relax.op.clip(y, float(info.min - y_zero), float(info.max - y_zero))
+        return relax.op.astype(relax.op.add(_round_half_even(y), relax.const(float(y_zero), "float32")), out_dtype)
+
+
+def _round_half_even(y):
+    """Round half to even, like XNNPACK's magic-bias / lrintf (exact for |y| <= 2**22: y is clamped).
+
+    Written out rather than R.round: TVM lowers round to nearbyint on LLVM targets, but to OpenCL C's
+    round(), which rounds halves away from zero, on GPU targets."""
+    r = relax.op.floor(relax.op.add(y, relax.const(0.5, "float32")))
+    tie = relax.op.equal(relax.op.subtract(r, y), relax.const(0.5, "float32"))
+    odd = relax.op.equal(relax.op.floor_mod(r, relax.const(2.0, "float32")), relax.const(1.0, "float32"))
+    return relax.op.where(relax.op.logical_and(tie, odd), relax.op.subtract(r, relax.const(1.0, "float32")), r)
+
+
+class _Skip(Exception):
+    """This chain is not in the form the integer rewrite needs: keep it as imported."""

@@ -1,0 +1,102 @@
+"""The int8 integer-arithmetic rewrite (pipeline/stages/tvm_int8.py) against a numpy model of LiteRT's
+(XNNPACK's) int8 convolution: int32 accumulation, float32 scale, clamp, round half to even."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+from tvm import relax  # noqa: E402
+
+from pipeline.stages.tvm_int8 import integer_arithmetic, rewrites  # noqa: E402
+
+X_SCALE, X_ZERO, Y_SCALE, Y_ZERO = 0.0213, -7, 0.0457, 11
+
+
+def conv_chain(weights: np.ndarray, w_scale: np.ndarray, bias: np.ndarray, w_zero: int = 0,
+               bias_dtype: str = "int32"):
+    """dequantize -> conv2d (3x3, same padding) -> add bias -> quantize, as TVM's TFLite frontend imports it."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 6, 6, weights.shape[2]), "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            xf = bb.emit(relax.op.dequantize(x, relax.const(X_SCALE, "float32"), relax.const(X_ZERO, "int32"),
+                                             axis=0))
+            wf = bb.emit(relax.op.dequantize(relax.const(weights, "int8"), relax.const(w_scale, "float32"),
+                                             relax.const(w_zero, "int32"), axis=3))
+            conv = bb.emit(relax.op.nn.conv2d(xf, wf, padding=[1, 1, 1, 1], data_layout="NHWC",
+                                              kernel_layout="HWIO"))
+            b_scale = (np.float32(X_SCALE) * w_scale).astype(np.float32)
+            bf = bb.emit(relax.op.dequantize(relax.const(bias.astype(bias_dtype), bias_dtype),
+                                             relax.const(b_scale, "float32"), relax.const(0, "int32"), axis=0))
+            y = bb.emit(relax.op.add(conv, bf))
+            q = bb.emit_output(relax.op.quantize(y, relax.const(Y_SCALE, "float32"), relax.const(Y_ZERO, "int32"),
+                                                 out_dtype="int8", axis=0))
+        bb.emit_func_output(q)
+    return bb.get()
+
+
+def litert_arithmetic(x: np.ndarray, weights: np.ndarray, w_scale: np.ndarray, bias: np.ndarray) -> np.ndarray:
+    """What XNNPACK's qs8/qc8w convolution computes, written out independently in numpy."""
+    padded = np.pad(x.astype(np.int64) - X_ZERO, ((0, 0), (1, 1), (1, 1), (0, 0)))   # zero point pads
+    _, h, w, _ = x.shape
+    acc = np.zeros((1, h, w, weights.shape[3]), np.int64)
+    for i in range(3):
+        for j in range(3):
+            acc += np.einsum("nhwc,co->nhwo", padded[:, i:i + h, j:j + w, :], weights[i, j].astype(np.int64))
+    acc += bias
+    scale = (np.float32(X_SCALE) * w_scale.astype(np.float32)) / np.float32(Y_SCALE)
+    y = acc.astype(np.float32) * scale.astype(np.float32)
+    y = np.clip(y, -128 - Y_ZERO, 127 - Y_ZERO)
+    return (np.rint(y) + Y_ZERO).astype(np.int8)      # np.rint: round half to even
+
+
+def run(mod, x):
+    executable = tvm.compile(mod, target="llvm")
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    return vm["main"](tvm.runtime.tensor(x)).numpy()
+
+
+@pytest.fixture
+def chain():
+    rng = np.random.default_rng(3)
+    weights = rng.integers(-127, 128, (3, 3, 5, 4)).astype(np.int8)
+    w_scale = rng.uniform(0.002, 0.02, 4).astype(np.float32)
+    bias = rng.integers(-3000, 3000, 4).astype(np.int32)
+    x = rng.integers(-128, 128, (1, 6, 6, 5)).astype(np.int8)
+    return x, weights, w_scale, bias
+
+
+def test_rewritten_convolution_is_litert_arithmetic(chain):
+    x, weights, w_scale, bias = chain
+    mod = integer_arithmetic(conv_chain(weights, w_scale, bias))
+    assert rewrites(mod) == 1
+    text = mod["main"].script()
+    assert "R.dequantize" not in text and 'out_dtype="int32"' in text
+    expected = litert_arithmetic(x, weights, w_scale, bias)
+    assert np.array_equal(run(mod, x), expected)
+    # the outputs really span the range: clamping and both signs are exercised
+    assert expected.min() == -128 and expected.max() == 127 and len(np.unique(expected)) > 50
+
+
+def test_chains_in_another_form_are_left_as_imported(chain):
+    x, weights, w_scale, bias = chain
+    for mod in (conv_chain(weights, w_scale, bias, w_zero=3),             # weights with a zero point
+                conv_chain(weights, w_scale, bias, bias_dtype="int8")):  # not an int32 bias
+        rewritten = integer_arithmetic(mod)
+        assert rewrites(rewritten) == 0
+        assert "R.dequantize" in rewritten["main"].script()
+
+
+def test_round_half_even_on_ties_and_near_ties():
+    from pipeline.stages.tvm_int8 import _round_half_even
+
+    values = np.array([-3.5, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5, 126.5, -127.5, 0.49999997, 1.5000001,
+                       2.4999998, -0.50000006, 7.0, -7.0, 0.0], np.float32)
+    bb = relax.BlockBuilder()
+    y = relax.Var("y", relax.TensorType(values.shape, "float32"))
+    with bb.function("main", [y]):
+        with bb.dataflow():
+            out = bb.emit_output(_round_half_even(y))
+        bb.emit_func_output(out)
+    assert np.array_equal(run(bb.get(), values), np.rint(values))
