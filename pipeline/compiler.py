@@ -189,6 +189,7 @@ class _Compilation:
                   "tvm_target": info["tvm_target"], "arch": target.arch, "io": info["io"],
                   "schedules": info["schedules"], "tuning": info.get("tuning"),
                   "int8_integer_chains": info.get("int8_integer_chains", 0),
+                  "int8_float_exact": info.get("int8_float_exact", 0),
                   "source_tflite": source_file, "accuracy": None}
         if device == "gpu":
             record["opencl_source"] = Path(file_name).stem + ".cl"

@@ -23,7 +23,7 @@ from pipeline.errors import StageError
 from pipeline.progress import Progress
 
 NAME = "tvm"
-VERSION = 10
+VERSION = 11
 TOOLS = ("apache-tvm", "apache-tvm-ffi", "tflite", "ziglang", "numpy")
 # A records folder written by `make tune` (pipeline/stages/tvm_tuning.py): our summary first, then
 # MetaSchedule's JSON database, gzipped (Xception: 10 MB of JSON -> 0.4 MB, for users who commit it).
@@ -46,7 +46,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     import tflite
     import tvm
 
-    from pipeline.stages.tvm_int8 import import_tflite, rewrites
+    from pipeline.stages.tvm_int8 import float_exact, import_tflite, rewrites
 
     from tvm.target.codegen import llvm_get_system_cpu
 
@@ -63,7 +63,8 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     progress.log(f"  importing {inputs['tflite'].name} into Relax")
     mod = import_tflite(inputs["tflite"])
     if rewrites(mod):
-        progress.log(f"  {rewrites(mod)} int8 convolutions / products in integer arithmetic (as LiteRT computes them)")
+        progress.log(f"  {rewrites(mod)} int8 convolutions / products in integer arithmetic as LiteRT computes them "
+                     f"({float_exact(mod)} accumulated exactly in float32, the others in int32)")
     progress.log(f"  compiling for {json.dumps(target_spec)} ({config.schedules} CPU schedules)"
                  if target.kind.name == "llvm" else f"  compiling for {json.dumps(target_spec)}")
     tuning = None
@@ -108,7 +109,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
         "schedules": (("tuned + default" if tuning and tuning["applied"] else config.schedules)
                       if target.kind.name == "llvm" else "tvm default (GPU)"),
         "tuning": tuning,
-        "int8_integer_chains": rewrites(mod),
+        "int8_integer_chains": rewrites(mod), "int8_float_exact": float_exact(mod),
         "opencl_kernels": kernels,
         "compile_seconds": round(compile_seconds, 1),
         "total_seconds": round(time.monotonic() - started, 1),

@@ -12,11 +12,14 @@ within rounding, but the float path's different roundings add up over Xception's
 
 ``integer_arithmetic`` rewrites every such chain (conv2d, depthwise conv2d, fully connected) into
 that integer form with Relax operators, so it is fused, scheduled and tuned like any other function:
-    acc   = conv2d(int16(x) - x_zero_point, W int8 -> int32)  + bias (int32)
+    acc   = conv2d(x - x_zero_point, W) + bias        exact integers
     y     = clip(float32(acc) * scale[c], qmin - zp, qmax - zp)
     out   = int8(round_half_even(y) + zp)
-Chains that do not have that exact form (non-zero weight zero point, a bias whose scale is not
-input_scale * weight_scale, float bias) are left as imported.
+``acc`` is computed in float32 when no partial sum can reach 2**24 (max|x - zp| * sum|W[., c]| +
+|bias[c]| below it, known from the weights): float32 then holds every partial sum exactly, in any
+order, and the product runs at float speed with the fp32 convolution's tuning records. Otherwise
+it is int16 x int8 -> int32. Chains that do not have that exact form (non-zero weight zero point,
+a bias whose scale is not input_scale * weight_scale, float bias) are left as imported.
 """
 from __future__ import annotations
 
@@ -28,6 +31,7 @@ from tvm import relax
 from tvm.relax.dpl import is_const, is_op, rewrite_call, wildcard
 
 BIAS_SCALE_RTOL = 1e-5       # TFLite requires bias_scale == input_scale * weight_scale
+FLOAT_EXACT = 2 ** 24        # float32 holds every integer below this exactly
 
 
 def import_tflite(tflite_path: Path) -> tvm.IRModule:
@@ -50,13 +54,24 @@ def integer_arithmetic(mod: tvm.IRModule) -> tvm.IRModule:
             func = rewrite_call(rewriter.pattern, rewriter, func)
             result[gvar] = func
     result = relax.transform.DeadCodeElimination()(result)
-    result = result.with_attr("xception_edge.int8_rewrites", rewriter.count) if rewriter.count else result
+    if rewriter.count:
+        result = result.with_attr("xception_edge.int8_rewrites", rewriter.count)
+        result = result.with_attr("xception_edge.int8_float_exact", rewriter.float_accumulated)
     return result
 
 
 def rewrites(mod: tvm.IRModule) -> int:
     """How many chains ``integer_arithmetic`` rewrote in ``mod``."""
-    return int(mod.attrs["xception_edge.int8_rewrites"]) if mod.attrs and "xception_edge.int8_rewrites" in mod.attrs else 0
+    return _attr(mod, "xception_edge.int8_rewrites")
+
+
+def float_exact(mod: tvm.IRModule) -> int:
+    """How many of them accumulate in float32 (exact: their partial sums stay below 2**24)."""
+    return _attr(mod, "xception_edge.int8_float_exact")
+
+
+def _attr(mod, name: str) -> int:
+    return int(mod.attrs[name]) if mod.attrs and name in mod.attrs else 0
 
 
 def _numpy(const) -> np.ndarray:
@@ -71,6 +86,7 @@ def _scalar_int(const) -> int | None:
 class _Rewriter:
     def __init__(self):
         self.count = 0
+        self.float_accumulated = 0
         self.x = wildcard()
         self.x_scale, self.x_zero = is_const(), is_const()
         self.w, self.w_scale, self.w_zero = is_const(), is_const(), is_const()
@@ -134,17 +150,32 @@ class _Rewriter:
         scale = scale.astype(np.float32)
         info = np.iinfo(out_dtype)
 
-        data = relax.op.subtract(relax.op.astype(x, "int16"), relax.const(x_zero, "int16"))
-        kernel = relax.const(weights, "int8")
+        # The largest |partial sum| any input can reach, per output channel. Below 2**24 every partial
+        # sum is an integer that float32 holds exactly, in any summation order: the product can then
+        # run on float32 arithmetic (the fp32 convolution's speed and tuning records) and still give
+        # the exact int32 result. Otherwise it runs on int16 x int8 -> int32.
+        in_info = np.iinfo(str(x.ty.dtype))
+        x_range = max(abs(int(in_info.min) - x_zero), abs(int(in_info.max) - x_zero))
+        out_axis = str(product.attrs.kernel_layout).index("O") if self.conv in m else len(shape) - 1
+        w_abs = np.abs(weights.astype(np.int64)).sum(axis=tuple(i for i in range(len(shape)) if i != out_axis))
+        in_float = int((x_range * w_abs + np.abs(bias.astype(np.int64))).max()) < FLOAT_EXACT
+        acc_dtype = "float32" if in_float else "int32"
+        if in_float:
+            self.float_accumulated += 1
+            data = relax.op.subtract(relax.op.astype(x, "float32"), relax.const(float(x_zero), "float32"))
+            kernel = relax.op.astype(relax.const(weights, "int8"), "float32")   # the library keeps int8 weights
+        else:
+            data = relax.op.subtract(relax.op.astype(x, "int16"), relax.const(x_zero, "int16"))
+            kernel = relax.const(weights, "int8")
         if self.conv in m:
             a = product.attrs
             acc = relax.op.nn.conv2d(data, kernel, strides=a.strides, padding=a.padding, dilation=a.dilation,
                                      groups=a.groups, data_layout=a.data_layout, kernel_layout=a.kernel_layout,
-                                     out_layout=a.out_layout, out_dtype="int32")
+                                     out_layout=a.out_layout, out_dtype=acc_dtype)
         else:
-            acc = relax.op.matmul(data, kernel, out_dtype="int32")
-        acc = relax.op.add(acc, relax.const(bias, "int32"))
-        y = relax.op.multiply(relax.op.astype(acc, "float32"), relax.const(scale, "float32"))
+            acc = relax.op.matmul(data, kernel, out_dtype=acc_dtype)
+        acc = relax.op.add(acc, relax.const(bias.astype(acc_dtype), acc_dtype))
+        y = relax.op.multiply(acc if in_float else relax.op.astype(acc, "float32"), relax.const(scale, "float32"))
         y = relax.op.clip(y, float(info.min - y_zero), float(info.max - y_zero))
         return relax.op.astype(relax.op.add(_round_half_even(y), relax.const(float(y_zero), "float32")), out_dtype)
 

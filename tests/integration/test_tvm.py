@@ -35,6 +35,8 @@ def test_host_tvm_runs_and_matches_litert(build):
         acc = art["accuracy"]
         assert acc["n"] == 40 and acc["agreement_top1"] >= 0.9      # the whole eval set
         assert art["schedules"] == "default"
+        # conv, depthwise, pointwise and dense in LiteRT's integer arithmetic (tiny weights: exact float32)
+        assert (art["int8_integer_chains"], art["int8_float_exact"]) == ((4, 4) if precision == "int8" else (0, 0))
         vs = acc["vs_litert"]
         assert vs["within_tolerance"] and vs["beyond_tolerance"] == 0 and vs["outputs"] == 400
         if precision == "fp32":

@@ -8,7 +8,7 @@ import pytest
 tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
-from pipeline.stages.tvm_int8 import integer_arithmetic, rewrites  # noqa: E402
+from pipeline.stages.tvm_int8 import float_exact, integer_arithmetic, rewrites  # noqa: E402
 
 X_SCALE, X_ZERO, Y_SCALE, Y_ZERO = 0.0213, -7, 0.0457, 11
 
@@ -67,12 +67,19 @@ def chain():
     return x, weights, w_scale, bias
 
 
-def test_rewritten_convolution_is_litert_arithmetic(chain):
+@pytest.mark.parametrize("accumulator", ["float32", "int32"])
+def test_rewritten_convolution_is_litert_arithmetic(chain, accumulator, monkeypatch):
+    """Both forms: float32 accumulation (partial sums provably below 2**24) and int32 (forced here
+    by lowering that bound to 0)."""
+    from pipeline.stages import tvm_int8
+
+    if accumulator == "int32":
+        monkeypatch.setattr(tvm_int8, "FLOAT_EXACT", 0)
     x, weights, w_scale, bias = chain
     mod = integer_arithmetic(conv_chain(weights, w_scale, bias))
-    assert rewrites(mod) == 1
+    assert rewrites(mod) == 1 and float_exact(mod) == (accumulator == "float32")
     text = mod["main"].script()
-    assert "R.dequantize" not in text and 'out_dtype="int32"' in text
+    assert "R.dequantize" not in text and f'out_dtype="{accumulator}"' in text
     expected = litert_arithmetic(x, weights, w_scale, bias)
     assert np.array_equal(run(mod, x), expected)
     # the outputs really span the range: clamping and both signs are exercised
