@@ -23,7 +23,7 @@ from pipeline.errors import StageError
 from pipeline.progress import Progress
 
 NAME = "tvm"
-VERSION = 11
+VERSION = 12
 TOOLS = ("apache-tvm", "apache-tvm-ffi", "tflite", "ziglang", "numpy")
 # A records folder written by `make tune` (pipeline/stages/tvm_tuning.py): our summary first, then
 # MetaSchedule's JSON database, gzipped (Xception: 10 MB of JSON -> 0.4 MB, for users who commit it).

@@ -31,6 +31,7 @@ from tvm.s_tir import meta_schedule as ms
 from benchmarks.files import write_text_atomic
 from pipeline.stages.tvm_build import TUNING_FILES
 from pipeline.stages.tvm_schedules import default_schedules, fusion_passes
+from pipeline.tuning import MIN_GAIN, uses_tuned
 
 SUMMARY, WORKLOADS_GZ, RECORDS_GZ = TUNING_FILES
 WORKLOADS, RECORDS = (name.removesuffix(".gz") for name in (WORKLOADS_GZ, RECORDS_GZ))  # what MetaSchedule reads
@@ -210,10 +211,9 @@ class Tuner:
             if best is not None and (entry["best_ms"] is None or best < entry["best_ms"]):
                 entry["best_ms"] = round(best, 5)
             self.save_summary()
-            verdict = ("faster" if entry["best_ms"] is not None and entry["best_ms"] < entry["default_ms"]
-                       else "not faster")
+            verdict = ("used" if uses_tuned(entry) else f"not used (needs {MIN_GAIN:.0%} faster)")
             self.log(f"{head}: best {_ms(entry['best_ms'])} after {entry['trials']} trials "
-                     f"({time.monotonic() - started:.0f} s), {verdict} than the default schedule")
+                     f"({time.monotonic() - started:.0f} s) against the default {_ms(entry['default_ms'])}: {verdict}")
         return self.summary
 
     def _tune_one(self, task: Task, trials: int) -> tuple[int, float | None]:
@@ -290,8 +290,7 @@ def _ms(value) -> str:
 def winning_database(summary_file: Path, workloads: Path, records: Path):
     """A MemoryDatabase with the tuned schedules that beat the default ones, and what it holds."""
     summary = read_summary(summary_file.parent)
-    winners = {key for key, e in summary["tasks"].items()
-               if e.get("best_ms") is not None and e.get("default_ms") is not None and e["best_ms"] < e["default_ms"]}
+    winners = {key for key, e in summary["tasks"].items() if uses_tuned(e)}
     with tempfile.TemporaryDirectory(prefix="tuning-records-") as plain:
         unpack(workloads.parent, Path(plain))
         source = ms.database.JSONDatabase(path_workload=str(Path(plain) / WORKLOADS),

@@ -12,7 +12,7 @@ import pytest
 from pipeline.compiler import CompileOptions, compile_target
 from pipeline.errors import ConfigError, InputError
 from pipeline.stages.tvm_build import TUNING_FILES
-from pipeline.tuning import TuneOptions, tune_target
+from pipeline.tuning import MIN_GAIN, TuneOptions, tune_target
 from tests.conftest import error_lines, free_port, write_target
 
 TRIALS = 12
@@ -84,7 +84,7 @@ def test_compile_applies_the_records_and_stays_correct(tuned_over_rpc, setup):
     assert tuning["functions"] >= tuning["distinct_functions"]
     winners = sum(1 for k in tuned_over_rpc["keys"]
                   if (e := json.loads((folder / TUNING_FILES[0]).read_text())["tasks"][k])["best_ms"] is not None
-                  and e["best_ms"] < e["default_ms"])
+                  and e["best_ms"] <= e["default_ms"] * (1 - MIN_GAIN))      # applied only when 10% faster
     assert tuning["with_faster_records"] == winners
     assert (tuning["applied"] >= winners) if winners else tuning["applied"] == 0   # counted in the built module
     assert art["schedules"] == ("tuned + default" if winners else "default")
