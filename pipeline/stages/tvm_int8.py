@@ -46,7 +46,8 @@ def import_tflite(tflite_path: Path) -> tvm.IRModule:
 
 
 def integer_arithmetic(mod: tvm.IRModule) -> tvm.IRModule:
-    """``mod`` with every recognised int8 dequantize -> conv2d/matmul -> quantize chain in int32."""
+    """``mod`` with every recognised int8 dequantize -> conv2d/matmul -> quantize chain in LiteRT's
+    integer arithmetic."""
     rewriter = _Rewriter()
     result = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs, global_infos=mod.global_infos)
     for gvar, func in mod.functions_items():
@@ -147,7 +148,6 @@ class _Rewriter:
             bias = b.reshape(channels)
         # XNNPACK: scale = input_scale * kernel_scale / output_scale, left to right, in float32
         scale = (np.float32(x_scale.reshape(())) * w_scale).astype(np.float32) / np.float32(y_scale.reshape(()))
-        scale = scale.astype(np.float32)
         info = np.iinfo(out_dtype)
 
         # The largest |partial sum| any input can reach, per output channel. Below 2**24 every partial
