@@ -46,7 +46,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     import tflite
     import tvm
 
-    from pipeline.stages.tvm_int8 import float_exact, import_tflite, rewrites
+    from pipeline.stages.tvm_int8 import float_exact, import_model, rewrites
 
     from tvm.target.codegen import llvm_get_system_cpu
 
@@ -61,7 +61,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     io = _io_quantization(model)
     started = time.monotonic()
     progress.log(f"  importing {inputs['tflite'].name} into Relax")
-    mod = import_tflite(inputs["tflite"])
+    mod = import_model(model)
     if rewrites(mod):
         progress.log(f"  {rewrites(mod)} int8 convolutions / products in integer arithmetic as LiteRT computes them "
                      f"({float_exact(mod)} accumulated exactly in float32, the others in int32)")

@@ -35,14 +35,19 @@ FLOAT_EXACT = 2 ** 24        # float32 holds every integer below this exactly
 
 
 def import_tflite(tflite_path: Path) -> tvm.IRModule:
-    """A TFLite model as a Relax module, int8 chains in integer arithmetic: what the compile stage
+    """A TFLite file as a Relax module, int8 chains in integer arithmetic: what the compile stage
     builds and the tuner extracts tasks from."""
     import tflite
+
+    return import_model(tflite.Model.GetRootAsModel(Path(tflite_path).read_bytes(), 0))
+
+
+def import_model(model) -> tvm.IRModule:
+    """``import_tflite`` for an already parsed ``tflite.Model``."""
     from tvm.relax.frontend.tflite import from_tflite
 
-    mod = from_tflite(tflite.Model.GetRootAsModel(Path(tflite_path).read_bytes(), 0))
-    mod = mod[0] if isinstance(mod, tuple) else mod
-    return integer_arithmetic(mod)
+    mod = from_tflite(model)
+    return integer_arithmetic(mod[0] if isinstance(mod, tuple) else mod)
 
 
 def integer_arithmetic(mod: tvm.IRModule) -> tvm.IRModule:
@@ -133,7 +138,8 @@ class _Rewriter:
         if self.matmul in m and weights.ndim == 2 and tuple(shape) == weights.T.shape:
             weights = weights.T
         weights = weights.reshape(shape)
-        channels = shape[str(product.attrs.kernel_layout).index("O")] if self.conv in m else shape[-1]
+        out_axis = str(product.attrs.kernel_layout).index("O") if self.conv in m else len(shape) - 1
+        channels = shape[out_axis]
         w_scale = np.broadcast_to(_numpy(m[self.w_scale]).astype(np.float32).reshape(-1), (channels,))
         bias = np.zeros(channels, np.int32)
         if self.add in m:
@@ -156,7 +162,6 @@ class _Rewriter:
         # the exact int32 result. Otherwise it runs on int16 x int8 -> int32.
         in_info = np.iinfo(str(x.ty.dtype))
         x_range = max(abs(int(in_info.min) - x_zero), abs(int(in_info.max) - x_zero))
-        out_axis = str(product.attrs.kernel_layout).index("O") if self.conv in m else len(shape) - 1
         w_abs = np.abs(weights.astype(np.int64)).sum(axis=tuple(i for i in range(len(shape)) if i != out_axis))
         in_float = int((x_range * w_abs + np.abs(bias.astype(np.int64))).max()) < FLOAT_EXACT
         acc_dtype = "float32" if in_float else "int32"

@@ -30,6 +30,7 @@ from tvm.s_tir import meta_schedule as ms
 
 from benchmarks.files import write_text_atomic
 from pipeline.stages.tvm_build import TUNING_FILES
+from pipeline.stages.tvm_int8 import import_tflite
 from pipeline.stages.tvm_schedules import default_schedules, fusion_passes
 from pipeline.tuning import MIN_GAIN, uses_tuned
 
@@ -55,19 +56,12 @@ class Task:
     flops: float
 
 
-def load_relax(tflite_path: Path) -> tvm.IRModule:
-    """The model as the compile stage imports it (int8 chains in integer arithmetic)."""
-    from pipeline.stages.tvm_int8 import import_tflite
-
-    return import_tflite(tflite_path)
-
-
 def extract(tflite_path: Path, target, precision: str) -> list[Task]:
     """The fused TIR functions of a TFLite model, exactly as the compile stage's pipeline fuses them."""
     from tvm.s_tir.analysis import estimate_tir_flops
 
     with target:
-        fused = tvm.transform.Sequential(fusion_passes(target))(load_relax(tflite_path))
+        fused = tvm.transform.Sequential(fusion_passes(target))(import_tflite(tflite_path))
     keys = ms.database.MemoryDatabase(module_equality=MODULE_EQUALITY)
     tasks = []
     for extracted in ms.relax_integration.extract_tasks(fused, target, module_equality=MODULE_EQUALITY):
