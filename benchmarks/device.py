@@ -36,6 +36,75 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
+# x86 flags whose presence CPUID confirms (numpy's runtime dispatch reads CPUID): Linux name -> numpy's.
+CPUID_CONFIRMED = {"avx": "AVX", "avx2": "AVX2", "fma": "FMA3", "avx512f": "AVX512F", "avx512bw": "AVX512BW",
+                   "avx512_vnni": "AVX512VNNI"}
+
+
+def _cpuid_features() -> dict | None:
+    try:
+        from numpy._core._multiarray_umath import __cpu_features__
+    except ImportError:
+        try:
+            from numpy.core._multiarray_umath import __cpu_features__
+        except ImportError:
+            return None
+    return dict(__cpu_features__)
+
+
+def cpu_flags() -> tuple[str, ...]:
+    """This CPU's ISA flags as Linux names them (x86 ``flags``, ARM ``Features``), sorted.
+
+    On x86 the flags are checked against CPUID, which is what code really runs on: under qemu-user
+    (``qemu-x86_64 -cpu Haswell``) /proc/cpuinfo is the host's, CPUID the emulated CPU's. Where they
+    disagree, CPUID wins and flags CPUID cannot confirm (avx_vnni, amx_*) are dropped.
+    """
+    flags: set[str] = set()
+    for line in (_read("/proc/cpuinfo") or "").splitlines():
+        if line.split(":", 1)[0].strip() in ("flags", "Features"):
+            flags = set(line.split(":", 1)[1].split())
+            break
+    cpuid = _cpuid_features() if platform.machine() in ("x86_64", "AMD64") else None
+    if cpuid:
+        emulated = any(flag in flags and not cpuid.get(key) for flag, key in CPUID_CONFIRMED.items())
+        flags = {f for f in flags if f not in CPUID_CONFIRMED or cpuid.get(CPUID_CONFIRMED[f])}
+        flags |= {f for f, key in CPUID_CONFIRMED.items() if cpuid.get(key)}
+        if emulated:
+            flags -= {"avx_vnni", "amx_int8", "amx_tile", "amx_bf16", "avx512_bf16", "avx512_vbmi"}
+    return tuple(sorted(flags))
+
+
+# Int8 dot-product instruction sets, best first, with the Linux flag that reveals each. On x86 without
+# VNNI, ONNX Runtime's u8 x s8 kernels use VPMADDUBSW, whose int16 pair sums saturate; the VNNI
+# instructions (VPDPBUSD) and ARM's (SDOT, or NEON widening multiply-accumulate) accumulate exactly.
+X86_INT8 = (("avx512_vnni", "avx512-vnni"), ("avx_vnni", "avx-vnni"), ("avx2", "avx2"))
+ARM_INT8 = (("asimddp", "sdot"), ("dotprod", "sdot"), ("asimd", "neon"), ("neon", "neon"))
+
+
+def int8_isa(machine: str, flags) -> str:
+    """The int8 dot-product instruction set of a CPU from its machine name and ISA flags/features.
+
+    x86_64: avx512-vnni, avx-vnni, avx2 or sse; aarch64: sdot or neon. Board files use the same
+    names as Linux (``avx512_vnni``, ``avx_vnni``, ``avx2``; ``dotprod`` or ``asimddp``, ``neon``).
+    """
+    flags = set(flags)
+    table, fallback = (ARM_INT8, "neon") if machine in ("aarch64", "arm64") else (X86_INT8, "sse")
+    return next((name for flag, name in table if flag in flags), fallback)
+
+
+def int8_saturates(machine: str, isa: str) -> bool:
+    """Whether ONNX Runtime's u8 x s8 int8 kernels saturate on this CPU (x86 without VNNI)."""
+    return machine not in ("aarch64", "arm64") and isa not in ("avx512-vnni", "avx-vnni")
+
+
+def this_cpu() -> dict:
+    """What a measurement ran on: CPU model, machine, int8 dot-product ISA."""
+    machine = platform.machine()
+    isa = int8_isa(machine, cpu_flags())
+    return {"cpu_model": cpu_model(), "machine": machine, "int8_isa": isa,
+            "int8_saturates": int8_saturates(machine, isa)}
+
+
 def temperature_c() -> float | None:
     raw = _read("/sys/class/thermal/thermal_zone0/temp")
     try:
@@ -75,6 +144,7 @@ def describe(threads: int) -> dict:
         "machine": platform.machine(),
         "python": platform.python_version(),
         "cpu_model": cpu_model(),
+        "int8_isa": int8_isa(platform.machine(), cpu_flags()),
         "cores": os.cpu_count(),
         "threads": threads,
         "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),

@@ -103,6 +103,7 @@ def measure(path: Path, runtime: str, io: dict | None, eval_file: Path, threads:
         "rss_growth_mb": _mb(rss_steady - rss_warm) if rss_steady is not None and rss_warm is not None else None,
         "accuracy": accuracy(logits, data["logits"][:len(logits)], labels),
         "provider": getattr(session, "provider", runtime),
+        "measured_on": device.this_cpu(),
     }
 
 
@@ -149,11 +150,13 @@ def child_command(build_dir: Path, art: dict, threads: int, budget: Budget, eval
             *(["--save-logits", str(save_logits)] if save_logits else []), str(build_dir)]
 
 
-def run_artifact(build_dir: Path, art: dict, threads: int, budget: Budget, eval_n: int) -> dict:
-    """Measure one artifact in a fresh Python process; returns its result or raises RuntimeError."""
+def run_artifact(build_dir: Path, art: dict, threads: int, budget: Budget, eval_n: int,
+                 python: list[str] | None = None) -> dict:
+    """Measure one artifact in a fresh Python process (``python``: e.g. an emulator plus this Python);
+    returns its result or raises RuntimeError."""
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp) / "result.json"
-        cmd = child_command(build_dir, art, threads, budget, eval_n, out)
+        cmd = child_command(build_dir, art, threads, budget, eval_n, out, python)
         env = os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"}
         done = subprocess.run(cmd, cwd=Path(__file__).resolve().parent.parent, capture_output=True, text=True,
                               env=env)
@@ -168,7 +171,9 @@ def run_artifact(build_dir: Path, art: dict, threads: int, budget: Budget, eval_
 
 
 def run_build(build_dir: Path, threads: int = 0, budget: Budget = Budget(), eval_n: int = 0,
-              only: list[str] | None = None, log=print) -> dict:
+              only: list[str] | None = None, log=print, python: list[str] | None = None) -> dict:
+    """Measure every artifact of a build folder, each in its own process (``python``: the command that
+    runs the child instead of this Python, e.g. ``qemu-x86_64 -cpu Haswell python``)."""
     manifest = load_manifest(build_dir)
     artifacts = [a for a in manifest["artifacts"] if not only or a["file"] in only]
     if only and len(artifacts) != len(set(only)):
@@ -188,7 +193,7 @@ def run_build(build_dir: Path, threads: int = 0, budget: Budget = Budget(), eval
             continue
         log(f"  {art['file']}: measuring ({art['runtime']}, {threads} threads)")
         try:
-            measured = run_artifact(build_dir, art, threads, budget, eval_n)
+            measured = run_artifact(build_dir, art, threads, budget, eval_n, python)
         except RuntimeError as exc:
             failed.append({"file": art["file"], "reason": str(exc)})
             log(f"  {art['file']}: FAILED ({exc})")

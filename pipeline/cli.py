@@ -140,7 +140,10 @@ def _common(p: argparse.ArgumentParser, cache: Path) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # 3: TensorFlow's C++ log stays quiet. At 2 a user still sees "E0000 ... node_def_util.cc ...
+    # use_unbounded_threadpool" during training (Keras' tf.data map meets an older op definition:
+    # harmless, but an "E" line reads as an error). Failures still raise. TF_CPP_MIN_LOG_LEVEL=0 shows all.
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     received: list[int] = []
 
     def on_signal(signum, _frame):
@@ -206,6 +209,11 @@ def summary_table(manifest: dict) -> str:
             f"{'x'.join(map(str, model['input_shape'][1:3]))}, {model['num_classes']} classes) | eval: "
             f"{ev['n']} images from {ev['source']}"
             + (f", float top-1 {ev['float_top1'] * 100:.1f}%" if ev.get("float_top1") is not None else ""))
+    here = manifest.get("compiled_on")
+    if here:
+        head += (f"\naccuracy measured on {here['cpu_model']} ({here['machine']}, int8: {here['int8_isa']}"
+                 f"{', saturating' if here['int8_saturates'] else ''}) unless noted; target CPU int8: "
+                 f"{manifest['config']['target'].get('int8_isa', '?')}")
     rows = [("artifact", "runtime", "device", "size", "agree top-1", "top-1", "top-5", "mean|dlogit|")]
     notes = []
     for a in manifest["artifacts"]:
@@ -226,6 +234,14 @@ def summary_table(manifest: dict) -> str:
                      f"{acc['mean_abs_logit_delta']:.4f}"))
         if acc["n"] != ev["n"]:
             notes.append(f"{a['file']}: checked on the first {acc['n']} of {ev['n']} eval images")
+        where = acc.get("measured_on") or {}
+        if where.get("emulated"):
+            notes.append(f"{a['file']}: accuracy measured as the board runs it: {where['cpu_model']}")
+        elif where.get("computes_as_target") is False:
+            notes.append(f"{a['file']}: WARNING: this accuracy describes this machine, not the target: {where['why']}")
+        if a.get("quantization"):
+            q = a["quantization"]
+            notes.append(f"{a['file']}: {q['description']} ({q['why']})")
         if "vs_litert" in acc:
             v = acc["vs_litert"]
             diff = (f"max {v['max_quant_steps']} quantization step(s)" if "max_quant_steps" in v

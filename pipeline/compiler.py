@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping
 
-from benchmarks.device import cpu_model
+from benchmarks.device import cpu_model, this_cpu
 from pipeline import __version__
 from pipeline.cache import CacheEntry, StageCache, canonical_json, sha256_file, sha256_tree, stage_key
 from pipeline.datasets import ImageSource, folder_images
+from pipeline.emulation import ensure_emulator
 from pipeline.errors import InputError, MissingDependencyError, PipelineError, StageError
 from pipeline.output import TargetLock, ensure_writable, publish, staging_dir, write_json
 from pipeline.progress import Progress
@@ -106,6 +107,8 @@ class _Compilation:
         self.cache = StageCache(options.cache_dir)
         self.hashes: dict[Path, str] = {}
         self.runs: list[StageRun] = []
+        self.host_cpu = this_cpu()
+        self._emulator = None           # set up on first need; False = not possible here
 
     # -- stage plumbing -------------------------------------------------------------------------
     def _hash(self, path: Path) -> str:
@@ -143,7 +146,47 @@ class _Compilation:
         inputs = {"model": self.built.file("model.keras")}
         if kind in convert.NEEDS_CALIBRATION:
             inputs["calib"] = self.calibrated.file("calib.npz")
-        return self.stage(convert, convert.Config(kind, file_name), inputs, f"convert {kind}"), file_name
+        scheme = self.onnx_int8_scheme()[0] if kind == "onnx-int8" else ""
+        return self.stage(convert, convert.Config(kind, file_name, scheme), inputs, f"convert {kind}"), file_name
+
+    def onnx_int8_scheme(self) -> tuple[str, str]:
+        """The ONNX int8 scheme for this target's CPU, and why."""
+        return convert.onnx_int8_scheme(self.target.arch, self.target.int8_isa, self.target.int8_saturates)
+
+    # -- where accuracy is measured ---------------------------------------------------------------
+    def check_artifact(self, kind: str, runtime: str, inputs: dict[str, Path], limit: int = 0) -> dict:
+        """Run the check stage for one artifact (here, or under emulation as the board's core) and
+        return its accuracy record with ``measured_on`` saying whether that CPU computes what the target does."""
+        emulate = self._emulation_for(kind)
+        runs_on = "" if emulate else canonical_json(self.host_cpu)
+        checked = self.stage(check, check.Config(kind, runtime, limit=limit, runs_on=runs_on, emulate=emulate),
+                             inputs, f"check {kind}")
+        result = json.loads(checked.file("accuracy.json").read_text())
+        same, why = describes_target(kind, self.onnx_int8_scheme()[0], result["measured_on"], self.target)
+        result["measured_on"] |= {"computes_as_target": same, "why": why}
+        if not same:
+            self.progress.warn(f"{inputs['artifact'].name}: accuracy measured on {self.host_cpu['cpu_model']} "
+                               f"({why}); it does not describe {self.target.name}")
+        return result
+
+    def _emulation_for(self, kind: str) -> str:
+        """ONNX Runtime int8 on an ARM board: its int8 kernels differ from x86's (which saturate without VNNI),
+        so the figure comes from running the artifact as the board does, under qemu-user. "" = run here."""
+        target = self.target
+        if kind != "onnx-int8" or target.arch == platform.machine() or target.arch != "aarch64":
+            return ""
+        if self._emulator is None:
+            try:
+                self._emulator = ensure_emulator(self.options.cache_dir, self.progress)
+            except (MissingDependencyError, StageError) as exc:
+                self.progress.warn(f"cannot emulate {target.cpu.core} to measure {kind} as the board runs it: {exc}")
+                self._emulator = False
+        if not self._emulator:
+            return ""
+        return canonical_json({"qemu": self._emulator.qemu, "sysroot": str(self._emulator.sysroot),
+                               "core": target.cpu.core, "cores": target.cpu.cores or 4, "machine": target.arch,
+                               "int8_isa": target.int8_isa, "int8_saturates": target.int8_saturates})
+
 
     def tvm_spec(self) -> tuple[dict | str, bool]:
         """The target's TVM target as the stage gets it, and whether LLVM should detect this CPU."""
@@ -202,11 +245,9 @@ class _Compilation:
             _, height, width, _ = self.info["input_shape"]
             limit = 0 if target.tvm.schedules == "default" else max(TVM_CHECK_MIN_IMAGES,
                                                                     TVM_CHECK_PIXELS // (height * width))
-            checked = self.stage(check, check.Config(kind, "tvm", limit=limit),
-                                 {"artifact": made.file(file_name), "eval": self.built.file("eval.npz"),
-                                  "tvm_info": made.file("tvm.json"), "litert_twin": source.file(source_file)},
-                                 f"check {kind}")
-            record["accuracy"] = json.loads(checked.file("accuracy.json").read_text())
+            record["accuracy"] = self.check_artifact(
+                kind, "tvm", {"artifact": made.file(file_name), "eval": self.built.file("eval.npz"),
+                              "tvm_info": made.file("tvm.json"), "litert_twin": source.file(source_file)}, limit)
         return record
 
     def _linker(self) -> str:
@@ -242,11 +283,13 @@ class _Compilation:
                 record |= self._tvm_artifact(kind, precision, device)
             else:
                 made, file_name = self._converted(kind)
-                checked = self.stage(check, check.Config(kind, runtime),
-                                     {"artifact": made.file(file_name), "eval": self.built.file("eval.npz")},
-                                     f"check {kind}")
+                accuracy = self.check_artifact(kind, runtime, {"artifact": made.file(file_name),
+                                                               "eval": self.built.file("eval.npz")})
                 record |= {"file": file_name, "path": made.file(file_name), "sha256": made.files[file_name],
-                           "accuracy": json.loads(checked.file("accuracy.json").read_text())}
+                           "accuracy": accuracy}
+                if kind == "onnx-int8":
+                    details = json.loads(made.file("convert.json").read_text())
+                    record["quantization"] = details["quantization"] | {"why": self.onnx_int8_scheme()[1]}
             artifacts.append(record)
         return self._package(source, artifacts)
 
@@ -318,6 +361,7 @@ class _Compilation:
                 "calibration": (json.loads(calibrated.file("calib.json").read_text()) | {"images": None}
                                 if calibrated else None),
                 "versions": self.versions | {"pipeline": __version__},
+                "compiled_on": self.host_cpu,
                 "config": {"target": target.to_dict(),
                            "options": {k: (str(v) if isinstance(v, Path) else v)
                                        for k, v in dataclasses.asdict(opts).items()},
@@ -331,6 +375,28 @@ class _Compilation:
                 shutil.rmtree(staging, ignore_errors=True)
         path = opts.out_dir / target.name / "manifest.json"
         return CompileResult(path, manifest, self.runs)
+
+
+def describes_target(kind: str, onnx_scheme: str, measured_on: dict, target: Target) -> tuple[bool, str]:
+    """Whether an accuracy figure measured on ``measured_on`` is what ``target`` computes, and why."""
+    _, precision, runtime, _ = ARTIFACT_KINDS[kind]
+    isa = measured_on.get("int8_isa")
+    if measured_on.get("emulated"):
+        return True, f"run under qemu-user as the board's core ({measured_on['emulated']})"
+    if precision != "int8":
+        return True, "float arithmetic: the target computes the same up to rounding"
+    if runtime == "litert":
+        return True, ("LiteRT's int8 kernels (XNNPACK) compute exact integer arithmetic on every CPU "
+                      "(make verify checks ARM builds bit for bit)")
+    if runtime == "tvm":
+        return True, "TVM library built for and run on this CPU"
+    if onnx_scheme == "s8s8" and measured_on.get("int8_saturates") and not target.int8_saturates:
+        return False, (f"this CPU ({isa}, no VNNI) saturates int16 sums in ONNX Runtime's int8 kernels, the "
+                       f"target ({target.int8_isa}) does not: the figure understates the target's accuracy")
+    if measured_on.get("machine") != target.arch:
+        return True, (f"ONNX Runtime int8 accumulates exactly here ({isa}) as on the target ({target.int8_isa}); "
+                      f"requantization rounding may differ by a step")
+    return True, f"the same int8 arithmetic: {onnx_scheme} does not saturate on this CPU ({isa}) nor on the target"
 
 
 def records_path(tuning_dir: Path, target: str, model_id: str) -> Path:

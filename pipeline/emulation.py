@@ -22,7 +22,7 @@ from pipeline.versions import tool_versions
 SUITE = "bookworm"                     # Debian 12: Python 3.11, like the host
 GUEST_SITE = "/opt/xception-edge-site"
 # cloudpickle and psutil: TVM's RPC server (an emulated board for `make tune RPC=`) needs them
-WHEELS = ("ai-edge-litert", "numpy", "apache-tvm", "apache-tvm-ffi", "cloudpickle", "psutil")
+WHEELS = ("ai-edge-litert", "onnxruntime", "numpy", "apache-tvm", "apache-tvm-ffi", "cloudpickle", "psutil")
 PLATFORMS = ("manylinux_2_27_aarch64", "manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64")
 # MIDR part numbers and the /proc/cpuinfo feature words Linux prints for each core.
 CORES = {
@@ -58,7 +58,8 @@ class Emulator:
             (cpu / name).write_text(f"0-{cores - 1}\n")
 
 
-def _tool(name: str, package: str, progress: Progress) -> str:
+def ensure_tool(name: str, package: str, progress: Progress) -> str:
+    """The path of a Debian tool, installed with apt-get when missing and possible (root), else one clear error."""
     found = shutil.which(name)
     if found:
         return found
@@ -75,13 +76,13 @@ def _tool(name: str, package: str, progress: Progress) -> str:
 
 
 def ensure_emulator(cache_dir: Path, progress: Progress) -> Emulator:
-    qemu = _tool("qemu-aarch64", "qemu-user", progress)
+    qemu = ensure_tool("qemu-aarch64", "qemu-user", progress)
     versions = tool_versions()
     tag = "-".join(f"{w}{versions[w]}" for w in WHEELS)
     sysroot = cache_dir / "emulation" / f"{SUITE}-arm64-{tag}"
     if (sysroot / ".complete").is_file():
         return Emulator(qemu, sysroot)
-    mmdebstrap = _tool("mmdebstrap", "mmdebstrap", progress)
+    mmdebstrap = ensure_tool("mmdebstrap", "mmdebstrap", progress)
     sysroot.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=sysroot.parent))
     try:

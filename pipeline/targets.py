@@ -9,6 +9,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from benchmarks.device import cpu_flags, int8_isa, int8_saturates
 from pipeline.errors import ConfigError
 
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
@@ -30,11 +31,16 @@ ARCHES = ("aarch64", "x86_64")
 GPU_APIS = ("opencl",)
 
 
+# The ISA flags of this machine that the pipeline cares about, recorded for core = "host".
+HOST_FEATURES = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "amx_int8",
+                 "asimd", "asimddp", "asimdhp", "sve")
+
+
 @dataclass(frozen=True)
 class CpuSpec:
-    core: str                     # the core an emulator uses (QEMU_CPU), e.g. cortex-a72
+    core: str                     # the core an emulator uses (QEMU_CPU), e.g. cortex-a72; "host" = this machine
     cores: int                    # 0 = the machine's own count (host)
-    features: tuple[str, ...]     # ISA extensions the board has (neon, dotprod, avx512, ...)
+    features: tuple[str, ...]     # ISA extensions the board has, Linux's names (neon, dotprod, avx2, avx512_vnni, ...)
 
 
 @dataclass(frozen=True)
@@ -67,8 +73,18 @@ class Target:
     gpu: GpuSpec | None = None
     tvm: TvmSpec | None = None
 
+    @property
+    def int8_isa(self) -> str:
+        """The board's int8 dot-product instruction set (avx512-vnni, avx-vnni, avx2, sse, sdot, neon)."""
+        return int8_isa(self.arch, self.cpu.features)
+
+    @property
+    def int8_saturates(self) -> bool:
+        """Whether ONNX Runtime's default (u8 x s8) int8 kernels saturate on this board's CPU."""
+        return int8_saturates(self.arch, self.int8_isa)
+
     def to_dict(self) -> dict:
-        return asdict(self)
+        return asdict(self) | {"int8_isa": self.int8_isa}
 
 
 def available_targets(folder: Path = TARGETS_DIR) -> list[str]:
@@ -100,6 +116,9 @@ def parse_target(name: str, path: Path) -> Target:
     if not artifacts:
         raise ConfigError(f"{where}: artifacts is empty; list at least one of {', '.join(ARTIFACT_KINDS)}")
     cpu = _keys(top["cpu"], f"{where}: [cpu]", required=("core", "cores"), optional=("features",))
+    features = tuple(_str_list(cpu.get("features", []), f"{where}: cpu.features"))
+    if cpu["core"] == "host":       # this machine: its ISA is detected, not written down
+        features = tuple(sorted(set(features) | (set(cpu_flags()) & set(HOST_FEATURES))))
     bench = _keys(top["bench"], f"{where}: [bench]", required=("threads",))
     gpu = tvm = None
     if "gpu" in top:
@@ -125,7 +144,7 @@ def parse_target(name: str, path: Path) -> Target:
         artifacts=tuple(artifacts),
         cpu=CpuSpec(core=_str(cpu["core"], f"{where}: cpu.core"),
                     cores=_count(cpu["cores"], f"{where}: cpu.cores"),
-                    features=tuple(_str_list(cpu.get("features", []), f"{where}: cpu.features"))),
+                    features=features),
         bench=BenchSpec(threads=_count(bench["threads"], f"{where}: bench.threads")),
         gpu=gpu,
         tvm=tvm,

@@ -4,11 +4,18 @@ Output: accuracy.json with top-1 agreement with float, top-1/top-5 when labels a
 mean absolute logit difference. Uses the same runtime code as the device runner. A TVM library is
 also compared with LiteRT running the TFLite model it was compiled from (fp32 logits within 1e-4
 relative, int8 outputs within one quantization step): the result is recorded as measured.
+
+Where it ran is part of the result (``measured_on``: CPU, machine, int8 dot-product ISA, emulated core)
+and of the cache key: an int8 figure depends on the CPU's int8 instructions. With ``emulate`` the
+artifact runs in the benchmark runner's child under qemu-user as the board's core (an aarch64 Python
+with the aarch64 wheels), so the figure is what the board computes.
 """
 from __future__ import annotations
 
 import json
 import os
+import subprocess
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
@@ -19,7 +26,7 @@ from pipeline.errors import StageError
 from pipeline.progress import Progress
 
 NAME = "check"
-VERSION = 4
+VERSION = 5
 TOOLS = ("ai-edge-litert", "onnxruntime", "apache-tvm", "numpy")
 FP32_RELATIVE_TOLERANCE = 1e-4
 INT8_STEP_TOLERANCE = 1
@@ -30,6 +37,8 @@ class Config:
     kind: str
     runtime: str
     limit: int = 0            # only the first N eval images (0 = all)
+    runs_on: str = ""         # canonical JSON of benchmarks.device.this_cpu() (native runs; part of the key)
+    emulate: str = ""         # canonical JSON {"qemu", "sysroot", "core", "cores"}: run under qemu-user as that core
 
 
 def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progress) -> None:
@@ -42,17 +51,52 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     threads = os.cpu_count() or 1
     name = inputs["artifact"].name
     io = json.loads(inputs["tvm_info"].read_text())["io"] if "tvm_info" in inputs else None
-    session = open_session(inputs["artifact"], config.runtime, threads, io)
-    with progress.bar(f"checking {name} on {n} eval images", n) as bar:
-        logits = run_all(session, x, on_step=bar.update)
+    if config.emulate:
+        emulated = json.loads(config.emulate)
+        progress.log(f"  checking {name} under qemu as {emulated['core']} (as the board computes it) on {n} eval "
+                     f"images; emulation is slow (about 0.7 s per 71x71 Xception image)")
+        logits = _run_emulated(inputs["artifact"], config.runtime, io, inputs["eval"], n, threads, emulated)
+        measured_on = {"cpu_model": f"{emulated['core']} emulated by qemu-user", "machine": emulated["machine"],
+                       "int8_isa": emulated["int8_isa"], "int8_saturates": emulated["int8_saturates"],
+                       "emulated": emulated["core"]}
+    else:
+        session = open_session(inputs["artifact"], config.runtime, threads, io)
+        with progress.bar(f"checking {name} on {n} eval images", n) as bar:
+            logits = run_all(session, x, on_step=bar.update)
+        measured_on = json.loads(config.runs_on) if config.runs_on else {}
     if not np.all(np.isfinite(logits)):
         raise StageError(f"{name} produced non-finite outputs (NaN or inf) on the eval set; the artifact is broken")
     labels = data["labels"][:n] if "labels" in data.files else None
-    result = accuracy(logits, data["logits"][:n], labels)
+    result = accuracy(logits, data["logits"][:n], labels) | {"measured_on": measured_on}
     if "litert_twin" in inputs:
         twin = run_all(open_session(inputs["litert_twin"], "litert", threads), x)
         result["vs_litert"] = compare_with_litert(name, logits, twin, io)
     (out / "accuracy.json").write_text(json.dumps(result, indent=1))
+
+
+def _run_emulated(artifact: Path, runtime: str, io: dict | None, eval_file: Path, n: int, threads: int,
+                  emulated: dict) -> np.ndarray:
+    """The artifact's logits on the first n eval images, computed by the runner's child under qemu-user."""
+    from benchmarks.run import Budget, child_command
+    from pipeline.emulation import Emulator
+
+    emulator = Emulator(emulated["qemu"], Path(emulated["sysroot"]))
+    emulator.set_core(emulated["core"], emulated["cores"])
+    one_run = Budget(warmup=0, min_runs=1, min_seconds=0.0, max_seconds=0.001, accuracy_seconds=1e9)
+    with tempfile.TemporaryDirectory(prefix="check-emulated-") as tmp:
+        folder = Path(tmp)
+        (folder / "eval").mkdir()
+        (folder / "eval" / "eval.npz").symlink_to(eval_file.resolve())
+        (folder / artifact.name).symlink_to(artifact.resolve())
+        logits_file = folder / "logits.npy"
+        cmd = child_command(folder, {"file": artifact.name, "runtime": runtime, "io": io}, threads, one_run, n,
+                            folder / "result.json", emulator.python(), logits_file)
+        root = Path(__file__).resolve().parent.parent.parent
+        done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=emulator.env(emulated["core"]))
+        if done.returncode or not logits_file.is_file():
+            tail = " | ".join(done.stderr.strip().splitlines()[-3:])
+            raise StageError(f"{artifact.name} failed under qemu as {emulated['core']} (exit {done.returncode}): {tail}")
+        return np.load(logits_file)
 
 
 def compare_with_litert(name: str, logits: np.ndarray, twin: np.ndarray, io: dict) -> dict:
