@@ -32,10 +32,14 @@ def test_rpi4_artifacts_match_the_host_under_emulation(emulated):
     report = verify_target(emulated / "build" / "rpi4", load_target("rpi4"), emulated / "cache", n=3,
                            progress=Progress(quiet=True))
     rows = {r["file"]: r for r in report["rows"]}
-    assert set(rows) == {"tiny_fp32.tflite", "tiny_int8.tflite", "tiny_fp32.so", "tiny_int8.so"}
+    assert set(rows) == {"tiny_fp32.tflite", "tiny_int8.tflite", "tiny_fp32.onnx", "tiny_int8.onnx",
+                         "tiny_fp32.so", "tiny_int8.so"}
     assert report["passed"], report
     assert rows["tiny_int8.tflite"]["max_difference"] == 0.0 and rows["tiny_int8.so"]["max_difference"] == 0.0
-    assert rows["tiny_fp32.tflite"]["max_difference"] <= 1e-5
+    assert rows["tiny_fp32.tflite"]["max_difference"] <= 1e-5 and rows["tiny_fp32.onnx"]["max_difference"] <= 1e-5
+    onnx = rows["tiny_int8.onnx"]               # judged against float; the host run's difference is recorded
+    assert onnx["agreement_top1_float"] == 1.0 and "agreement with float 3/3" in onnx["detail"]
+    assert f"against the host run ({report['host']['int8_isa']}" in onnx["detail"]
     assert rows["tiny_int8.tflite"]["xnnpack"] and rows["tiny_fp32.tflite"]["xnnpack"]
     assert all(r["emulated_core"] == "cortex-a72" for r in rows.values())
     assert list((emulated / "build" / "rpi4" / "bench").glob("verify-*.json"))
