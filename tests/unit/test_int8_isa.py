@@ -63,3 +63,22 @@ def test_a_non_saturating_scheme_describes_any_x86_cpu(tmp_path):
     assert old.int8_isa == "avx2" and old.int8_saturates
     assert describes_target("onnx-int8", "u8s8-reduce-range", AVX2_HOST, old)[0]
     assert describes_target("onnx-int8", "u8s8-reduce-range", VNNI_HOST, old)[0]
+
+
+def test_cpuid_overrules_the_hosts_cpuinfo_under_emulation(monkeypatch):
+    """qemu-x86_64 -cpu Haswell on an AVX-512 VNNI machine: /proc/cpuinfo is the host's, CPUID the Haswell's."""
+    from benchmarks import device
+
+    host_flags = "fpu sse4_2 avx avx2 fma avx512f avx512bw avx512_vnni avx_vnni amx_int8"
+    monkeypatch.setattr(device, "_read", lambda path: f"processor\t: 0\nflags\t\t: {host_flags}\n"
+                        if path == "/proc/cpuinfo" else None)
+    monkeypatch.setattr(device.platform, "machine", lambda: "x86_64")
+    haswell = {"AVX": True, "AVX2": True, "FMA3": True, "AVX512F": False, "AVX512BW": False, "AVX512VNNI": False}
+    monkeypatch.setattr(device, "_cpuid_features", lambda: haswell)
+    flags = set(device.cpu_flags())
+    assert {"avx2", "fma"} <= flags and not flags & {"avx512f", "avx512_vnni", "avx_vnni", "amx_int8"}
+    assert device.this_cpu()["int8_isa"] == "avx2" and device.this_cpu()["int8_saturates"]
+    native = haswell | {"AVX512F": True, "AVX512BW": True, "AVX512VNNI": True}    # the same host, not emulated
+    monkeypatch.setattr(device, "_cpuid_features", lambda: native)
+    assert {"avx512_vnni", "avx_vnni", "amx_int8"} <= set(device.cpu_flags())
+    assert device.this_cpu()["int8_isa"] == "avx512-vnni" and not device.this_cpu()["int8_saturates"]
