@@ -28,6 +28,7 @@ from pipeline.progress import Progress
 from pipeline.sources import ModelSource, check_size, resolve
 from pipeline.stages import build, calibrate, check, convert, tvm_build
 from pipeline.targets import ARTIFACT_KINDS, TARGETS_DIR, TUNING_DIR, Target, load_target
+from pipeline.tvm.records import TUNING_FILES
 from pipeline.versions import tool_versions
 
 EXTENSIONS = {"tflite": "tflite", "onnx": "onnx"}
@@ -81,13 +82,13 @@ def compile_target(options: CompileOptions, progress: Progress | None = None,
                    versions: Mapping[str, str] | None = None) -> CompileResult:
     progress = progress or Progress(quiet=True)
     target = load_target(options.target, options.targets_dir)
-    _validate(options)
+    validate_options(options)
     ensure_writable(options.out_dir)
     with TargetLock(options.out_dir, target.name):
-        return _Compilation(options, target, progress, dict(versions or tool_versions())).run()
+        return Compilation(options, target, progress, dict(versions or tool_versions())).run()
 
 
-def _validate(options: CompileOptions) -> None:
+def validate_options(options: CompileOptions) -> None:
     if options.calib_n < 1:
         raise InputError(f"CALIB_N={options.calib_n} must be a positive number of images")
     if options.eval_n < 0:
@@ -101,7 +102,7 @@ def _validate(options: CompileOptions) -> None:
             folder_images(Path(folder), f"{what}=")
 
 
-class _Compilation:
+class Compilation:
     def __init__(self, options: CompileOptions, target: Target, progress: Progress, versions: dict):
         self.options, self.target, self.progress, self.versions = options, target, progress, versions
         self.cache = StageCache(options.cache_dir)
@@ -109,6 +110,11 @@ class _Compilation:
         self.runs: list[StageRun] = []
         self.host_cpu = this_cpu()
         self._emulator = None           # set up on first need; False = not possible here
+        # set by prepare(): the build stage's entry, the model's description and name, calibration
+        self.built: CacheEntry | None = None
+        self.calibrated: CacheEntry | None = None
+        self.info: dict = {}
+        self.model_name = ""
 
     # -- stage plumbing -------------------------------------------------------------------------
     def _hash(self, path: Path) -> str:
@@ -139,7 +145,7 @@ class _Compilation:
         self.runs.append(StageRun(module.NAME, label, key, cached))
         return entry
 
-    def _converted(self, kind: str) -> tuple[CacheEntry, str]:
+    def converted(self, kind: str) -> tuple[CacheEntry, str]:
         """The convert stage's entry for one TFLite/ONNX kind (also the source of TVM builds)."""
         fmt, precision, _, _ = ARTIFACT_KINDS[kind]
         file_name = f"{self.model_name}_{precision}.{EXTENSIONS[fmt]}"
@@ -214,17 +220,17 @@ class _Compilation:
 
     def _tvm_artifact(self, kind: str, precision: str, device: str) -> dict:
         target = self.target
-        source, source_file = self._converted("tflite-int8" if precision == "int8" else "tflite-fp32")
+        source, source_file = self.converted("tflite-int8" if precision == "int8" else "tflite-fp32")
         file_name = f"{self.model_name}_{precision}{'_opencl' if device == 'gpu' else ''}.so"
         native = target.arch == platform.machine()
         spec, detect_cpu = self.tvm_spec()
         config = tvm_build.Config(kind=kind, file_name=file_name, target=canonical_json(spec),
                                   host=canonical_json(target.tvm.host), host_cpu=cpu_model() if detect_cpu else "",
-                                  linker=self._linker(), arch=target.arch, schedules=target.tvm.schedules)
+                                  linker=self.linker(), arch=target.arch, schedules=target.tvm.schedules)
         inputs = {"tflite": source.file(source_file)}
         records = self.records_dir() if device == "cpu" and target.tvm.schedules == "default" else None
-        if records is not None and (records / tvm_build.TUNING_FILES[0]).exists():
-            inputs |= {name: records / name for name in tvm_build.TUNING_FILES}
+        if records is not None and (records / TUNING_FILES[0]).exists():
+            inputs |= {name: records / name for name in TUNING_FILES}
             self.progress.log(f"  applying tuning records from {records}")
         made = self.stage(tvm_build, config, inputs, f"tvm {kind}")
         info = json.loads(made.file("tvm.json").read_text())
@@ -250,7 +256,7 @@ class _Compilation:
                               "tvm_info": made.file("tvm.json"), "litert_twin": source.file(source_file)}, limit)
         return record
 
-    def _linker(self) -> str:
+    def linker(self) -> str:
         target = self.target
         if target.arch == platform.machine():
             return "native"
@@ -282,7 +288,7 @@ class _Compilation:
             if fmt == "tvm":
                 record |= self._tvm_artifact(kind, precision, device)
             else:
-                made, file_name = self._converted(kind)
+                made, file_name = self.converted(kind)
                 accuracy = self.check_artifact(kind, runtime, {"artifact": made.file(file_name),
                                                                "eval": self.built.file("eval.npz")})
                 record |= {"file": file_name, "path": made.file(file_name), "sha256": made.files[file_name],

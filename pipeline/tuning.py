@@ -22,11 +22,12 @@ from pathlib import Path
 
 from benchmarks.device import cpu_model
 from benchmarks.text import format_table
-from pipeline.compiler import CompileOptions, _Compilation, _validate
+from pipeline.compiler import Compilation, CompileOptions, validate_options
 from pipeline.errors import ConfigError, InputError, MissingDependencyError
 from pipeline.output import TargetLock, ensure_writable
 from pipeline.progress import Progress
 from pipeline.targets import ARTIFACT_KINDS, load_target
+from pipeline.tvm.records import MIN_GAIN, estimate, uses_tuned
 from pipeline.versions import tool_versions
 
 MAX_TRIALS = 1_000_000
@@ -60,7 +61,7 @@ def tune_target(options: TuneOptions, progress: Progress | None = None) -> dict:
     progress = progress or Progress(quiet=True)
     target = load_target(options.compile.target, options.compile.targets_dir)
     _check(options)
-    _validate(options.compile)
+    validate_options(options.compile)
     precisions = [ARTIFACT_KINDS[k][1] for k in target.artifacts
                   if ARTIFACT_KINDS[k][0] == "tvm" and ARTIFACT_KINDS[k][3] == "cpu"]
     if not precisions:
@@ -74,7 +75,7 @@ def tune_target(options: TuneOptions, progress: Progress | None = None) -> dict:
         raise InputError(f"target {target.name} is {target.arch} and this machine is {platform.machine()}: its "
                          f"functions must be measured on the board; give RPC=host:port KEY=<key> of a TVM RPC tracker")
     ensure_writable(options.compile.out_dir)
-    compilation = _Compilation(options.compile, target, progress, dict(tool_versions()))
+    compilation = Compilation(options.compile, target, progress, dict(tool_versions()))
     compilation.prepare()
     records = compilation.records_dir()
     try:
@@ -82,11 +83,11 @@ def tune_target(options: TuneOptions, progress: Progress | None = None) -> dict:
     except OSError as exc:
         raise InputError(f"records folder {records} cannot be created: {exc.strerror or exc}") from None
     with TargetLock(records.parent, records.name):
-        sources = {p: compilation._converted("tflite-int8" if p == "int8" else "tflite-fp32") for p in precisions}
+        sources = {p: compilation.converted("tflite-int8" if p == "int8" else "tflite-fp32") for p in precisions}
         return _tune(options, compilation, records, {p: e.file(f) for p, (e, f) in sources.items()}, progress)
 
 
-def _tune(options: TuneOptions, compilation: _Compilation, records: Path, tflites: dict, progress: Progress) -> dict:
+def _tune(options: TuneOptions, compilation: Compilation, records: Path, tflites: dict, progress: Progress) -> dict:
     progress.log("[tune] loading TVM MetaSchedule (the first time takes ~15 s)")
     try:
         import tvm
@@ -96,7 +97,7 @@ def _tune(options: TuneOptions, compilation: _Compilation, records: Path, tflite
         import xgboost  # noqa: F401 - MetaSchedule's cost model
     except ImportError as exc:
         raise MissingDependencyError(f"tuning needs {exc.name}: run `make setup` (requirements.lock pins it)") from None
-    from pipeline.stages import tvm_tuning
+    from pipeline.tvm import tuning as tvm_tuning
 
     spec, detect_cpu = compilation.tvm_spec()
     if detect_cpu:
@@ -114,7 +115,7 @@ def _tune(options: TuneOptions, compilation: _Compilation, records: Path, tflite
     else:
         runner = ms.runner.LocalRunner(timeout_sec=options.timeout_sec)
         where = {"runner": "local", "cpu": cpu_model(), "machine": platform.node()}
-    builder = tvm_tuning.builder(compilation._linker(), workers, options.timeout_sec)
+    builder = tvm_tuning.builder(compilation.linker(), workers, options.timeout_sec)
 
     tasks = []
     for precision, tflite in tflites.items():
@@ -158,34 +159,6 @@ def _check_tracker(host: str, port: int, key: str, text: str) -> None:
     if key not in queues:
         known = ", ".join(sorted(queues)) or "none"
         raise InputError(f"the tracker at {text} has no device under KEY={key!r} (keys registered: {known})")
-
-
-# A tuned schedule replaces the default one only when it measured at least this much faster: the
-# runner measures a function alone, with warm caches, and a marginal win there can be a loss inside
-# the model (seen on Xception 299 int8: tuned weight casts, 0.007 vs 0.007 ms alone, took 13 ms per
-# inference in the model; the int8 library ran 129 ms with them, 99 ms without).
-MIN_GAIN = 0.10
-
-
-def uses_tuned(entry: dict) -> bool:
-    """Whether compile applies this function's tuned schedule (it beat the default one by MIN_GAIN)."""
-    best, default = entry.get("best_ms"), entry.get("default_ms")
-    return best is not None and default is not None and best <= default * (1 - MIN_GAIN)
-
-
-def estimate(summary: dict, keys) -> dict:
-    """Default vs chosen time summed over functions (x calls), each function's tuned schedule counted
-    only where it beat the default one, as compile applies them."""
-    default = chosen = 0.0
-    for key in keys:
-        entry = summary["tasks"].get(key)
-        if not entry or entry.get("default_ms") is None:
-            continue
-        calls = entry.get("calls", 1)
-        default += calls * entry["default_ms"]
-        chosen += calls * (entry["best_ms"] if uses_tuned(entry) else entry["default_ms"])
-    return {"default_ms_sum": round(default, 3), "chosen_ms_sum": round(chosen, 3),
-            "ratio": round(default / chosen, 3) if chosen else None}
 
 
 def summary_table(summary: dict) -> str:

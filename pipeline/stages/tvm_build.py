@@ -21,13 +21,12 @@ from typing import Mapping
 
 from pipeline.errors import StageError
 from pipeline.progress import Progress
+from pipeline.tvm.link import linker_options
+from pipeline.tvm.records import TUNING_FILES, estimate
 
 NAME = "tvm"
 VERSION = 12
 TOOLS = ("apache-tvm", "apache-tvm-ffi", "tflite", "ziglang", "numpy")
-# A records folder written by `make tune` (pipeline/stages/tvm_tuning.py): our summary first, then
-# MetaSchedule's JSON database, gzipped (Xception: 10 MB of JSON -> 0.4 MB, for users who commit it).
-TUNING_FILES = ("tuning.json", "database_workload.json.gz", "database_tuning_record.json.gz")
 
 
 @dataclass(frozen=True)
@@ -39,14 +38,14 @@ class Config:
     host_cpu: str             # native builds: this machine's CPU model (mcpu is then detected by LLVM)
     linker: str               # "native", "zig:<triple>" or a cross compiler command
     arch: str
-    schedules: str = "default"  # CPU targets: "default" (pipeline/stages/tvm_schedules.py) or "none"
+    schedules: str = "default"  # CPU targets: "default" (pipeline/tvm/schedules.py) or "none"
 
 
 def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progress) -> None:
     import tflite
     import tvm
 
-    from pipeline.stages.tvm_int8 import float_exact, import_model, rewrites
+    from pipeline.tvm.int8 import float_exact, import_model, rewrites
 
     from tvm.target.codegen import llvm_get_system_cpu
 
@@ -69,7 +68,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
                  if target.kind.name == "llvm" else f"  compiling for {json.dumps(target_spec)}")
     tuning = None
     if target.kind.name == "llvm" and config.schedules == "default":
-        from pipeline.stages.tvm_schedules import cpu_pipeline
+        from pipeline.tvm.schedules import cpu_pipeline
 
         database, stats = None, {}
         if TUNING_FILES[0] in inputs:
@@ -120,8 +119,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
 def _tuned(inputs: Mapping[str, Path], target):
     """The tuned schedules that beat the default ones, and what the manifest says about them."""
     from benchmarks.files import sha256_file
-    from pipeline.stages import tvm_tuning
-    from pipeline.tuning import estimate
+    from pipeline.tvm import tuning as tvm_tuning
 
     summary_file, workloads, records = (inputs[name] for name in TUNING_FILES)
     database, winners, summary = tvm_tuning.winning_database(summary_file, workloads, records)
@@ -179,22 +177,3 @@ def _opencl_source(module) -> str:
 
     opencl = find(module)
     return opencl.inspect_source() if opencl is not None else ""
-
-
-def linker_options(spec: str) -> dict:
-    """export_library keyword arguments for a linker spec: native, zig:<triple> or a cross compiler."""
-    if spec == "native":
-        return {}
-    if spec.startswith("zig:"):
-        command = [sys.executable, "-m", "ziglang", "cc", "-target", spec[4:]]
-    else:
-        command = [spec]
-
-    def fcompile(output, objects, options=None):
-        cmd = [*command, "-shared", "-fPIC", "-o", output, *objects, *(options or [])]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"linker failed ({' '.join(cmd)}):\n{done.stdout}\n{done.stderr}")
-
-    fcompile.output_format = "so"
-    return {"fcompile": fcompile}

@@ -11,8 +11,8 @@ import pytest
 
 from pipeline.compiler import CompileOptions, compile_target
 from pipeline.errors import ConfigError, InputError
-from pipeline.stages.tvm_build import TUNING_FILES
-from pipeline.tuning import MIN_GAIN, TuneOptions, tune_target
+from pipeline.tuning import TuneOptions, tune_target
+from pipeline.tvm.records import MIN_GAIN, TUNING_FILES
 from tests.conftest import error_lines, free_port, write_target
 
 TRIALS = 12

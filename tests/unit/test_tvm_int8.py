@@ -1,4 +1,4 @@
-"""The int8 integer-arithmetic rewrite (pipeline/stages/tvm_int8.py) against a numpy model of LiteRT's
+"""The int8 integer-arithmetic rewrite (pipeline/tvm/int8.py) against a numpy model of LiteRT's
 (XNNPACK's) int8 convolution: int32 accumulation, float32 scale, clamp, round half to even."""
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import pytest
 tvm = pytest.importorskip("tvm")
 from tvm import relax  # noqa: E402
 
-from pipeline.stages.tvm_int8 import float_exact, integer_arithmetic, rewrites  # noqa: E402
+from pipeline.tvm.int8 import float_exact, integer_arithmetic, rewrites  # noqa: E402
 
 X_SCALE, X_ZERO, Y_SCALE, Y_ZERO = 0.0213, -7, 0.0457, 11
 
@@ -71,7 +71,7 @@ def chain():
 def test_rewritten_convolution_is_litert_arithmetic(chain, accumulator, monkeypatch):
     """Both forms: float32 accumulation (partial sums provably below 2**24) and int32 (forced here
     by lowering that bound to 0)."""
-    from pipeline.stages import tvm_int8
+    from pipeline.tvm import int8 as tvm_int8
 
     if accumulator == "int32":
         monkeypatch.setattr(tvm_int8, "FLOAT_EXACT", 0)
@@ -96,7 +96,7 @@ def test_chains_in_another_form_are_left_as_imported(chain):
 
 
 def test_round_half_even_on_ties_and_near_ties():
-    from pipeline.stages.tvm_int8 import _round_half_even
+    from pipeline.tvm.int8 import _round_half_even
 
     values = np.array([-3.5, -2.5, -1.5, -0.5, 0.5, 1.5, 2.5, 3.5, 126.5, -127.5, 0.49999997, 1.5000001,
                        2.4999998, -0.50000006, 7.0, -7.0, 0.0], np.float32)

@@ -14,7 +14,7 @@ def legalized_functions(tflite_file, target):
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
-    from pipeline.stages.tvm_int8 import import_tflite
+    from pipeline.tvm.int8 import import_tflite
 
     mod = import_tflite(tflite_file)                   # as the compile stage imports it
     with target:
@@ -38,7 +38,7 @@ def tflite_models(tiny_model, tmp_path_factory):
 def test_scheduled_functions_match_unscheduled(tflite_models, precision):
     import tvm
 
-    from pipeline.stages.tvm_schedules import ConvLike, Injective
+    from pipeline.tvm.schedules import ConvLike, Injective
 
     target = tvm.target.Target({"kind": "llvm", "num-cores": 2})
     rng = np.random.default_rng(0)

@@ -3,7 +3,7 @@
 A records folder (the path is chosen by pipeline/tuning.py) holds MetaSchedule's own JSON database
 (database_workload.json, database_tuning_record.json) and tuning.json, our summary: one entry per
 tuned function (keyed by its workload hash) with the trials spent, the best tuned time and the time
-of our default schedule (pipeline/stages/tvm_schedules.py) measured by the same runner. The compile
+of our default schedule (pipeline/tvm/schedules.py) measured by the same runner. The compile
 stage applies a tuned schedule only where it beat the default one.
 
 Tuning runs one function at a time. Each function is tuned into copies of the database files that
@@ -29,10 +29,10 @@ import tvm
 from tvm.s_tir import meta_schedule as ms
 
 from benchmarks.files import write_text_atomic
-from pipeline.stages.tvm_build import TUNING_FILES
-from pipeline.stages.tvm_int8 import import_tflite
-from pipeline.stages.tvm_schedules import default_schedules, fusion_passes
-from pipeline.tuning import MIN_GAIN, uses_tuned
+from pipeline.tvm.int8 import import_tflite
+from pipeline.tvm.link import linker_options
+from pipeline.tvm.records import MIN_GAIN, TUNING_FILES, uses_tuned
+from pipeline.tvm.schedules import default_schedules, fusion_passes
 
 SUMMARY, WORKLOADS_GZ, RECORDS_GZ = TUNING_FILES
 WORKLOADS, RECORDS = (name.removesuffix(".gz") for name in (WORKLOADS_GZ, RECORDS_GZ))  # what MetaSchedule reads
@@ -101,7 +101,6 @@ def build_candidate(mod, target, _params):
 def export_candidate(linker: str, rt_mod) -> str:
     """The builder's f_export: a shared library linked here (a board running the RPC server needs no
     compiler), with the same linker as the compile stage."""
-    from pipeline.stages.tvm_build import linker_options
 
     folder = tempfile.mkdtemp(prefix="tvm-candidate-")
     path = os.path.join(folder, "candidate.so")

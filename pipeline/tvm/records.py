@@ -1,0 +1,35 @@
+"""Tuning records (TVM-free): the files of a records folder and when a tuned schedule is used.
+
+A records folder written by `make tune` holds our summary first, then MetaSchedule's JSON database,
+gzipped (Xception: 10 MB of JSON -> 0.4 MB, for users who commit it).
+"""
+from __future__ import annotations
+
+TUNING_FILES = ("tuning.json", "database_workload.json.gz", "database_tuning_record.json.gz")
+
+# A tuned schedule replaces the default one only when it measured at least this much faster: the
+# runner measures a function alone, with warm caches, and a marginal win there can be a loss inside
+# the model (seen on Xception 299 int8: tuned weight casts, 0.007 vs 0.007 ms alone, took 13 ms per
+# inference in the model; the int8 library ran 129 ms with them, 99 ms without).
+MIN_GAIN = 0.10
+
+
+def uses_tuned(entry: dict) -> bool:
+    """Whether compile applies this function's tuned schedule (it beat the default one by MIN_GAIN)."""
+    best, default = entry.get("best_ms"), entry.get("default_ms")
+    return best is not None and default is not None and best <= default * (1 - MIN_GAIN)
+
+
+def estimate(summary: dict, keys) -> dict:
+    """Default vs chosen time summed over functions (x calls), each function's tuned schedule counted
+    only where it beat the default one, as compile applies them."""
+    default = chosen = 0.0
+    for key in keys:
+        entry = summary["tasks"].get(key)
+        if not entry or entry.get("default_ms") is None:
+            continue
+        calls = entry.get("calls", 1)
+        default += calls * entry["default_ms"]
+        chosen += calls * (entry["best_ms"] if uses_tuned(entry) else entry["default_ms"])
+    return {"default_ms_sum": round(default, 3), "chosen_ms_sum": round(chosen, 3),
+            "ratio": round(default / chosen, 3) if chosen else None}
