@@ -18,7 +18,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks.files import results_newest_first, write_text_atomic
-from benchmarks.run import BenchError, load_manifest
+from benchmarks.errors import BenchError, PipelineError
+from benchmarks.run import load_manifest
 from benchmarks.text import format_table
 
 HERE = Path(__file__).resolve().parent
@@ -288,7 +289,18 @@ def make_baseline(build_dir: Path, reason: str, baselines: Path = BASELINES_DIR)
     return write_text_atomic(path, json.dumps(record, indent=1) + "\n")
 
 
+def run_gate(build_dir: Path, gates: Path = GATES_FILE, baselines: Path = BASELINES_DIR) -> tuple[dict, str]:
+    """Evaluate the gates, write junit.xml and gate.json, and return the report and the text to print."""
+    report = evaluate(build_dir, gates, baselines)
+    folder = write_outputs(report, build_dir)
+    lines = [f"gate {report['model']} on {report['target']}; accuracy from {report['accuracy_source']}", table(report)]
+    lines += [f"FAILED: {c['message']}" for c in report["checks"] if c["status"] == "fail"]
+    lines.append(f"\n{'PASS' if report['passed'] else 'FAIL'}: junit {folder / 'junit.xml'}, json {folder / 'gate.json'}")
+    return report, "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``python -m benchmarks.gate``: the same gate without the compiler installed (e.g. on a CI box)."""
     p = argparse.ArgumentParser(prog="python -m benchmarks.gate", description=__doc__.splitlines()[0])
     p.add_argument("build_dir", type=Path)
     p.add_argument("--gates", type=Path, default=GATES_FILE)
@@ -299,17 +311,11 @@ def main(argv: list[str] | None = None) -> int:
         if args.write_baseline is not None:
             print(f"baseline written: {make_baseline(args.build_dir, args.write_baseline, args.baselines)}")
             return 0
-        report = evaluate(args.build_dir, args.gates, args.baselines)
-    except BenchError as exc:
+        report, text = run_gate(args.build_dir, args.gates, args.baselines)
+    except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
-    folder = write_outputs(report, args.build_dir)
-    print(f"gate {report['model']} on {report['target']}; accuracy from {report['accuracy_source']}")
-    print(table(report))
-    for c in report["checks"]:
-        if c["status"] == "fail":
-            print(f"FAILED: {c['message']}")
-    print(f"\n{'PASS' if report['passed'] else 'FAIL'}: junit {folder / 'junit.xml'}, json {folder / 'gate.json'}")
+        return exc.exit_code
+    print(text)
     return 0 if report["passed"] else 1
 
 

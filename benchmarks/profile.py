@@ -19,7 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.files import write_text_atomic
-from benchmarks.run import BenchError, load_manifest, verify
+from benchmarks.errors import BenchError, PipelineError
+from benchmarks.run import load_manifest, verify
 from benchmarks.runtimes import TvmSession
 
 
@@ -106,9 +107,9 @@ def main(argv: list[str] | None = None) -> int:
             raise BenchError(f"{args.build_dir}: no TVM CPU library" + (f" named {', '.join(args.file)}" if args.file else ""))
         verify(args.build_dir, arts)
         profiles = [profile_artifact(args.build_dir, a, args.threads, args.runs) for a in arts]
-    except BenchError as exc:
+    except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     for p in profiles:
         print(format_profile(p, p["file"], args.top))
     if args.json:

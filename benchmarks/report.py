@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 from benchmarks.files import results_newest_first, write_text_atomic
-from benchmarks.run import BenchError
+from benchmarks.errors import BenchError, PipelineError
 
 
 def latest_results(build_dir: Path) -> Path:
@@ -169,9 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         out = render(args.build_dir, args.results)
-    except BenchError as exc:
+    except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     print(out["markdown"].read_text())
     for name, path in out.items():
         print(f"{name}: {path}")

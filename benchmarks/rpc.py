@@ -17,7 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.metrics import accuracy, latency_stats
-from benchmarks.run import SCHEMA_VERSION, BenchError, Budget, load_manifest, verify
+from benchmarks.errors import BenchError
+from benchmarks.run import SCHEMA_VERSION, Budget, load_manifest, verify
 
 
 def parse_tracker(text: str) -> tuple[str, int]:

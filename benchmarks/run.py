@@ -25,16 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import device
+from benchmarks.errors import BenchError, PipelineError
 from benchmarks.files import sha256_file, write_text_atomic
 from benchmarks.metrics import accuracy, latency_stats
 from benchmarks.text import format_table
 
 SCHEMA_VERSION = 1
 MAX_SAMPLES_KEPT = 2000      # samples_ms keeps at most this many (evenly strided) for the plots
-
-
-class BenchError(Exception):
-    """Bad input for the runner: one line, exit code 2."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +41,17 @@ class Budget:
     min_seconds: float = 2.0
     max_seconds: float = 30.0
     accuracy_seconds: float = 120.0   # the accuracy pass stops after this long (n is recorded)
+
+    def __post_init__(self):
+        """Limits are checked where a budget is made, whoever makes it (CLI, make, runner, tests)."""
+        rules = (("warmup", "WARMUP / --warmup", self.warmup >= 0, ">= 0"),
+                 ("min_runs", "MIN_RUNS / --min-runs", self.min_runs >= 1, ">= 1"),
+                 ("min_seconds", "MIN_SECONDS / --min-seconds", self.min_seconds >= 0, ">= 0"),
+                 ("max_seconds", "MAX_SECONDS / --max-seconds", self.max_seconds > 0, "> 0"),
+                 ("accuracy_seconds", "ACC_SECONDS / --accuracy-seconds", self.accuracy_seconds > 0, "> 0"))
+        for field, names, ok, rule in rules:
+            if not ok:
+                raise BenchError(f"latency budget: {names} = {getattr(self, field)!r} must be {rule}")
 
 
 # -- one artifact (child process) -------------------------------------------------------------------
@@ -174,6 +182,9 @@ def run_build(build_dir: Path, threads: int = 0, budget: Budget = Budget(), eval
               only: list[str] | None = None, log=print, python: list[str] | None = None) -> dict:
     """Measure every artifact of a build folder, each in its own process (``python``: the command that
     runs the child instead of this Python, e.g. ``qemu-x86_64 -cpu Haswell python``)."""
+    if threads < 0 or eval_n < 0:
+        raise BenchError(f"THREADS / --threads = {threads} and BENCH_EVAL_N / --eval-n = {eval_n} must be >= 0 "
+                         f"(0 = the target's bench.threads / the whole eval set)")
     manifest = load_manifest(build_dir)
     artifacts = [a for a in manifest["artifacts"] if not only or a["file"] in only]
     if only and len(artifacts) != len(set(only)):
@@ -274,14 +285,12 @@ def main(argv: list[str] | None = None) -> int:
         write_results(result, args.out)
         return 0
     try:
-        if min(args.warmup, args.min_runs - 1, args.eval_n, args.threads) < 0 or args.max_seconds <= 0:
-            raise BenchError("--warmup/--eval-n/--threads must be >= 0, --min-runs >= 1, --max-seconds > 0")
         budget = Budget(args.warmup, args.min_runs, args.min_seconds, args.max_seconds, args.accuracy_seconds)
         log = lambda message: print(message, file=sys.stderr, flush=True)
         results = run_build(args.build_dir, args.threads, budget, args.eval_n, args.only, log)
-    except BenchError as exc:
+    except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return exc.exit_code
     path = write_results(results, args.out or args.build_dir / "bench" / f"{results['run_id']}.json")
     print(summary(results, path))
     return 3 if results["failed"] else 0

@@ -13,7 +13,7 @@ import subprocess
 import tarfile
 from pathlib import Path
 
-from benchmarks.run import BenchError
+from benchmarks.errors import BenchError
 
 PACKAGE = Path(__file__).resolve().parent
 DEST = re.compile(r"^(?:[A-Za-z0-9._][A-Za-z0-9._-]*@)?[A-Za-z0-9._:\[\]-]+$")

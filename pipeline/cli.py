@@ -261,34 +261,31 @@ def _bench(args) -> int:
     import shlex
 
     from benchmarks import run
-    from benchmarks.run import BenchError, Budget
+    from benchmarks.errors import BenchError
+    from benchmarks.run import Budget
 
     build_dir = args.out / args.target
     log = lambda message: print(message, file=sys.stderr, flush=True)
-    try:
-        if args.device and args.rpc:
-            raise BenchError("give DEVICE=user@host (ssh) or RPC=host:port (TVM tracker), not both")
-        budget = Budget(min_runs=args.min_runs, min_seconds=args.min_seconds, max_seconds=args.max_seconds,
-                        accuracy_seconds=args.accuracy_seconds)
-        if args.rpc:
-            from benchmarks.rpc import run_over_rpc
+    if args.device and args.rpc:
+        raise BenchError("give DEVICE=user@host (ssh) or RPC=host:port (TVM tracker), not both")
+    budget = Budget(min_runs=args.min_runs, min_seconds=args.min_seconds, max_seconds=args.max_seconds,
+                    accuracy_seconds=args.accuracy_seconds)
+    if args.rpc:
+        from benchmarks.rpc import run_over_rpc
 
-            if not args.key:
-                raise BenchError("RPC=host:port needs KEY=<device key> (the key the boards registered under)")
-            results = run_over_rpc(build_dir, args.rpc, args.key, budget, args.eval_n, log)
-        elif args.device:
-            from benchmarks.ssh import run_over_ssh
+        if not args.key:
+            raise BenchError("RPC=host:port needs KEY=<device key> (the key the boards registered under)")
+        results = run_over_rpc(build_dir, args.rpc, args.key, budget, args.eval_n, log)
+    elif args.device:
+        from benchmarks.ssh import run_over_ssh
 
-            runner_args = ["--threads", str(args.threads), "--eval-n", str(args.eval_n), "--min-runs",
-                           str(args.min_runs), "--min-seconds", str(args.min_seconds), "--max-seconds",
-                           str(args.max_seconds), "--accuracy-seconds", str(args.accuracy_seconds)]
-            results = run_over_ssh(build_dir, args.device, runner_args, args.port, shlex.split(args.ssh_opts),
-                                   args.remote_python, log)
-        else:
-            results = run.run_build(build_dir, args.threads, budget, args.eval_n, log=log)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+        runner_args = ["--threads", str(args.threads), "--eval-n", str(args.eval_n), "--min-runs",
+                       str(args.min_runs), "--min-seconds", str(args.min_seconds), "--max-seconds",
+                       str(args.max_seconds), "--accuracy-seconds", str(args.accuracy_seconds)]
+        results = run_over_ssh(build_dir, args.device, runner_args, args.port, shlex.split(args.ssh_opts),
+                               args.remote_python, log)
+    else:
+        results = run.run_build(build_dir, args.threads, budget, args.eval_n, log=log)
     path = run.write_results(results, build_dir / "bench" / f"{results['run_id']}.json")
     print(run.summary(results, path))
     return 3 if results["failed"] else 0
@@ -297,16 +294,17 @@ def _bench(args) -> int:
 def _gate(args) -> int:
     from benchmarks import gate
 
-    extra = (["--gates", str(args.gates)] if args.gates else []) + (
-        ["--baselines", str(args.baselines)] if args.baselines else [])
-    return gate.main([str(args.out / args.target), *extra])
+    report, text = gate.run_gate(args.out / args.target, args.gates or gate.GATES_FILE,
+                                 args.baselines or gate.BASELINES_DIR)
+    print(text)
+    return 0 if report["passed"] else 1
 
 
 def _baseline(args) -> int:
     from benchmarks import gate
 
-    extra = ["--baselines", str(args.baselines)] if args.baselines else []
-    return gate.main([str(args.out / args.target), "--write-baseline", args.msg, *extra])
+    print(f"baseline written: {gate.make_baseline(args.out / args.target, args.msg, args.baselines or gate.BASELINES_DIR)}")
+    return 0
 
 
 def _verify(args) -> int:
@@ -314,15 +312,9 @@ def _verify(args) -> int:
     from pipeline.targets import TARGETS_DIR, load_target
     from pipeline.verify import table, verify_target
 
-    from benchmarks.run import BenchError
-
     target = load_target(args.target, args.targets_dir or TARGETS_DIR)
-    try:
-        report = verify_target(args.out / args.target, target, args.cache_dir, args.n, Progress(quiet=args.quiet),
-                               args.only)
-    except BenchError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
+    report = verify_target(args.out / args.target, target, args.cache_dir, args.n, Progress(quiet=args.quiet),
+                           args.only)
     print(table(report))
     print(f"\n{'PASS' if report['passed'] else 'FAIL'}: under emulated {target.cpu.core}, "
           f"{'every' if report['passed'] else 'NOT every'} CPU artifact of {args.target} computes what it should "
@@ -347,9 +339,13 @@ def _peers(args) -> int:
 
 
 def _report(args) -> int:
-    from benchmarks.report import main as report_main
+    from benchmarks.report import render
 
-    return report_main([str(args.out / args.target)] + (["--results", str(args.results)] if args.results else []))
+    out = render(args.out / args.target, args.results)
+    print(out["markdown"].read_text())
+    for name, path in out.items():
+        print(f"{name}: {path}")
+    return 0
 
 
 def _targets(args) -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 from benchmarks.device import cpu_model
 from benchmarks.text import format_table
 from pipeline.compiler import Compilation, CompileOptions, validate_options
-from pipeline.errors import ConfigError, InputError, MissingDependencyError
+from pipeline.errors import ConfigError, InputError, MissingDependencyError, StageError
 from pipeline.output import TargetLock, ensure_writable
 from pipeline.progress import Progress
 from pipeline.targets import ARTIFACT_KINDS, load_target
@@ -84,7 +84,13 @@ def tune_target(options: TuneOptions, progress: Progress | None = None) -> dict:
         raise InputError(f"records folder {records} cannot be created: {exc.strerror or exc}") from None
     with TargetLock(records.parent, records.name):
         sources = {p: compilation.converted("tflite-int8" if p == "int8" else "tflite-fp32") for p in precisions}
-        return _tune(options, compilation, records, {p: e.file(f) for p, (e, f) in sources.items()}, progress)
+        try:
+            return _tune(options, compilation, records, {p: e.file(f) for p, (e, f) in sources.items()}, progress)
+        except (RuntimeError, ValueError) as exc:          # TVM's errors are RuntimeErrors
+            log = options.compile.out_dir / "logs" / f"tune-{target.name}-{compilation.model_id}"
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
+            raise StageError(f"make tune {target.name} failed: {type(exc).__name__}: {first} (records so far are kept "
+                             f"in {records}; MetaSchedule's log: {log / 'metaschedule.log'})") from exc
 
 
 def _tune(options: TuneOptions, compilation: Compilation, records: Path, tflites: dict, progress: Progress) -> dict:

@@ -29,6 +29,7 @@ import tvm
 from tvm.s_tir import meta_schedule as ms
 
 from benchmarks.files import write_text_atomic
+from pipeline.errors import InputError
 from pipeline.tvm.int8 import import_tflite
 from pipeline.tvm.link import linker_options
 from pipeline.tvm.records import MIN_GAIN, TUNING_FILES, uses_tuned
@@ -119,7 +120,8 @@ def read_summary(folder: Path) -> dict:
         return {"format": FORMAT, "tasks": {}}
     summary = json.loads(path.read_text())
     if summary.get("format") != FORMAT:
-        raise ValueError(f"{path}: unknown format {summary.get('format')!r} (this version reads {FORMAT})")
+        raise InputError(f"{path}: tuning records in format {summary.get('format')!r}; this version reads format "
+                         f"{FORMAT} (re-tune with `make tune`, or check out the records that match this version)")
     return summary
 
 

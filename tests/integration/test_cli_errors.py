@@ -1,0 +1,47 @@
+"""Every verb, given a bad input, prints exactly one `error:` line, no traceback, and exits with the
+code of the error's class (one hierarchy, benchmarks/errors.py, for the compiler and the harness)."""
+from __future__ import annotations
+
+import pytest
+
+from benchmarks import profile
+from benchmarks.errors import BenchError, InputError, PipelineError
+from benchmarks.run import Budget
+
+
+@pytest.mark.parametrize("verb,args,message", [
+    ("compile", ["--target", "no-such-board"], r"unknown target 'no-such-board'"),
+    ("tune", ["--target", "host", "--trials", "0"], r"TRIALS=0 must be between 1"),
+    ("bench", ["--target", "host", "--out", "{empty}"], r"has no manifest.json"),
+    ("bench", ["--target", "host", "--out", "{empty}", "--min-runs", "0"], r"MIN_RUNS / --min-runs = 0 must be >= 1"),
+    ("bench", ["--target", "host", "--out", "{empty}", "--threads", "-3"], r"THREADS / --threads = -3"),
+    ("report", ["--target", "host", "--out", "{empty}"], r"no benchmark results in"),
+    ("verify", ["--target", "host", "--out", "{empty}"], r"make verify emulates aarch64 boards"),
+    ("gate", ["--target", "host", "--out", "{empty}"], r"has no manifest.json"),
+    ("baseline", ["--target", "host", "--out", "{empty}", "--msg", " "], r"a baseline needs a reason"),
+    ("peers", ["--out", "{empty}", "--max-seconds", "0"], r"MAX_SECONDS / --max-seconds = 0"),
+])
+def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, verb, args, message):
+    import re
+
+    (tmp_path / "empty" / "host").mkdir(parents=True)
+    code, out, err = cli(verb, *[a.replace("{empty}", str(tmp_path / "empty")) for a in args])
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 2, (code, err)
+    assert len(lines) == 1 and re.search(message, lines[0]), err
+    assert "Traceback" not in err + out
+
+
+def test_profile_bad_input_is_one_line(tmp_path, capsys):
+    assert profile.main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("error:") == 1 and "Traceback" not in err
+
+
+def test_one_hierarchy_with_codes_on_the_classes():
+    assert issubclass(BenchError, InputError) and issubclass(InputError, PipelineError)
+    from pipeline import errors
+
+    assert errors.InputError is InputError and errors.PipelineError is PipelineError
+    with pytest.raises(BenchError, match=r"ACC_SECONDS / --accuracy-seconds = 0 must be > 0"):
+        Budget(accuracy_seconds=0)
