@@ -22,6 +22,7 @@ from benchmarks.run import SCHEMA_VERSION, Budget, load_manifest, verify
 
 
 def parse_tracker(text: str) -> tuple[str, int]:
+    """RPC=host:port of a TVM RPC tracker (benchmarks and `make tune` alike), or one line naming it."""
     host, _, port = text.rpartition(":")
     if not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise BenchError(f"RPC={text!r} is not host:port (e.g. 127.0.0.1:9190)")

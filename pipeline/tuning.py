@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.device import cpu_model
+from benchmarks.rpc import parse_tracker
 from benchmarks.text import format_table
 from pipeline.compiler import Compilation, CompileOptions, validate_options
 from pipeline.errors import ConfigError, InputError, MissingDependencyError, StageError
@@ -48,9 +49,7 @@ def _check(options: TuneOptions) -> None:
     if options.compile.tuning_dir is None:
         raise ConfigError("tuning needs a records folder (tuning_dir is None)")
     if options.rpc:
-        host, _, port = options.rpc.rpartition(":")
-        if not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise InputError(f"RPC={options.rpc!r} is not host:port of a TVM RPC tracker (e.g. 127.0.0.1:9190)")
+        parse_tracker(options.rpc)
         if not options.key:
             raise InputError("RPC=host:port needs KEY=<device key> (the key the boards registered under)")
     elif options.key:
@@ -111,8 +110,8 @@ def _tune(options: TuneOptions, compilation: Compilation, records: Path, tflites
     target = tvm.target.Target(spec)
     workers = os.cpu_count() or 1
     if options.rpc:
-        host, _, port = options.rpc.rpartition(":")
-        _check_tracker(host, int(port), options.key, options.rpc)
+        host, port = parse_tracker(options.rpc)
+        _check_tracker(host, port, options.key, options.rpc)
         runner = ms.runner.RPCRunner(
             rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=int(port), tracker_key=options.key,
                                            session_priority=1, session_timeout_sec=options.timeout_sec),
