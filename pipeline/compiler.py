@@ -63,6 +63,17 @@ class CompileOptions:
     records_target: str = ""              # look records up under this target's name (default: the target's)
 
 
+MANIFEST_SCHEMA = Path(__file__).resolve().parent.parent / "benchmarks" / "manifest.schema.json"
+
+
+@dataclass
+class MadeArtifact:
+    """One artifact: its manifest entry, and the cached files it is copied from (never in the manifest)."""
+    entry: dict
+    path: Path
+    extra: dict[str, Path] = field(default_factory=dict)     # files shipped beside it (OpenCL source)
+
+
 @dataclass
 class StageRun:
     stage: str
@@ -218,7 +229,7 @@ class Compilation:
         _, height, width, _ = self.info["input_shape"]
         return f"{self.model_name}-{height}x{width}-{self.info['num_classes']}"
 
-    def _tvm_artifact(self, kind: str, precision: str, device: str) -> dict:
+    def _tvm_artifact(self, kind: str, precision: str, device: str) -> MadeArtifact:
         target = self.target
         source, source_file = self.converted("tflite-int8" if precision == "int8" else "tflite-fp32")
         file_name = f"{self.model_name}_{precision}{'_opencl' if device == 'gpu' else ''}.so"
@@ -234,7 +245,7 @@ class Compilation:
             self.progress.log(f"  applying tuning records from {records}")
         made = self.stage(tvm_build, config, inputs, f"tvm {kind}")
         info = json.loads(made.file("tvm.json").read_text())
-        record = {"file": file_name, "path": made.file(file_name), "sha256": made.files[file_name],
+        record = {"file": file_name, "sha256": made.files[file_name],
                   "tvm_target": info["tvm_target"], "arch": target.arch, "io": info["io"],
                   "schedules": info["schedules"], "tuning": info.get("tuning"),
                   "int8_integer_chains": info.get("int8_integer_chains", 0),
@@ -243,7 +254,6 @@ class Compilation:
         if device == "gpu":
             record["opencl_source"] = Path(file_name).stem + ".cl"
             record["opencl_kernels"] = info["opencl_kernels"]
-            record["extra"] = {record["opencl_source"]: made.file(record["opencl_source"])}
             record["accuracy_note"] = "not run here: OpenCL artifacts need the board's GPU"
         elif not native:
             record["accuracy_note"] = f"not run here: built for {target.arch}, this machine is {platform.machine()}"
@@ -254,7 +264,8 @@ class Compilation:
             record["accuracy"] = self.check_artifact(
                 kind, "tvm", {"artifact": made.file(file_name), "eval": self.built.file("eval.npz"),
                               "tvm_info": made.file("tvm.json"), "litert_twin": source.file(source_file)}, limit)
-        return record
+        extra = {record["opencl_source"]: made.file(record["opencl_source"])} if device == "gpu" else {}
+        return MadeArtifact(record, made.file(file_name), extra)
 
     def linker(self) -> str:
         target = self.target
@@ -284,19 +295,20 @@ class Compilation:
         artifacts = []
         for kind in self.target.artifacts:
             fmt, precision, runtime, device = ARTIFACT_KINDS[kind]
-            record = {"kind": kind, "format": fmt, "precision": precision, "runtime": runtime, "device": device}
+            head = {"kind": kind, "format": fmt, "precision": precision, "runtime": runtime, "device": device}
             if fmt == "tvm":
-                record |= self._tvm_artifact(kind, precision, device)
+                made_artifact = self._tvm_artifact(kind, precision, device)
+                made_artifact.entry = head | made_artifact.entry
             else:
                 made, file_name = self.converted(kind)
                 accuracy = self.check_artifact(kind, runtime, {"artifact": made.file(file_name),
                                                                "eval": self.built.file("eval.npz")})
-                record |= {"file": file_name, "path": made.file(file_name), "sha256": made.files[file_name],
-                           "accuracy": accuracy}
+                entry = head | {"file": file_name, "sha256": made.files[file_name], "accuracy": accuracy}
                 if kind == "onnx-int8":
                     details = json.loads(made.file("convert.json").read_text())
-                    record["quantization"] = details["quantization"] | {"why": self.onnx_int8_scheme()[1]}
-            artifacts.append(record)
+                    entry["quantization"] = details["quantization"] | {"why": self.onnx_int8_scheme()[1]}
+                made_artifact = MadeArtifact(entry, made.file(file_name))
+            artifacts.append(made_artifact)
         return self._package(source, artifacts)
 
     def prepare(self) -> ModelSource:
@@ -336,7 +348,7 @@ class Compilation:
         self.built, self.model_name, self.info = built, model_name, info
         return source
 
-    def _package(self, source: ModelSource, artifacts: list[dict]) -> CompileResult:
+    def _package(self, source: ModelSource, artifacts: list[MadeArtifact]) -> CompileResult:
         opts, target = self.options, self.target
         built, calibrated, info, model_name = self.built, self.calibrated, self.info, self.model_name
         staging = staging_dir(opts.out_dir, target.name)
@@ -345,15 +357,15 @@ class Compilation:
             shutil.copyfile(built.file("eval.npz"), staging / "eval" / "eval.npz")
             listed = []
             for art in artifacts:
-                for name, path in art.pop("extra", {}).items():
+                for name, path in art.extra.items():
                     shutil.copyfile(path, staging / name)
-                dest = staging / art["file"]
-                shutil.copyfile(art["path"], dest)
+                dest = staging / art.entry["file"]
+                shutil.copyfile(art.path, dest)
                 digest = sha256_file(dest)
-                if digest != art["sha256"]:
-                    raise StageError(f"cache entry for {art['file']} is corrupt (sha256 {digest} != recorded "
-                                     f"{art['sha256']}); remove {art['path'].parent} and compile again")
-                listed.append({k: v for k, v in art.items() if k != "path"} | {"bytes": dest.stat().st_size})
+                if digest != art.entry["sha256"]:
+                    raise StageError(f"cache entry for {art.entry['file']} is corrupt (sha256 {digest} != recorded "
+                                     f"{art.entry['sha256']}); remove {art.path.parent} and compile again")
+                listed.append(art.entry | {"bytes": dest.stat().st_size})
             manifest = {
                 "target": target.name,
                 "model": {"name": model_name, "weights": source.kind, "weights_requested": source.requested,
@@ -374,6 +386,7 @@ class Compilation:
                            "stages": [dataclasses.asdict(r) for r in self.runs]},
                 "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
             }
+            validate_manifest(manifest)
             write_json(staging / "manifest.json", manifest)
             publish(staging, opts.out_dir / target.name)
         finally:
@@ -381,6 +394,18 @@ class Compilation:
                 shutil.rmtree(staging, ignore_errors=True)
         path = opts.out_dir / target.name / "manifest.json"
         return CompileResult(path, manifest, self.runs)
+
+
+def validate_manifest(manifest: dict) -> None:
+    """The manifest is a contract (benchmarks/manifest.schema.json): a compile never publishes one that breaks it."""
+    import jsonschema
+
+    schema = json.loads(MANIFEST_SCHEMA.read_text())
+    try:
+        jsonschema.validate(json.loads(json.dumps(manifest)), schema)
+    except jsonschema.ValidationError as exc:
+        where = "/".join(str(p) for p in exc.absolute_path) or "(top)"
+        raise StageError(f"the manifest breaks benchmarks/manifest.schema.json at {where}: {exc.message}") from None
 
 
 def describes_target(kind: str, onnx_scheme: str, measured_on: dict, target: Target) -> tuple[bool, str]:
