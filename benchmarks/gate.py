@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchmarks.files import results_newest_first, write_text_atomic
 from benchmarks.errors import BenchError, PipelineError
-from benchmarks.run import load_manifest
+from benchmarks.manifest import load_manifest, model_gates_key
 from benchmarks.text import format_table
 
 HERE = Path(__file__).resolve().parent
@@ -116,10 +116,6 @@ def _compare(artifact, metric, value, op, threshold, source, detail="") -> Check
     return Check(artifact, metric, value, threshold, op, "pass" if ok else "fail", detail, source)
 
 
-def model_id(manifest: dict) -> str:
-    return f"{manifest['model']['name']}-{manifest['model']['weights']}"
-
-
 def accuracy_source(build_dir: Path, manifest: dict) -> tuple[dict, dict, str]:
     """{file: accuracy}, {file: bench result} and a description of where the figures came from."""
     shas = {a["file"]: a["sha256"] for a in manifest["artifacts"]}
@@ -133,12 +129,12 @@ def accuracy_source(build_dir: Path, manifest: dict) -> tuple[dict, dict, str]:
 
 
 def baseline_path(baselines: Path, manifest: dict) -> Path:
-    return baselines / model_id(manifest) / f"{manifest['target']}.json"
+    return baselines / model_gates_key(manifest) / f"{manifest['target']}.json"
 
 
 def evaluate(build_dir: Path, gates: Path = GATES_FILE, baselines: Path = BASELINES_DIR) -> dict:
     manifest = load_manifest(build_dir)
-    model, target = model_id(manifest), manifest["target"]
+    model, target = model_gates_key(manifest), manifest["target"]
     t = load_thresholds(gates, model, target)
     base_file = baseline_path(baselines, manifest)
     if not base_file.is_file():
@@ -283,7 +279,7 @@ def make_baseline(build_dir: Path, reason: str, baselines: Path = BASELINES_DIR)
                                                          "mean_abs_logit_delta", "measured_on")}
     path = baseline_path(baselines, manifest)
     path.parent.mkdir(parents=True, exist_ok=True)
-    record = {"model": model_id(manifest), "target": manifest["target"], "reason": reason.strip(),
+    record = {"model": model_gates_key(manifest), "target": manifest["target"], "reason": reason.strip(),
               "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
               "accuracy_source": source, "versions": manifest.get("versions", {}), "artifacts": entries}
     return write_text_atomic(path, json.dumps(record, indent=1) + "\n")

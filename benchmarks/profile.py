@@ -20,7 +20,7 @@ import numpy as np
 
 from benchmarks.files import write_text_atomic
 from benchmarks.errors import BenchError, PipelineError
-from benchmarks.run import load_manifest, verify
+from benchmarks.manifest import check_hashes, load_manifest
 from benchmarks.runtimes import TvmSession
 
 
@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
                 and (not args.file or a["file"] in args.file)]
         if not arts:
             raise BenchError(f"{args.build_dir}: no TVM CPU library" + (f" named {', '.join(args.file)}" if args.file else ""))
-        verify(args.build_dir, arts)
+        check_hashes(args.build_dir, arts)
         profiles = [profile_artifact(args.build_dir, a, args.threads, args.runs) for a in arts]
     except PipelineError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -18,7 +18,8 @@ import numpy as np
 
 from benchmarks.metrics import accuracy, latency_stats
 from benchmarks.errors import BenchError
-from benchmarks.run import SCHEMA_VERSION, Budget, load_manifest, verify
+from benchmarks.manifest import check_hashes, load_manifest
+from benchmarks.run import SCHEMA_VERSION, Budget
 
 
 def parse_tracker(text: str) -> tuple[str, int]:
@@ -63,7 +64,7 @@ def run_over_rpc(build_dir: Path, tracker: str, key: str, budget: Budget = Budge
     artifacts = [a for a in manifest["artifacts"] if a["format"] == "tvm"]
     if not artifacts:
         raise BenchError(f"{build_dir}/manifest.json lists no TVM artifacts; the RPC path runs TVM libraries only")
-    verify(build_dir, artifacts)
+    check_hashes(build_dir, artifacts)
     data = np.load(build_dir / "eval" / "eval.npz")
     inputs = data["inputs"] if not eval_n else data["inputs"][:eval_n]
     labels = data["labels"][:len(inputs)] if "labels" in data.files else None

@@ -26,9 +26,10 @@ import numpy as np
 
 from benchmarks import device
 from benchmarks.errors import BenchError, PipelineError
-from benchmarks.files import sha256_file, write_text_atomic
+from benchmarks.files import write_text_atomic
+from benchmarks.manifest import check_hashes, load_manifest
 from benchmarks.metrics import accuracy, latency_stats
-from benchmarks.text import format_table
+from benchmarks.text import results_summary
 
 SCHEMA_VERSION = 1
 MAX_SAMPLES_KEPT = 2000      # samples_ms keeps at most this many (evenly strided) for the plots
@@ -116,27 +117,6 @@ def measure(path: Path, runtime: str, io: dict | None, eval_file: Path, threads:
 
 
 # -- the whole build folder (parent process) ----------------------------------------------------------
-def load_manifest(build_dir: Path) -> dict:
-    path = build_dir / "manifest.json"
-    if not path.is_file():
-        raise BenchError(f"{build_dir} has no manifest.json; give a folder made by `make compile` (build/<target>)")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise BenchError(f"{path} is not valid JSON: {exc}") from None
-
-
-def verify(build_dir: Path, artifacts: list[dict]) -> None:
-    for art in artifacts:
-        path = build_dir / art["file"]
-        if not path.is_file():
-            raise BenchError(f"artifact {path} listed in the manifest is missing")
-        digest = sha256_file(path)
-        if digest != art["sha256"]:
-            raise BenchError(f"refusing {art['file']}: its sha256 {digest[:16]}... differs from the manifest's "
-                             f"{art['sha256'][:16]}... (modified or corrupt; recompile with `make compile`)")
-
-
 def skip_reason(art: dict) -> str | None:
     from benchmarks.runtimes import runtime_available
 
@@ -191,7 +171,7 @@ def run_build(build_dir: Path, threads: int = 0, budget: Budget = Budget(), eval
         known = ", ".join(a["file"] for a in manifest["artifacts"])
         raise BenchError(f"--only names {sorted(set(only) - {a['file'] for a in artifacts})}, not in the manifest; "
                          f"artifacts: {known}")
-    verify(build_dir, artifacts)
+    check_hashes(build_dir, artifacts)
     if not threads:
         threads = manifest.get("config", {}).get("target", {}).get("bench", {}).get("threads") or os.cpu_count() or 1
     before = device.snapshot()
@@ -238,28 +218,6 @@ def write_results(results: dict, path: Path) -> Path:
     return write_text_atomic(path, json.dumps(results, indent=1) + "\n")
 
 
-def table(results: dict) -> str:
-    rows = [("artifact", "runtime", "p50 ms", "p90 ms", "n", "init ms", "peak RSS MB", "agree top-1", "top-1", "eval n")]
-    for r in results["results"]:
-        acc = r["accuracy"]
-        rows.append((r["file"], r["runtime"], f"{r['latency_ms']['p50']:.2f}", f"{r['latency_ms']['p90']:.2f}",
-                     str(r["latency_ms"]["n"]), f"{r['init_ms']:.0f}",
-                     "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}",
-                     f"{acc['agreement_top1'] * 100:.1f}%", "-" if acc["top1"] is None else f"{acc['top1'] * 100:.1f}%",
-                     str(acc["n"])))
-    return format_table(rows)
-
-
-def summary(results: dict, path: Path) -> str:
-    """What the runner and `make bench` print: the table, skips, failures, throttling, the file."""
-    lines = [table(results)]
-    lines += [f"  skipped {s['file']}: {s['reason']}" for s in results["skipped"]]
-    lines += [f"  FAILED {f['file']}: {f['reason']}" for f in results["failed"]]
-    if results["device"]["throttled"]:
-        lines.append(f"  THROTTLED run: {', '.join(results['device']['throttle_reasons'])}")
-    return "\n".join(lines) + f"\n\nresults: {path}"
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__.splitlines()[0])
     p.add_argument("build_dir", type=Path, help="a compiled target folder, e.g. build/host")
@@ -292,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     path = write_results(results, args.out or args.build_dir / "bench" / f"{results['run_id']}.json")
-    print(summary(results, path))
+    print(results_summary(results, path))
     return 3 if results["failed"] else 0
 
 

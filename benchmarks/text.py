@@ -1,4 +1,5 @@
-"""Plain-text tables for terminal output (numpy-free, import-light)."""
+"""Plain-text tables for terminal output (numpy-free, import-light): the generic table, and the
+runner's results as `make bench` prints them. Measuring lives in benchmarks.run."""
 from __future__ import annotations
 
 
@@ -8,3 +9,25 @@ def format_table(rows: list[tuple[str, ...]]) -> str:
     lines = ["  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip() for row in rows]
     lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(lines)
+
+
+def results_table(results: dict) -> str:
+    rows = [("artifact", "runtime", "p50 ms", "p90 ms", "n", "init ms", "peak RSS MB", "agree top-1", "top-1", "eval n")]
+    for r in results["results"]:
+        acc = r["accuracy"]
+        rows.append((r["file"], r["runtime"], f"{r['latency_ms']['p50']:.2f}", f"{r['latency_ms']['p90']:.2f}",
+                     str(r["latency_ms"]["n"]), f"{r['init_ms']:.0f}",
+                     "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}",
+                     f"{acc['agreement_top1'] * 100:.1f}%", "-" if acc["top1"] is None else f"{acc['top1'] * 100:.1f}%",
+                     str(acc["n"])))
+    return format_table(rows)
+
+
+def results_summary(results: dict, path) -> str:
+    """What the runner and `make bench` print: the table, skips, failures, throttling, the file."""
+    lines = [results_table(results)]
+    lines += [f"  skipped {s['file']}: {s['reason']}" for s in results["skipped"]]
+    lines += [f"  FAILED {f['file']}: {f['reason']}" for f in results["failed"]]
+    if results["device"]["throttled"]:
+        lines.append(f"  THROTTLED run: {', '.join(results['device']['throttle_reasons'])}")
+    return "\n".join(lines) + f"\n\nresults: {path}"

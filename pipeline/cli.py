@@ -14,7 +14,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from benchmarks.text import format_table
 from pipeline.errors import PipelineError
 
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -167,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _compile(args) -> int:
     from pipeline.compiler import CompileOptions, compile_target
+    from pipeline.tables import compile_table
     from pipeline.progress import Progress
     from pipeline.targets import TARGETS_DIR
 
@@ -176,7 +176,7 @@ def _compile(args) -> int:
         out_dir=args.out, cache_dir=args.cache_dir, reference_dir=args.reference_dir,
         targets_dir=args.targets_dir or TARGETS_DIR, tuning_dir=None if args.no_tuning else args.tuning_dir)
     result = compile_target(options, Progress(quiet=args.quiet))
-    print(summary_table(result.manifest))
+    print(compile_table(result.manifest))
     ran = sum(not r.cached for r in result.runs)
     print(f"\n{len(result.manifest['artifacts'])} artifacts and the manifest in {result.manifest_path.parent}/ "
           f"({ran} of {len(result.runs)} stage runs did work, the rest came from the cache)")
@@ -187,7 +187,8 @@ def _tune(args) -> int:
     from pipeline.compiler import CompileOptions
     from pipeline.progress import Progress
     from pipeline.targets import TARGETS_DIR
-    from pipeline.tuning import TuneOptions, summary_table as tuning_table, tune_target
+    from pipeline.tables import tuning_table
+    from pipeline.tuning import TuneOptions, tune_target
 
     options = TuneOptions(
         CompileOptions(target=args.target, weights=args.weights, calib_dir=args.calib, calib_n=args.calib_n,
@@ -202,67 +203,13 @@ def _tune(args) -> int:
     return 0
 
 
-def summary_table(manifest: dict) -> str:
-    model = manifest["model"]
-    ev = manifest["eval"]
-    head = (f"target {manifest['target']} | model {model['name']} ({model['weights']} weights, input "
-            f"{'x'.join(map(str, model['input_shape'][1:3]))}, {model['num_classes']} classes) | eval: "
-            f"{ev['n']} images from {ev['source']}"
-            + (f", float top-1 {ev['float_top1'] * 100:.1f}%" if ev.get("float_top1") is not None else ""))
-    here = manifest.get("compiled_on")
-    if here:
-        head += (f"\naccuracy measured on {here['cpu_model']} ({here['machine']}, int8: {here['int8_isa']}"
-                 f"{', saturating' if here['int8_saturates'] else ''}) unless noted; target CPU int8: "
-                 f"{manifest['config']['target'].get('int8_isa', '?')}")
-    rows = [("artifact", "runtime", "device", "size", "agree top-1", "top-1", "top-5", "mean|dlogit|")]
-    notes = []
-    for a in manifest["artifacts"]:
-        acc = a["accuracy"]
-        pct = lambda v: "-" if v is None else f"{v * 100:.1f}%"
-        if a.get("tuning"):
-            t = a["tuning"]
-            notes.append(f"{a['file']}: tuned schedules for {t['applied']} of {t['functions']} functions "
-                         f"(records {t['records']}, {t['trials']} trials); default schedules for the rest")
-        if "opencl_kernels" in a:
-            notes.append(f"{a['file']}: OpenCL module with {a['opencl_kernels']} kernels; source {a['opencl_source']}")
-        if acc is None:
-            rows.append((a["file"], a["runtime"], a["device"], _size(a["bytes"]), "not run", "", "", ""))
-            notes.append(f"{a['file']}: {a.get('accuracy_note', 'not run')}")
-            continue
-        rows.append((a["file"], a["runtime"], a["device"], _size(a["bytes"]),
-                     pct(acc["agreement_top1"]), pct(acc["top1"]), pct(acc["top5"]),
-                     f"{acc['mean_abs_logit_delta']:.4f}"))
-        if acc["n"] != ev["n"]:
-            notes.append(f"{a['file']}: checked on the first {acc['n']} of {ev['n']} eval images")
-        where = acc.get("measured_on") or {}
-        if where.get("emulated"):
-            notes.append(f"{a['file']}: accuracy measured as the board runs it: {where['cpu_model']}")
-        elif where.get("computes_as_target") is False:
-            notes.append(f"{a['file']}: WARNING: this accuracy describes this machine, not the target: {where['why']}")
-        if a.get("quantization"):
-            q = a["quantization"]
-            notes.append(f"{a['file']}: {q['description']} ({q['why']})")
-        if "vs_litert" in acc:
-            v = acc["vs_litert"]
-            diff = (f"max {v['max_quant_steps']} quantization step(s)" if "max_quant_steps" in v
-                    else f"max relative difference {v['max_rel_diff']:.1e}")
-            verdict = ("within tolerance" if v["within_tolerance"] else
-                       f"OUT OF TOLERANCE on {v['beyond_tolerance']} of {v['outputs']} outputs")
-            notes.append(f"{a['file']}: against LiteRT on the same TFLite model: {diff} ({verdict}), "
-                         f"top-1 agreement {v['agreement_top1'] * 100:.1f}%")
-    return head + "\n\n" + format_table(rows) + "".join(f"\n  {n}" for n in notes)
-
-
-def _size(n: int) -> str:
-    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
-
-
 def _bench(args) -> int:
     import shlex
 
     from benchmarks import run
     from benchmarks.errors import BenchError
     from benchmarks.run import Budget
+    from benchmarks.text import results_summary
 
     build_dir = args.out / args.target
     log = lambda message: print(message, file=sys.stderr, flush=True)
@@ -287,7 +234,7 @@ def _bench(args) -> int:
     else:
         results = run.run_build(build_dir, args.threads, budget, args.eval_n, log=log)
     path = run.write_results(results, build_dir / "bench" / f"{results['run_id']}.json")
-    print(run.summary(results, path))
+    print(results_summary(results, path))
     return 3 if results["failed"] else 0
 
 
@@ -310,12 +257,13 @@ def _baseline(args) -> int:
 def _verify(args) -> int:
     from pipeline.progress import Progress
     from pipeline.targets import TARGETS_DIR, load_target
-    from pipeline.verify import table, verify_target
+    from pipeline.tables import verify_table
+    from pipeline.verify import verify_target
 
     target = load_target(args.target, args.targets_dir or TARGETS_DIR)
     report = verify_target(args.out / args.target, target, args.cache_dir, args.n, Progress(quiet=args.quiet),
                            args.only)
-    print(table(report))
+    print(verify_table(report))
     print(f"\n{'PASS' if report['passed'] else 'FAIL'}: under emulated {target.cpu.core}, "
           f"{'every' if report['passed'] else 'NOT every'} CPU artifact of {args.target} computes what it should "
           f"(LiteRT and TVM: what the host computes; ONNX Runtime int8: the model's gate against float)")
@@ -325,12 +273,14 @@ def _verify(args) -> int:
 def _peers(args) -> int:
     from benchmarks.run import Budget
     from pipeline.peers import compare
+    from pipeline.tables import peer_table
     from pipeline.progress import Progress
 
     budget = Budget(warmup=1, min_runs=10, min_seconds=2.0, max_seconds=args.max_seconds, accuracy_seconds=60.0)
     threads = args.threads or os.cpu_count() or 1
-    _, table = compare(args.out, args.cache_dir, threads, args.input_size, budget, Progress(quiet=args.quiet),
-                       tuning_dir=args.tuning_dir)
+    runs, profiles, records = compare(args.out, args.cache_dir, threads, args.input_size, budget,
+                                      Progress(quiet=args.quiet), tuning_dir=args.tuning_dir)
+    table = peer_table(runs, profiles, records)
     path = args.out / "peers" / "peers.md"
     path.write_text(table)
     print(table)

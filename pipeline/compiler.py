@@ -222,10 +222,11 @@ class Compilation:
         if self.options.tuning_dir is None:
             return None
         return records_path(self.options.tuning_dir, self.options.records_target or self.target.name,
-                            self.model_id)
+                            self.model_shape_id)
 
     @property
-    def model_id(self) -> str:
+    def model_shape_id(self) -> str:
+        """<name>-<height>x<width>-<classes> (xception-299x299-1000): keys tuning records by the model's shape."""
         _, height, width, _ = self.info["input_shape"]
         return f"{self.model_name}-{height}x{width}-{self.info['num_classes']}"
 
@@ -430,9 +431,9 @@ def describes_target(kind: str, onnx_scheme: str, measured_on: dict, target: Tar
     return True, f"the same int8 arithmetic: {onnx_scheme} does not saturate on this CPU ({isa}) nor on the target"
 
 
-def records_path(tuning_dir: Path, target: str, model_id: str) -> Path:
+def records_path(tuning_dir: Path, target: str, model_shape_id: str) -> Path:
     """Where `make tune` keeps the MetaSchedule records of one target and model."""
-    return Path(tuning_dir) / target / model_id
+    return Path(tuning_dir) / target / model_shape_id
 
 
 def _safe_name(stem: str) -> str:

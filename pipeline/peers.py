@@ -13,7 +13,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks import run
-from benchmarks.profile import format_profile, profile_artifact
+from benchmarks.manifest import load_manifest
+from benchmarks.profile import profile_artifact
 from pipeline.compiler import CompileOptions, compile_target, records_path
 from pipeline.progress import Progress
 from pipeline.targets import TUNING_DIR
@@ -41,11 +42,14 @@ def write_peer_targets(folder: Path) -> Path:
 
 
 def compare(out_dir: Path, cache_dir: Path, threads: int, input_size: int = 299, budget: run.Budget = run.Budget(),
-            progress: Progress | None = None, tuning_dir: Path = TUNING_DIR, profile_runs: int = 3) -> tuple[dict, str]:
+            progress: Progress | None = None, tuning_dir: Path = TUNING_DIR,
+            profile_runs: int = 3) -> tuple[dict, list[dict], Path | None]:
+    """Compile and measure LiteRT, ONNX Runtime and the TVM variants back to back; returns the results per
+    variant, TVM's per-function profiles, and the tuning records used (None without tuned rows)."""
     progress = progress or Progress()
     targets = write_peer_targets(out_dir / "peer-targets")
-    model_id = f"xception-{input_size}x{input_size}-1000"
-    records = records_path(tuning_dir, RECORDS_TARGET, model_id)
+    model_shape_id = f"xception-{input_size}x{input_size}-1000"
+    records = records_path(tuning_dir, RECORDS_TARGET, model_shape_id)
     variants = [v for v in VARIANTS if v != "peers-tuned" or (records / "tuning.json").exists()]
     if "peers-tuned" not in variants:
         progress.warn(f"no tuning records in {records}: the table has no tuned TVM rows; run "
@@ -62,46 +66,9 @@ def compare(out_dir: Path, cache_dir: Path, threads: int, input_size: int = 299,
         runs[name] = results
     profiled = "peers-tuned" if "peers-tuned" in runs else "peers"
     profiles = []
-    manifest = run.load_manifest(out_dir / profiled)
+    manifest = load_manifest(out_dir / profiled)
     for art in (a for a in manifest["artifacts"] if a["format"] == "tvm"):
         progress.log(f"  profiling {profiled}/{art['file']} per function ({profile_runs} runs)")
         profiles.append(profile_artifact(out_dir / profiled, art, threads, profile_runs)
                         | {"variant": VARIANTS[profiled][2]})
-    return runs, peer_table(runs, profiles, records if "peers-tuned" in runs else None)
-
-
-def peer_table(runs: dict[str, dict], profiles: list[dict] | None = None, records: Path | None = None) -> str:
-    base = runs["peers"]
-    by, failed = {}, []
-    for name, results in runs.items():
-        for r in results["results"]:
-            label = r["runtime"] if r["runtime"] != "tvm" else f"tvm ({VARIANTS[name][2]})"
-            by[(label, r["precision"])] = r
-        failed += [f"{name}/{f['file']}: {f['reason']}" for f in results.get("failed", [])]
-    d = base["device"]
-    date = base["created"][:10]
-    lines = [f"Xception {base['model']['input_shape'][1]}x{base['model']['input_shape'][2]}, batch 1, "
-             f"{d['threads']} threads, one run on {date}: {d['cpu_model']} ({d['cores']} cores), "
-             f"{d['platform']}.", "",
-             "| runtime | precision | p50 ms | p90 ms | runs | int8 speed-up | vs LiteRT (same precision) | peak RSS MB |",
-             "|---|---|---:|---:|---:|---:|---:|---:|"]
-    order = ["litert", "onnxruntime"] + [f"tvm ({VARIANTS[n][2]})" for n in ("peers-untuned", "peers", "peers-tuned")]
-    for runtime in order:
-        for precision in ("fp32", "int8"):
-            r = by.get((runtime, precision))
-            if r is None:
-                continue
-            p50 = r["latency_ms"]["p50"]
-            fp32 = by.get((runtime, "fp32"))
-            speedup = f"{fp32['latency_ms']['p50'] / p50:.2f}x" if precision == "int8" and fp32 else ""
-            litert = by.get(("litert", precision))
-            ratio = f"{p50 / litert['latency_ms']['p50']:.2f}x" if litert else "-"
-            rss = "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
-            lines.append(f"| {runtime} | {precision} | {p50:.1f} | {r['latency_ms']['p90']:.1f} | "
-                         f"{r['latency_ms']['n']} | {speedup} | {ratio} | {rss} |")
-    lines += [f"FAILED {f}" for f in failed]
-    if records is not None:
-        lines += ["", f"Tuned rows use the records in {records}."]
-    for p in profiles or []:
-        lines += ["", format_profile(p, f"Where the time goes, TVM {p['variant']}, {p['file']}").rstrip()]
-    return "\n".join(lines) + "\n"
+    return runs, profiles, records if "peers-tuned" in runs else None

@@ -22,13 +22,11 @@ from pathlib import Path
 
 from benchmarks.device import cpu_model
 from benchmarks.rpc import parse_tracker
-from benchmarks.text import format_table
 from pipeline.compiler import Compilation, CompileOptions, validate_options
 from pipeline.errors import ConfigError, InputError, MissingDependencyError, StageError
 from pipeline.output import TargetLock, ensure_writable
 from pipeline.progress import Progress
 from pipeline.targets import ARTIFACT_KINDS, load_target
-from pipeline.tvm.records import MIN_GAIN, estimate, uses_tuned
 from pipeline.versions import tool_versions
 
 MAX_TRIALS = 1_000_000
@@ -86,7 +84,7 @@ def tune_target(options: TuneOptions, progress: Progress | None = None) -> dict:
         try:
             return _tune(options, compilation, records, {p: e.file(f) for p, (e, f) in sources.items()}, progress)
         except (RuntimeError, ValueError) as exc:          # TVM's errors are RuntimeErrors
-            log = options.compile.out_dir / "logs" / f"tune-{target.name}-{compilation.model_id}"
+            log = options.compile.out_dir / "logs" / f"tune-{target.name}-{compilation.model_shape_id}"
             first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
             raise StageError(f"make tune {target.name} failed: {type(exc).__name__}: {first} (records so far are kept "
                              f"in {records}; MetaSchedule's log: {log / 'metaschedule.log'})") from exc
@@ -128,12 +126,12 @@ def _tune(options: TuneOptions, compilation: Compilation, records: Path, tflites
         progress.log(f"[tune] {precision}: {len(found)} functions to tune from {tflite.name}")
         tasks += found
     started = time.monotonic()
-    work = options.compile.out_dir / "logs" / f"tune-{compilation.target.name}-{compilation.model_id}"
+    work = options.compile.out_dir / "logs" / f"tune-{compilation.target.name}-{compilation.model_shape_id}"
     work.mkdir(parents=True, exist_ok=True)
     progress.log(f"[tune] MetaSchedule's own log: {work / 'metaschedule.log'}")
     tuner = tvm_tuning.Tuner(target, records, builder, runner, progress.log, work)
     tuner.summary |= {
-        "target": compilation.target.name, "model": compilation.model_id, "tvm_target": spec,
+        "target": compilation.target.name, "model": compilation.model_shape_id, "tvm_target": spec,
         "tuned_on": where, "trials_budget": max(options.trials, tuner.summary.get("trials_budget", 0)),
     }
     progress.log(f"[tune] {len({t.key for t in tasks})} distinct functions, budget {options.trials} trials, "
@@ -166,17 +164,3 @@ def _check_tracker(host: str, port: int, key: str, text: str) -> None:
         raise InputError(f"the tracker at {text} has no device under KEY={key!r} (keys registered: {known})")
 
 
-def summary_table(summary: dict) -> str:
-    rows = [("function", "precision", "calls", "trials", "default ms", "tuned ms", "used")]
-    for key in summary["keys"]:
-        e = summary["tasks"][key]
-        best, default = e.get("best_ms"), e.get("default_ms")
-        used = uses_tuned(e)
-        rows.append((e["name"][:48], e.get("precision", ""), str(e.get("calls", 1)), str(e["trials"]),
-                     "-" if default is None else f"{default:.4f}", "-" if best is None else f"{best:.4f}",
-                     "tuned" if used else "default"))
-    total = estimate(summary, summary["keys"])
-    ratio = f"{total['ratio']:.2f}x" if total["ratio"] else "-"
-    return (format_table(rows) + f"\n\nsum over the functions of the tuned models (x calls): default schedules "
-            f"{total['default_ms_sum']:.2f} ms, with tuned ones where {MIN_GAIN:.0%} faster {total['chosen_ms_sum']:.2f} ms ({ratio}); "
-            f"{summary.get('seconds_this_run', 0):.0f} s this run; records: {summary['records_dir']}")

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.device import this_cpu
-from benchmarks.gate import GATES_FILE, load_thresholds, model_id
-from benchmarks.text import format_table
-from benchmarks.run import Budget, child_command, load_manifest, verify as verify_hashes, write_results
+from benchmarks.gate import GATES_FILE, load_thresholds
+from benchmarks.manifest import check_hashes, load_manifest, model_gates_key
+from benchmarks.run import Budget, child_command, write_results
 from pipeline.cache import canonical_json
 from pipeline.emulation import ensure_emulator
 from pipeline.errors import InputError
@@ -108,10 +108,10 @@ def verify_target(build_dir: Path, target: Target, cache_dir: Path, n: int = 4,
     manifest = load_manifest(build_dir)
     artifacts = [a for a in manifest["artifacts"] if a["device"] == "cpu" and a["runtime"] in VERIFIED_RUNTIMES
                  and (not only or a["file"] in only)]
-    verify_hashes(build_dir, artifacts)
+    check_hashes(build_dir, artifacts)
     reference = np.load(build_dir / "eval" / "eval.npz")["logits"]
     host_cpu = this_cpu()
-    min_agreement = load_thresholds(GATES_FILE, model_id(manifest), target.name).min_agreement_top1
+    min_agreement = load_thresholds(GATES_FILE, model_gates_key(manifest), target.name).min_agreement_top1
     emulator = ensure_emulator(cache_dir, progress)
     emulator.set_core(target.cpu.core, target.cpu.cores or 4)
     threads = target.bench.threads or 4
@@ -156,11 +156,3 @@ def verify_target(build_dir: Path, target: Target, cache_dir: Path, n: int = 4,
     return report
 
 
-def table(report: dict) -> str:
-    lines = [("artifact", "runtime", "match", "max difference", "emulated s", "XNNPACK", "detail")]
-    for r in report["rows"]:
-        diff = "-" if r["max_difference"] is None else f"{r['max_difference']:.3g}"
-        xnn = {True: "active", False: "NOT active"}.get(r.get("xnnpack"), "")
-        lines.append((r["file"], r["runtime"], "yes" if r["match"] else "NO", diff, f"{r['emulated_seconds']:.1f}",
-                      xnn, r["detail"]))
-    return format_table(lines)

@@ -14,7 +14,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from benchmarks.run import BenchError, Budget, run_build
+from benchmarks.errors import BenchError
+from benchmarks.run import Budget, run_build
 from pipeline.compiler import CompileOptions, compile_target
 from tests.conftest import ROOT, free_port
 

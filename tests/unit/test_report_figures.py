@@ -1,7 +1,7 @@
 import pytest
 
 from benchmarks.report import markdown, rows
-from pipeline.peers import peer_table
+from pipeline.tables import peer_table
 
 
 def result(file, runtime, precision, p50, top1=None, agreement=1.0, rss=100.0):

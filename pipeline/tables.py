@@ -1,0 +1,134 @@
+"""What the pipeline measured, rendered as terminal or Markdown tables: the compile summary, `make
+verify`, `make tune` and `make peers`. Measuring lives in the modules that measure (compiler, verify,
+tuning, peers); this module only reads their records.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from benchmarks.profile import format_profile
+from benchmarks.text import format_table
+from pipeline.peers import VARIANTS
+from pipeline.tvm.records import MIN_GAIN, estimate, uses_tuned
+
+
+def compile_table(manifest: dict) -> str:
+    """`make compile`: the artifacts, their accuracy against float, where it was measured, notes."""
+    model = manifest["model"]
+    ev = manifest["eval"]
+    head = (f"target {manifest['target']} | model {model['name']} ({model['weights']} weights, input "
+            f"{'x'.join(map(str, model['input_shape'][1:3]))}, {model['num_classes']} classes) | eval: "
+            f"{ev['n']} images from {ev['source']}"
+            + (f", float top-1 {ev['float_top1'] * 100:.1f}%" if ev.get("float_top1") is not None else ""))
+    here = manifest.get("compiled_on")
+    if here:
+        head += (f"\naccuracy measured on {here['cpu_model']} ({here['machine']}, int8: {here['int8_isa']}"
+                 f"{', saturating' if here['int8_saturates'] else ''}) unless noted; target CPU int8: "
+                 f"{manifest['config']['target'].get('int8_isa', '?')}")
+    rows = [("artifact", "runtime", "device", "size", "agree top-1", "top-1", "top-5", "mean|dlogit|")]
+    notes = []
+    for a in manifest["artifacts"]:
+        acc = a["accuracy"]
+        pct = lambda v: "-" if v is None else f"{v * 100:.1f}%"
+        if a.get("tuning"):
+            t = a["tuning"]
+            notes.append(f"{a['file']}: tuned schedules for {t['applied']} of {t['functions']} functions "
+                         f"(records {t['records']}, {t['trials']} trials); default schedules for the rest")
+        if "opencl_kernels" in a:
+            notes.append(f"{a['file']}: OpenCL module with {a['opencl_kernels']} kernels; source {a['opencl_source']}")
+        if acc is None:
+            rows.append((a["file"], a["runtime"], a["device"], _size(a["bytes"]), "not run", "", "", ""))
+            notes.append(f"{a['file']}: {a.get('accuracy_note', 'not run')}")
+            continue
+        rows.append((a["file"], a["runtime"], a["device"], _size(a["bytes"]),
+                     pct(acc["agreement_top1"]), pct(acc["top1"]), pct(acc["top5"]),
+                     f"{acc['mean_abs_logit_delta']:.4f}"))
+        if acc["n"] != ev["n"]:
+            notes.append(f"{a['file']}: checked on the first {acc['n']} of {ev['n']} eval images")
+        where = acc.get("measured_on") or {}
+        if where.get("emulated"):
+            notes.append(f"{a['file']}: accuracy measured as the board runs it: {where['cpu_model']}")
+        elif where.get("computes_as_target") is False:
+            notes.append(f"{a['file']}: WARNING: this accuracy describes this machine, not the target: {where['why']}")
+        if a.get("quantization"):
+            q = a["quantization"]
+            notes.append(f"{a['file']}: {q['description']} ({q['why']})")
+        if "vs_litert" in acc:
+            v = acc["vs_litert"]
+            diff = (f"max {v['max_quant_steps']} quantization step(s)" if "max_quant_steps" in v
+                    else f"max relative difference {v['max_rel_diff']:.1e}")
+            verdict = ("within tolerance" if v["within_tolerance"] else
+                       f"OUT OF TOLERANCE on {v['beyond_tolerance']} of {v['outputs']} outputs")
+            notes.append(f"{a['file']}: against LiteRT on the same TFLite model: {diff} ({verdict}), "
+                         f"top-1 agreement {v['agreement_top1'] * 100:.1f}%")
+    return head + "\n\n" + format_table(rows) + "".join(f"\n  {n}" for n in notes)
+
+
+def _size(n: int) -> str:
+    return f"{n / 1e6:.1f} MB" if n >= 1e6 else f"{n / 1e3:.1f} kB"
+
+
+def verify_table(report: dict) -> str:
+    """`make verify`: one row per artifact run under emulation."""
+    lines = [("artifact", "runtime", "match", "max difference", "emulated s", "XNNPACK", "detail")]
+    for r in report["rows"]:
+        diff = "-" if r["max_difference"] is None else f"{r['max_difference']:.3g}"
+        xnn = {True: "active", False: "NOT active"}.get(r.get("xnnpack"), "")
+        lines.append((r["file"], r["runtime"], "yes" if r["match"] else "NO", diff, f"{r['emulated_seconds']:.1f}",
+                      xnn, r["detail"]))
+    return format_table(lines)
+
+
+def tuning_table(summary: dict) -> str:
+    """`make tune`: per function, trials, default vs tuned time and which one compile uses."""
+    rows = [("function", "precision", "calls", "trials", "default ms", "tuned ms", "used")]
+    for key in summary["keys"]:
+        e = summary["tasks"][key]
+        best, default = e.get("best_ms"), e.get("default_ms")
+        used = uses_tuned(e)
+        rows.append((e["name"][:48], e.get("precision", ""), str(e.get("calls", 1)), str(e["trials"]),
+                     "-" if default is None else f"{default:.4f}", "-" if best is None else f"{best:.4f}",
+                     "tuned" if used else "default"))
+    total = estimate(summary, summary["keys"])
+    ratio = f"{total['ratio']:.2f}x" if total["ratio"] else "-"
+    return (format_table(rows) + f"\n\nsum over the functions of the tuned models (x calls): default schedules "
+            f"{total['default_ms_sum']:.2f} ms, with tuned ones where {MIN_GAIN:.0%} faster {total['chosen_ms_sum']:.2f} ms ({ratio}); "
+            f"{summary.get('seconds_this_run', 0):.0f} s this run; records: {summary['records_dir']}")
+
+
+def peer_table(runs: dict[str, dict], profiles: list[dict] | None = None, records: Path | None = None) -> str:
+    """`make peers`: LiteRT, ONNX Runtime and TVM variants from one run, with TVM's per-function profile."""
+    base = runs["peers"]
+    by, failed = {}, []
+    for name, results in runs.items():
+        for r in results["results"]:
+            label = r["runtime"] if r["runtime"] != "tvm" else f"tvm ({VARIANTS[name][2]})"
+            by[(label, r["precision"])] = r
+        failed += [f"{name}/{f['file']}: {f['reason']}" for f in results.get("failed", [])]
+    d = base["device"]
+    date = base["created"][:10]
+    lines = [f"Xception {base['model']['input_shape'][1]}x{base['model']['input_shape'][2]}, batch 1, "
+             f"{d['threads']} threads, one run on {date}: {d['cpu_model']} ({d['cores']} cores), "
+             f"{d['platform']}.", "",
+             "| runtime | precision | p50 ms | p90 ms | runs | int8 speed-up | vs LiteRT (same precision) | peak RSS MB |",
+             "|---|---|---:|---:|---:|---:|---:|---:|"]
+    order = ["litert", "onnxruntime"] + [f"tvm ({VARIANTS[n][2]})" for n in ("peers-untuned", "peers", "peers-tuned")]
+    for runtime in order:
+        for precision in ("fp32", "int8"):
+            r = by.get((runtime, precision))
+            if r is None:
+                continue
+            p50 = r["latency_ms"]["p50"]
+            fp32 = by.get((runtime, "fp32"))
+            speedup = f"{fp32['latency_ms']['p50'] / p50:.2f}x" if precision == "int8" and fp32 else ""
+            litert = by.get(("litert", precision))
+            ratio = f"{p50 / litert['latency_ms']['p50']:.2f}x" if litert else "-"
+            rss = "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
+            lines.append(f"| {runtime} | {precision} | {p50:.1f} | {r['latency_ms']['p90']:.1f} | "
+                         f"{r['latency_ms']['n']} | {speedup} | {ratio} | {rss} |")
+    lines += [f"FAILED {f}" for f in failed]
+    if records is not None:
+        lines += ["", f"Tuned rows use the records in {records}."]
+    for p in profiles or []:
+        lines += ["", format_profile(p, f"Where the time goes, TVM {p['variant']}, {p['file']}").rstrip()]
+    return "\n".join(lines) + "\n"
