@@ -19,7 +19,7 @@ from pathlib import Path
 
 from benchmarks.files import results_newest_first, write_text_atomic
 from benchmarks.errors import BenchError, PipelineError
-from benchmarks.manifest import load_manifest, model_gates_key
+from benchmarks.manifest import fp32_twin, load_manifest, model_gates_key
 from benchmarks.text import format_table
 
 HERE = Path(__file__).resolve().parent
@@ -171,8 +171,7 @@ def evaluate(build_dir: Path, gates: Path = GATES_FILE, baselines: Path = BASELI
                 checks.append(Check(name, "top1_drop_points", None, None, "", "skip",
                                     "no labels for the eval set (agreement with float is gated instead)", src))
             checks.append(_baseline_check(name, a, baseline, t, src))
-        fp32 = next((f for f in arts if f["runtime"] == art["runtime"] and f["precision"] == "fp32"
-                     and f["device"] == art["device"]), None)
+        fp32 = fp32_twin(arts, art)
         if fp32:
             checks.append(_compare(name, "size_ratio", art["bytes"] / fp32["bytes"], "<=", t.max_size_ratio,
                                    "manifest", f"{art['bytes']} / {fp32['bytes']} bytes"))

@@ -16,6 +16,13 @@ def model_gates_key(manifest: dict) -> str:
     return f"{manifest['model']['name']}-{manifest['model']['weights']}"
 
 
+def fp32_twin(records: list[dict], record: dict) -> dict | None:
+    """The fp32 artifact (manifest entry or result) of the same runtime and device as ``record``, if any:
+    what an int8 artifact's size and speed are compared with."""
+    return next((r for r in records if r["precision"] == "fp32" and r["runtime"] == record["runtime"]
+                 and r["device"] == record["device"]), None)
+
+
 def load_manifest(build_dir: Path) -> dict:
     """build/<target>/manifest.json, or one line saying what is wrong."""
     path = build_dir / "manifest.json"

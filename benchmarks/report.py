@@ -15,6 +15,7 @@ from pathlib import Path
 
 from benchmarks.files import results_newest_first, write_text_atomic
 from benchmarks.errors import BenchError, PipelineError
+from benchmarks.manifest import fp32_twin
 
 
 def latest_results(build_dir: Path) -> Path:
@@ -26,12 +27,12 @@ def latest_results(build_dir: Path) -> Path:
 
 def rows(results: dict) -> list[dict]:
     """One row per artifact with the derived figures (speed-up over fp32 on the same runtime, ...)."""
-    fp32 = {(r["runtime"], r["device"]): r["latency_ms"]["p50"] for r in results["results"] if r["precision"] == "fp32"}
     float_top1 = results.get("eval", {}).get("float_top1")
     out = []
     for r in results["results"]:
         acc = r["accuracy"]
-        base = fp32.get((r["runtime"], r["device"]))
+        twin = fp32_twin(results["results"], r)
+        base = twin["latency_ms"]["p50"] if twin else None
         # float top-1 on the same images: the runner's own figure, or the whole-set one if n is whole
         same_images = acc.get("float_top1")
         if same_images is None and acc.get("n") == results.get("eval", {}).get("n"):
