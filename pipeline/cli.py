@@ -149,19 +149,30 @@ def main(argv: list[str] | None = None) -> int:
         received.append(signum)
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_signal)
+    previous = {signum: signal.signal(signum, on_signal) for signum in EXIT_INTERRUPTED}
     try:
         verb = {"compile": _compile, "bench": _bench, "report": _report, "gate": _gate, "baseline": _baseline,
                 "verify": _verify, "peers": _peers, "tune": _tune, "targets": _targets, "clean": _clean, "test": _test}[args.verb]
         return verb(args)
     except PipelineError as exc:
+        if received:
+            # The interrupt landed inside a library that turned it into its own error (seen: Ctrl-C or
+            # SIGTERM while Keras imports optree's C extension becomes "ImportError: ... install optree"):
+            # the cause is the signal, and the clean-up has run as for any failure.
+            return _interrupted(received[0])
         print(f"error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
-        signum = received[0] if received else signal.SIGINT
-        print(f"interrupted ({signal.Signals(signum).name}): partial outputs were removed and the cache "
-              f"is intact; run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED[signum]
+        return _interrupted(received[0] if received else signal.SIGINT)
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+def _interrupted(signum: int) -> int:
+    print(f"interrupted ({signal.Signals(signum).name}): partial outputs were removed and the cache "
+          f"is intact; run the same command again to resume", file=sys.stderr)
+    return EXIT_INTERRUPTED[signum]
 
 
 def _compile(args) -> int:

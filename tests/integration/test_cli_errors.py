@@ -45,3 +45,24 @@ def test_one_hierarchy_with_codes_on_the_classes():
     assert errors.InputError is InputError and errors.PipelineError is PipelineError
     with pytest.raises(BenchError, match=r"ACC_SECONDS / --accuracy-seconds = 0 must be > 0"):
         Budget(accuracy_seconds=0)
+
+
+def test_an_interrupt_a_library_turned_into_its_own_error_is_still_an_interrupt(cli, monkeypatch):
+    """SIGTERM while Keras imports optree's C extension surfaced as "ImportError: ... install optree" and
+    the CLI said "stage failed" (exit 3) in a fresh virtualenv; the signal is the cause: exit 143."""
+    import os
+    import signal
+
+    from pipeline import cli as cli_module
+    from pipeline.errors import StageError
+
+    def compile_that_is_interrupted_inside_an_import(args):
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)          # the handler raises KeyboardInterrupt here
+        except KeyboardInterrupt:
+            raise StageError("stage build failed for target host: ImportError: To use Keras, you need optree")
+        return 0
+
+    monkeypatch.setattr(cli_module, "_compile", compile_that_is_interrupted_inside_an_import)
+    code, _, err = cli("compile", "--target", "host")
+    assert code == 143 and "interrupted (SIGTERM)" in err and "error:" not in err
