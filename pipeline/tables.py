@@ -23,7 +23,7 @@ def compile_table(manifest: dict) -> str:
     here = manifest.get("compiled_on")
     if here:
         head += (f"\naccuracy measured on {here['cpu_model']} ({here['machine']}, int8: {here['int8_isa']}"
-                 f"{', saturating' if here['int8_saturates'] else ''}) unless noted; target CPU int8: "
+                 f"{', no VNNI' if here['int8_saturates'] else ''}) unless noted; target CPU int8: "
                  f"{manifest['config']['target'].get('int8_isa', '?')}")
     rows = [("artifact", "runtime", "device", "size", "agree top-1", "top-1", "top-5", "mean|dlogit|")]
     notes = []
