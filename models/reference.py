@@ -1,7 +1,7 @@
 """The offline reference model: the full Keras Xception trained on scikit-learn's digits.
 
 Deterministic recipe (fixed seeds, fixed split, op determinism), 71x71 RGB, 10 classes. Built on
-first use (about 3 minutes on 2 cores) and cached in a folder outside the repository; re-use
+first use (3 to 6 minutes on 2 cores) and cached in a folder outside the repository; re-use
 only reads the cached files.
 """
 from __future__ import annotations
@@ -70,7 +70,7 @@ def train(recipe: Recipe, out_file: Path, log: Callable[[str], None], verbose: i
     from models.xception import build_xception
 
     log(f"training the reference Xception on scikit-learn digits ({recipe.input_size}x{recipe.input_size}, "
-        f"{recipe.epochs} epochs; about 3 minutes on 2 cores, done once)")
+        f"{recipe.epochs} epochs; 3 to 6 minutes on 2 cores, done once)")
     started = time.monotonic()
     tf.config.experimental.enable_op_determinism()
     size = recipe.input_size
