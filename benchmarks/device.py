@@ -144,7 +144,7 @@ def describe(threads: int) -> dict:
         "machine": platform.machine(),
         "python": platform.python_version(),
         "cpu_model": cpu_model(),
-        "int8_isa": int8_isa(platform.machine(), cpu_flags()),
+        "int8_isa": this_cpu()["int8_isa"],
         "cores": os.cpu_count(),
         "threads": threads,
         "governor": _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_governor"),

@@ -55,6 +55,11 @@ class Budget:
                 raise BenchError(f"latency budget: {names} = {getattr(self, field)!r} must be {rule}")
 
 
+# One warm-up-free run and the accuracy pass over every image asked for: what verification and the
+# compile-time check under emulation need (latency under qemu means nothing).
+ONE_PASS = Budget(warmup=0, min_runs=1, min_seconds=0.0, max_seconds=0.001, accuracy_seconds=1e9)
+
+
 # -- one artifact (child process) -------------------------------------------------------------------
 def _status_kb(field: str) -> int | None:
     try:

@@ -150,7 +150,7 @@ class Compilation:
             except (PipelineError, KeyboardInterrupt):
                 raise
             except Exception as exc:
-                raise StageError(self._failure(label, getattr(config, "file_name", ""), exc)) from exc
+                raise StageError(self.failure(label, getattr(config, "file_name", ""), exc)) from exc
         for name, digest in entry.files.items():
             self.hashes[entry.file(name)] = digest
         self.runs.append(StageRun(module.NAME, label, key, cached))
@@ -190,7 +190,7 @@ class Compilation:
         """ONNX Runtime int8 on an ARM board: its int8 kernels differ from x86's (which saturate without VNNI),
         so the figure comes from running the artifact as the board does, under qemu-user. "" = run here."""
         target = self.target
-        if kind != "onnx-int8" or target.arch == platform.machine() or target.arch != "aarch64":
+        if kind != "onnx-int8" or target.arch != "aarch64" or platform.machine() == "aarch64":
             return ""
         if self._emulator is None:
             try:
@@ -201,8 +201,7 @@ class Compilation:
         if not self._emulator:
             return ""
         return canonical_json({"qemu": self._emulator.qemu, "sysroot": str(self._emulator.sysroot),
-                               "core": target.cpu.core, "cores": target.cpu.cores or 4, "machine": target.arch,
-                               "int8_isa": target.int8_isa, "int8_saturates": target.int8_saturates})
+                               "core": target.cpu.core, "cores": target.cpu.cores or 4})
 
 
     def tvm_spec(self) -> tuple[dict | str, bool]:
@@ -280,7 +279,8 @@ class Compilation:
             f"no cross linker for {target.arch}: neither {target.tvm.cross_compiler or 'a cross compiler'} nor "
             f"ziglang is installed; run `make setup` (installs ziglang) or `apt-get install gcc-aarch64-linux-gnu`")
 
-    def _failure(self, label: str, artifact: str, exc: Exception) -> str:
+    def failure(self, label: str, artifact: str, exc: Exception) -> str:
+        """One line for a failed step, with its full traceback written under build/logs/."""
         logs = self.options.out_dir / "logs"
         logs.mkdir(parents=True, exist_ok=True)
         log = logs / f"{self.target.name}-{label.replace(' ', '_').replace('/', '_')}.log"
@@ -422,7 +422,8 @@ def describes_target(kind: str, onnx_scheme: str, measured_on: dict, target: Tar
                       "(make verify checks ARM builds bit for bit)")
     if runtime == "tvm":
         return True, "TVM library built for and run on this CPU"
-    if onnx_scheme == "s8s8" and measured_on.get("int8_saturates") and not target.int8_saturates:
+    reduce_range = convert.ONNX_INT8_SCHEMES[onnx_scheme][2]
+    if not reduce_range and measured_on.get("int8_saturates") and not target.int8_saturates:
         return False, (f"this CPU ({isa}, no VNNI) saturates int16 sums in ONNX Runtime's int8 kernels, the "
                        f"target ({target.int8_isa}) does not: the figure understates the target's accuracy")
     if measured_on.get("machine") != target.arch:

@@ -84,10 +84,7 @@ def tune_target(options: TuneOptions, progress: Progress | None = None) -> dict:
         try:
             return _tune(options, compilation, records, {p: e.file(f) for p, (e, f) in sources.items()}, progress)
         except (RuntimeError, ValueError) as exc:          # TVM's errors are RuntimeErrors
-            log = options.compile.out_dir / "logs" / f"tune-{target.name}-{compilation.model_shape_id}"
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[-1][:300]
-            raise StageError(f"make tune {target.name} failed: {type(exc).__name__}: {first} (records so far are kept "
-                             f"in {records}; MetaSchedule's log: {log / 'metaschedule.log'})") from exc
+            raise StageError(compilation.failure("tune", "", exc) + f"; records so far are kept in {records}") from exc
 
 
 def _tune(options: TuneOptions, compilation: Compilation, records: Path, tflites: dict, progress: Progress) -> dict:
@@ -111,7 +108,7 @@ def _tune(options: TuneOptions, compilation: Compilation, records: Path, tflites
         host, port = parse_tracker(options.rpc)
         _check_tracker(host, port, options.key, options.rpc)
         runner = ms.runner.RPCRunner(
-            rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=int(port), tracker_key=options.key,
+            rpc_config=ms.runner.RPCConfig(tracker_host=host, tracker_port=port, tracker_key=options.key,
                                            session_priority=1, session_timeout_sec=options.timeout_sec),
             max_workers=1)
         where = {"runner": "rpc", "tracker": options.rpc, "key": options.key}

@@ -26,7 +26,7 @@ import numpy as np
 from benchmarks.device import this_cpu
 from benchmarks.gate import GATES_FILE, load_thresholds
 from benchmarks.manifest import check_hashes, load_manifest, model_gates_key
-from benchmarks.run import Budget, child_command, write_results
+from benchmarks.run import ONE_PASS, child_command, write_results
 from pipeline.cache import canonical_json
 from pipeline.emulation import ensure_emulator
 from pipeline.errors import InputError
@@ -36,7 +36,6 @@ from pipeline.targets import Target
 ROOT = Path(__file__).resolve().parent.parent
 FP32_RELATIVE_TOLERANCE = 1e-5
 VERIFIED_RUNTIMES = ("litert", "onnxruntime", "tvm")
-ONE_RUN = Budget(warmup=0, min_runs=1, min_seconds=0.0, max_seconds=0.001, accuracy_seconds=1e9)
 
 
 def _run(cmd: list[str], env: dict | None = None) -> tuple[int, str, float]:
@@ -121,7 +120,7 @@ def verify_target(build_dir: Path, target: Target, cache_dir: Path, n: int = 4,
         for art in artifacts:
             progress.log(f"  {art['file']}: running under qemu ({target.cpu.core}) on {n} eval images")
             emu_logits, host_logits = work / "emu.npy", work / "host.npy"
-            cmd = child_command(build_dir, art, threads, ONE_RUN, n, work / "emu.json", emulator.python(), emu_logits)
+            cmd = child_command(build_dir, art, threads, ONE_PASS, n, work / "emu.json", emulator.python(), emu_logits)
             code, stderr, seconds = _run(cmd, emulator.env(target.cpu.core))
             row = {"file": art["file"], "runtime": art["runtime"], "precision": art["precision"],
                    "emulated_core": target.cpu.core, "emulated_seconds": round(seconds, 1), "n": n}
@@ -133,7 +132,7 @@ def verify_target(build_dir: Path, target: Target, cache_dir: Path, n: int = 4,
                 progress.log(f"  {art['file']}: FAILED under emulation: {failure}")
                 continue
             host_art = _host_twin(build_dir, art, work) if art["runtime"] == "tvm" else art
-            code, stderr, _ = _run(child_command(build_dir, host_art, threads, ONE_RUN, n, work / "host.json",
+            code, stderr, _ = _run(child_command(build_dir, host_art, threads, ONE_PASS, n, work / "host.json",
                                                  save_logits=host_logits), os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"})
             if code:
                 rows.append(row | {"match": False, "max_difference": None,

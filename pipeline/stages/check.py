@@ -55,10 +55,8 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
         emulated = json.loads(config.emulate)
         progress.log(f"  checking {name} under qemu as {emulated['core']} (as the board computes it) on {n} eval "
                      f"images; emulation is slow (about 0.7 s per 71x71 Xception image)")
-        logits = _run_emulated(inputs["artifact"], config.runtime, io, inputs["eval"], n, threads, emulated)
-        measured_on = {"cpu_model": f"{emulated['core']} emulated by qemu-user", "machine": emulated["machine"],
-                       "int8_isa": emulated["int8_isa"], "int8_saturates": emulated["int8_saturates"],
-                       "emulated": emulated["core"]}
+        logits, measured_on = _run_emulated(inputs["artifact"], config.runtime, io, inputs["eval"], n, threads,
+                                            emulated)
     else:
         session = open_session(inputs["artifact"], config.runtime, threads, io)
         with progress.bar(f"checking {name} on {n} eval images", n) as bar:
@@ -75,28 +73,30 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
 
 
 def _run_emulated(artifact: Path, runtime: str, io: dict | None, eval_file: Path, n: int, threads: int,
-                  emulated: dict) -> np.ndarray:
-    """The artifact's logits on the first n eval images, computed by the runner's child under qemu-user."""
-    from benchmarks.run import Budget, child_command
+                  emulated: dict) -> tuple[np.ndarray, dict]:
+    """The artifact's logits on the first n eval images, computed by the runner's child under qemu-user,
+    and where the child says it ran (the emulated core's ISA, read inside the emulator)."""
+    from benchmarks.run import ONE_PASS, child_command
     from pipeline.emulation import Emulator
 
     emulator = Emulator(emulated["qemu"], Path(emulated["sysroot"]))
     emulator.set_core(emulated["core"], emulated["cores"])
-    one_run = Budget(warmup=0, min_runs=1, min_seconds=0.0, max_seconds=0.001, accuracy_seconds=1e9)
     with tempfile.TemporaryDirectory(prefix="check-emulated-") as tmp:
         folder = Path(tmp)
         (folder / "eval").mkdir()
         (folder / "eval" / "eval.npz").symlink_to(eval_file.resolve())
         (folder / artifact.name).symlink_to(artifact.resolve())
         logits_file = folder / "logits.npy"
-        cmd = child_command(folder, {"file": artifact.name, "runtime": runtime, "io": io}, threads, one_run, n,
+        cmd = child_command(folder, {"file": artifact.name, "runtime": runtime, "io": io}, threads, ONE_PASS, n,
                             folder / "result.json", emulator.python(), logits_file)
         root = Path(__file__).resolve().parent.parent.parent
         done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=emulator.env(emulated["core"]))
         if done.returncode or not logits_file.is_file():
             tail = " | ".join(done.stderr.strip().splitlines()[-3:])
             raise StageError(f"{artifact.name} failed under qemu as {emulated['core']} (exit {done.returncode}): {tail}")
-        return np.load(logits_file)
+        ran_on = json.loads((folder / "result.json").read_text())["measured_on"]
+        return np.load(logits_file), ran_on | {"cpu_model": f"{emulated['core']} emulated by qemu-user",
+                                               "emulated": emulated["core"]}
 
 
 def compare_with_litert(name: str, logits: np.ndarray, twin: np.ndarray, io: dict) -> dict:
