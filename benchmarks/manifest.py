@@ -2,16 +2,99 @@
 every artifact is the file the manifest hashed. Used by the runner, the ssh and RPC paths, the
 profile, the gate and `make verify`; needs nothing beyond the standard library.
 """
-from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any, Literal, NotRequired, TypedDict
 
 from benchmarks.errors import BenchError
 from benchmarks.files import sha256_file
 
 
-def model_gates_key(manifest: dict) -> str:
+# -- the manifest as a typed record: the same fields as benchmarks/manifest.schema.json (a unit test keeps the two
+# in step); the compiler builds a Manifest, the readers below return one. Plain dicts at run time, so the JSON
+# file, the schema and every reader agree without a conversion layer.
+class Cpu(TypedDict):
+    cpu_model: str
+    machine: str
+    int8_isa: Literal["avx512-vnni", "avx-vnni", "avx2", "sse", "sdot", "neon"]
+    int8_saturates: bool
+
+
+class MeasuredOn(Cpu):
+    computes_as_target: bool
+    why: str
+    emulated: NotRequired[str]
+
+
+class Accuracy(TypedDict):
+    n: int
+    agreement_top1: float
+    top1: float | None
+    top5: float | None
+    mean_abs_logit_delta: float
+    measured_on: MeasuredOn
+    vs_litert: NotRequired[dict[str, Any]]
+
+
+class Artifact(TypedDict):
+    kind: str                      # an ARTIFACT_KINDS key: tflite-int8, tvm-gpu-fp32, ...
+    format: Literal["tflite", "onnx", "tvm"]
+    precision: Literal["fp32", "fp16", "int8", "dynamic"]
+    runtime: Literal["litert", "onnxruntime", "tvm"]
+    device: Literal["cpu", "gpu"]
+    file: str                      # a name inside build/<target>/
+    sha256: str
+    bytes: int
+    accuracy: Accuracy | None
+    accuracy_note: NotRequired[str]
+    quantization: NotRequired[dict[str, Any]]      # onnx-int8: scheme, activations, weights, reduce_range, why
+    arch: NotRequired[Literal["aarch64", "x86_64"]]
+    io: NotRequired[dict[str, Any]]
+    source_tflite: NotRequired[str]
+    opencl_source: NotRequired[str]
+    opencl_kernels: NotRequired[int]
+
+
+class ModelInfo(TypedDict):
+    name: str
+    weights: Literal["imagenet", "reference", "random", "file"]
+    weights_requested: str
+    weights_note: str | None
+    weights_file: str | None
+    input_shape: list[int]
+    num_classes: int
+    outputs: str
+    parameters: int
+
+
+class EvalInfo(TypedDict):
+    file: str
+    n: int
+    source: str
+    labels: bool
+    float_top1: float | None
+
+
+class Config(TypedDict):
+    target: dict[str, Any]         # the target file as loaded (Target.to_dict)
+    options: dict[str, Any]
+    stages: list[dict[str, Any]]
+
+
+class Manifest(TypedDict):
+    target: str
+    model: ModelInfo
+    artifacts: list[Artifact]
+    eval: EvalInfo
+    calibration: dict[str, Any] | None
+    versions: dict[str, str]
+    compiled_on: Cpu
+    config: Config
+    created: str
+
+
+def model_gates_key(manifest: Manifest) -> str:
     """``<name>-<weights>`` (e.g. xception-reference): the model's key in gates.toml and baselines/."""
     return f"{manifest['model']['name']}-{manifest['model']['weights']}"
 
@@ -23,7 +106,7 @@ def fp32_twin(records: list[dict], record: dict) -> dict | None:
                  and r["device"] == record["device"]), None)
 
 
-def load_manifest(build_dir: Path) -> dict:
+def load_manifest(build_dir: Path) -> Manifest:
     """build/<target>/manifest.json, or one line saying what is wrong."""
     path = build_dir / "manifest.json"
     if not path.is_file():
@@ -34,7 +117,7 @@ def load_manifest(build_dir: Path) -> dict:
         raise BenchError(f"{path} is not valid JSON: {exc}") from None
 
 
-def check_hashes(build_dir: Path, artifacts: list[dict]) -> None:
+def check_hashes(build_dir: Path, artifacts: list[Artifact]) -> None:
     """Refuse an artifact that is missing or whose sha256 differs from the manifest's (one line each)."""
     for art in artifacts:
         path = build_dir / art["file"]

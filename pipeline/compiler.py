@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Mapping
 
 from benchmarks.device import cpu_model, this_cpu
+from benchmarks.manifest import Artifact, Manifest
 from pipeline import __version__
 from pipeline.cache import CacheEntry, StageCache, canonical_json, sha256_file, sha256_tree, stage_key
 from pipeline.datasets import ImageSource, folder_images
@@ -69,7 +70,7 @@ MANIFEST_SCHEMA = Path(__file__).resolve().parent.parent / "benchmarks" / "manif
 @dataclass
 class MadeArtifact:
     """One artifact: its manifest entry, and the cached files it is copied from (never in the manifest)."""
-    entry: dict
+    entry: Artifact
     path: Path
     extra: dict[str, Path] = field(default_factory=dict)     # files shipped beside it (OpenCL source)
 
@@ -85,7 +86,7 @@ class StageRun:
 @dataclass
 class CompileResult:
     manifest_path: Path
-    manifest: dict
+    manifest: Manifest
     runs: list[StageRun]
 
 
@@ -367,7 +368,7 @@ class Compilation:
                     raise StageError(f"cache entry for {art.entry['file']} is corrupt (sha256 {digest} != recorded "
                                      f"{art.entry['sha256']}); remove {art.path.parent} and compile again")
                 listed.append(art.entry | {"bytes": dest.stat().st_size})
-            manifest = {
+            manifest: Manifest = {
                 "target": target.name,
                 "model": {"name": model_name, "weights": source.kind, "weights_requested": source.requested,
                           "weights_note": source.note,
@@ -397,7 +398,7 @@ class Compilation:
         return CompileResult(path, manifest, self.runs)
 
 
-def validate_manifest(manifest: dict) -> None:
+def validate_manifest(manifest: Manifest) -> None:
     """The manifest is a contract (benchmarks/manifest.schema.json): a compile never publishes one that breaks it."""
     import jsonschema
 

@@ -74,21 +74,21 @@ def tune_target(options: TuneOptions, progress: Progress | None = None) -> dict:
     ensure_writable(options.compile.out_dir)
     compilation = Compilation(options.compile, target, progress, dict(tool_versions()))
     compilation.prepare()
-    records = compilation.records_dir()
+    records_dir = compilation.records_dir()
     try:
-        records.mkdir(parents=True, exist_ok=True)
+        records_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputError(f"records folder {records} cannot be created: {exc.strerror or exc}") from None
-    with TargetLock(records.parent, records.name):
+        raise InputError(f"records folder {records_dir} cannot be created: {exc.strerror or exc}") from None
+    with TargetLock(records_dir.parent, records_dir.name):
         sources = {p: compilation.converted("tflite-int8" if p == "int8" else "tflite-fp32") for p in precisions}
         try:
-            return _tune(options, compilation, records, {p: e.file(f) for p, (e, f) in sources.items()}, progress)
+            return _tune(options, compilation, records_dir, {p: e.file(f) for p, (e, f) in sources.items()}, progress)
         except (RuntimeError, ValueError) as exc:          # TVM's errors are RuntimeErrors
-            raise StageError(compilation.failure("tune", "", exc) + f"; records so far are kept in {records}") from exc
+            raise StageError(compilation.failure("tune", "", exc) + f"; records so far are kept in {records_dir}") from exc
 
 
-def _tune(options: TuneOptions, compilation: Compilation, records: Path, tflites: dict, progress: Progress) -> dict:
-    progress.log("[tune] loading TVM MetaSchedule (the first time takes ~15 s)")
+def _tune(options: TuneOptions, compilation: Compilation, records_dir: Path, tflites: dict, progress: Progress) -> dict:
+    progress.log("[tune] loading TVM MetaSchedule")
     try:
         import tvm
         from tvm.s_tir import meta_schedule as ms
@@ -99,6 +99,7 @@ def _tune(options: TuneOptions, compilation: Compilation, records: Path, tflites
         raise MissingDependencyError(f"tuning needs {exc.name}: run `make setup` (requirements.lock pins it)") from None
     from pipeline.tvm import tuning as tvm_tuning
 
+    progress.log(f"[tune] TVM's tensor intrinsics registered in {tvm_tuning.load_tensor_intrinsics():.0f} s")
     spec, detect_cpu = compilation.tvm_spec()
     if detect_cpu:
         spec = spec | {"mcpu": llvm_get_system_cpu()}
@@ -126,17 +127,17 @@ def _tune(options: TuneOptions, compilation: Compilation, records: Path, tflites
     work = options.compile.out_dir / "logs" / f"tune-{compilation.target.name}-{compilation.model_shape_id}"
     work.mkdir(parents=True, exist_ok=True)
     progress.log(f"[tune] MetaSchedule's own log: {work / 'metaschedule.log'}")
-    tuner = tvm_tuning.Tuner(target, records, builder, runner, progress.log, work)
+    tuner = tvm_tuning.Tuner(target, records_dir, builder, runner, progress.log, work)
     tuner.summary |= {
         "target": compilation.target.name, "model": compilation.model_shape_id, "tvm_target": spec,
         "tuned_on": where, "trials_budget": max(options.trials, tuner.summary.get("trials_budget", 0)),
     }
     progress.log(f"[tune] {len({t.key for t in tasks})} distinct functions, budget {options.trials} trials, "
-                 f"records in {records}")
+                 f"records in {records_dir}")
     summary = tuner.tune(tasks, options.trials)
     summary["updated"] = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     tuner.save_summary()
-    return dict(summary) | {"seconds_this_run": round(time.monotonic() - started, 1), "records_dir": str(records),
+    return dict(summary) | {"seconds_this_run": round(time.monotonic() - started, 1), "records_dir": str(records_dir),
                             "keys": list(dict.fromkeys(t.key for t in tasks))}
 
 

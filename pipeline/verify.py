@@ -11,6 +11,7 @@ to the host run is recorded, with the host's int8 ISA.
 """
 from __future__ import annotations
 
+import concurrent.futures
 import datetime
 import json
 import os
@@ -117,11 +118,19 @@ def verify_target(build_dir: Path, target: Target, cache_dir: Path, n: int = 4,
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        for art in artifacts:
-            progress.log(f"  {art['file']}: running under qemu ({target.cpu.core}) on {n} eval images")
-            emu_logits, host_logits = work / "emu.npy", work / "host.npy"
-            cmd = child_command(build_dir, art, threads, ONE_PASS, n, work / "emu.json", emulator.python(), emu_logits)
-            code, stderr, seconds = _run(cmd, emulator.env(target.cpu.core))
+        # the emulated runs (most of the time: Python and each runtime start under qemu) run side by side, one per
+        # core of this machine; the host runs and the comparisons follow, artifact by artifact
+        workers = max(1, min(len(artifacts), os.cpu_count() or 1))
+        progress.log(f"  running {len(artifacts)} artifact(s) under qemu ({target.cpu.core}) on {n} eval images, "
+                     f"{workers} at a time")
+        with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+            emulated = [pool.submit(_run, child_command(build_dir, art, threads, ONE_PASS, n, work / f"emu-{i}.json",
+                                                        emulator.python(), work / f"emu-{i}.npy"),
+                                    emulator.env(target.cpu.core))
+                        for i, art in enumerate(artifacts)]
+        for i, art in enumerate(artifacts):
+            emu_logits, host_logits = work / f"emu-{i}.npy", work / f"host-{i}.npy"
+            code, stderr, seconds = emulated[i].result()
             row = {"file": art["file"], "runtime": art["runtime"], "precision": art["precision"],
                    "emulated_core": target.cpu.core, "emulated_seconds": round(seconds, 1), "n": n}
             failure = _outcome(code, stderr)

@@ -38,6 +38,44 @@ def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny.keras")
 
 
+@pytest.fixture(scope="session")
+def stage_cache(tmp_path_factory) -> Path:
+    """One stage cache for the whole run. Stages are keyed by their inputs' content, config and tool versions,
+    so a stage another test already ran for the same model and settings is reused instead of run again, and the
+    emulated aarch64 board (a Debian sysroot with wheels) is built at most once."""
+    return tmp_path_factory.mktemp("stage-cache")
+
+
+TINY_CALIB_N, TINY_EVAL_N = 20, 40
+
+
+@pytest.fixture(scope="session")
+def digitnet(tmp_path_factory) -> tuple[Path, Path]:
+    """(model, eval folder): the small net trained on the digits (meaningful int8 accuracy) and 120 labelled
+    test images, made once per run for the gate and the portable-int8 tests."""
+    root = tmp_path_factory.mktemp("digitnet")
+    return make_trained_tiny_model(root / "digitnet.keras"), labelled_digits(root / "eval")
+
+
+@pytest.fixture(scope="session")
+def tiny_build(tiny_model, stage_cache, tmp_path_factory):
+    """``tiny_build(target)`` -> (CompileOptions, CompileResult): a shipped target compiled from the tiny model
+    once per run (CALIB_N=20, EVAL_N=40) into one shared build folder. Tests that change a build copy it first;
+    tests of the cache's own behaviour use other settings or their own cache."""
+    from pipeline.compiler import CompileOptions, compile_target
+
+    out = tmp_path_factory.mktemp("tiny-build")
+    built: dict[str, tuple] = {}
+
+    def compile_for(target: str):
+        if target not in built:
+            options = CompileOptions(target=target, weights=str(tiny_model), out_dir=out, cache_dir=stage_cache,
+                                     calib_n=TINY_CALIB_N, eval_n=TINY_EVAL_N)
+            built[target] = (options, compile_target(options))
+        return built[target]
+    return compile_for
+
+
 @pytest.fixture
 def cli(capsys):
     """Run ``python -m pipeline`` in-process: returns (exit code, stdout, stderr)."""
@@ -95,6 +133,19 @@ def make_trained_tiny_model(path: Path, size: int = 32, epochs: int = 8) -> Path
     model.fit(preprocess(x_train), y_train, epochs=epochs, batch_size=32, verbose=0)
     model.save(path)
     return path
+
+
+def labelled_digits(folder: Path, n: int = 120, size: int = 32) -> Path:
+    """The first ``n`` images of the digits test split as an EVAL= folder (one sub-folder per label)."""
+    from PIL import Image
+
+    from models import digits
+
+    pixels, labels = digits.load_split("test", size, size)
+    for i, (img, label) in enumerate(zip(pixels[:n], labels[:n])):
+        (folder / str(label)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(folder / str(label) / f"{i}.png")
+    return folder
 
 
 def damaged_int8_tflite(model_file: Path, calib, out: Path) -> Path:
@@ -201,13 +252,13 @@ def rpc_tracker():
 
 
 @pytest.fixture(scope="session")
-def emulator_cache(tmp_path_factory) -> Path:
-    """A cache folder holding the emulated aarch64 board (qemu-user + arm64 sysroot), built once per run."""
+def emulator_cache(stage_cache) -> Path:
+    """The run's stage cache, holding the emulated aarch64 board (qemu-user + arm64 sysroot), built once per run."""
     from pipeline.emulation import ensure_emulator
     from pipeline.errors import MissingDependencyError, StageError
     from pipeline.progress import Progress
 
-    cache = tmp_path_factory.mktemp("emulation-cache")
+    cache = stage_cache
     try:
         ensure_emulator(cache, Progress(quiet=True))
     except (MissingDependencyError, StageError) as exc:

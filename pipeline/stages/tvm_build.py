@@ -121,12 +121,12 @@ def _tuned(inputs: Mapping[str, Path], target):
     from benchmarks.files import sha256_file
     from pipeline.tvm import tuning as tvm_tuning
 
-    summary_file, workloads, records = (inputs[name] for name in TUNING_FILES)
-    database, winners, summary = tvm_tuning.winning_database(summary_file, workloads, records)
+    summary_file, workloads_gz, records_gz = (inputs[name] for name in TUNING_FILES)
+    database, winners, summary = tvm_tuning.winning_database(summary_file, workloads_gz, records_gz)
     keys = {task.key for task in tvm_tuning.extract(inputs["tflite"], target, "")}
     return database, {
         "records": str(summary_file.parent),
-        "sha256": {path.name: sha256_file(path) for path in (summary_file, workloads, records)},
+        "sha256": {path.name: sha256_file(path) for path in (summary_file, workloads_gz, records_gz)},
         "distinct_functions": len(keys), "with_records": len(keys & set(summary["tasks"])),
         "with_faster_records": len(winners & keys),
         "trials": sum(summary["tasks"][k]["trials"] for k in keys & set(summary["tasks"])),

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import gzip
+import inspect
 import json
 import logging
 import os
@@ -36,7 +37,7 @@ from pipeline.tvm.records import MIN_GAIN, TUNING_FILES, uses_tuned
 from pipeline.tvm.schedules import default_schedules, fusion_passes
 
 SUMMARY, WORKLOADS_GZ, RECORDS_GZ = TUNING_FILES
-WORKLOADS, RECORDS = (name.removesuffix(".gz") for name in (WORKLOADS_GZ, RECORDS_GZ))  # what MetaSchedule reads
+WORKLOADS_JSON, RECORDS_JSON = (name.removesuffix(".gz") for name in (WORKLOADS_GZ, RECORDS_GZ))  # what MetaSchedule reads
 FORMAT = 1
 MAX_TRIALS_PER_ITER = 64
 # Functions are identified by their anchor block (the convolution / matmul / pooling at their core):
@@ -45,6 +46,39 @@ MAX_TRIALS_PER_ITER = 64
 # function with the same anchor block.
 MODULE_EQUALITY = "anchor-block"
 FAILED = 1e9            # MetaSchedule's run time for a candidate that failed to build or run
+
+
+def load_tensor_intrinsics() -> float:
+    """Import TVM's tensor intrinsics (every MetaSchedule TuneContext imports them, for any target) in
+    seconds instead of minutes; returns the seconds it took.
+
+    Each of their ~1,300 ``@T.prim_func`` definitions calls ``inspect.stack()``, and for every frame of
+    generated code (file ``<ast>``, ``<frozen importlib._bootstrap>``) ``inspect.getmodule`` scans all of
+    ``sys.modules`` looking for a module with that file: 30,500 scans, measured at 29 s with TVM alone and
+    minutes once TensorFlow (thousands of modules) is loaded, as it is when tuning follows the build stage.
+    No module has such a file, so for a frame the answer is the same every time: it is looked up once per
+    file name and then remembered, for the length of the import only."""
+    import sys
+
+    start = time.monotonic()
+    if "tvm.s_tir.tensor_intrin" in sys.modules:
+        return 0.0
+    real = inspect.getmodule
+    known: dict[str, object] = {}
+
+    def getmodule(obj, _filename=None):
+        if _filename and _filename[0] == "<" and inspect.isframe(obj):
+            if _filename not in known:
+                known[_filename] = real(obj, _filename)
+            return known[_filename]
+        return real(obj, _filename)
+
+    inspect.getmodule = getmodule
+    try:
+        import tvm.s_tir.tensor_intrin  # noqa: F401 - registers the intrinsics with TVM
+    finally:
+        inspect.getmodule = real
+    return time.monotonic() - start
 
 
 @dataclass
@@ -128,13 +162,13 @@ def read_summary(folder: Path) -> dict:
 class Tuner:
     """Tunes tasks into a records folder with one builder and runner (local or over RPC)."""
 
-    def __init__(self, target, records: Path, builder, runner, log, work_dir: Path):
-        self.target, self.records, self.builder, self.runner, self.log = target, records, builder, runner, log
+    def __init__(self, target, records_dir: Path, builder, runner, log, work_dir: Path):
+        self.target, self.records_dir, self.builder, self.runner, self.log = target, records_dir, builder, runner, log
         self.work_dir = work_dir
-        records.mkdir(parents=True, exist_ok=True)
-        for stale in records.glob(".tuning-*"):          # left by a run that was killed mid-function
+        records_dir.mkdir(parents=True, exist_ok=True)
+        for stale in records_dir.glob(".tuning-*"):          # left by a run that was killed mid-function
             shutil.rmtree(stale, ignore_errors=True)
-        self.summary = read_summary(records)
+        self.summary = read_summary(records_dir)
         self._quiet_metaschedule(work_dir / "metaschedule.log")
 
     def _quiet_metaschedule(self, log_file: Path) -> None:
@@ -147,26 +181,35 @@ class Tuner:
             logger.propagate = False
             logger.setLevel(logging.INFO)
 
-    def measure(self, mod) -> float:
-        """Run time in ms of one scheduled function, built and run like a tuning candidate."""
-        built = self.builder.build([ms.builder.BuilderInput(mod, self.target)])[0]
-        if built.error_msg:
-            raise RuntimeError(f"building the default schedule failed: {built.error_msg.splitlines()[-1]}")
+    def measure(self, mods: list) -> list[float]:
+        """Run time in ms of scheduled functions, built and run like tuning candidates: one builder batch and
+        one runner batch for all of them (a batch starts the builder's worker processes once)."""
+        built = self.builder.build([ms.builder.BuilderInput(mod, self.target) for mod in mods])
         try:
-            func = next(iter(mod.functions.values()))
+            failed = next((b.error_msg for b in built if b.error_msg), None)
+            if failed:
+                raise RuntimeError(f"building the default schedule failed: {failed.splitlines()[-1]}")
             device = "cpu" if self.target.kind.name == "llvm" else self.target.kind.name
-            run_input = ms.runner.RunnerInput(built.artifact_path, device, ms.arg_info.ArgInfo.from_prim_func(func))
-            result = self.runner.run([run_input])[0].result()
+            inputs = [ms.runner.RunnerInput(b.artifact_path, device,
+                                            ms.arg_info.ArgInfo.from_prim_func(next(iter(mod.functions.values()))))
+                      for mod, b in zip(mods, built)]
+            results = [future.result() for future in self.runner.run(inputs)]
         finally:
-            shutil.rmtree(os.path.dirname(built.artifact_path), ignore_errors=True)
-        if result.error_msg:
-            raise RuntimeError(f"running the default schedule failed: {result.error_msg.splitlines()[-1]}")
-        return 1e3 * sum(float(s) for s in result.run_secs) / len(result.run_secs)
+            for b in built:
+                if b.artifact_path:
+                    shutil.rmtree(os.path.dirname(b.artifact_path), ignore_errors=True)
+        failed = next((r.error_msg for r in results if r.error_msg), None)
+        if failed:
+            raise RuntimeError(f"running the default schedule failed: {failed.splitlines()[-1]}")
+        return [1e3 * sum(float(s) for s in r.run_secs) / len(r.run_secs) for r in results]
 
-    def default_ms(self, task: Task) -> float:
-        copy = tvm.IRModule(dict(task.mod.functions.items()))   # dlight's pass updates its input in place
-        with self.target:
-            scheduled = default_schedules()(copy)
+    def default_ms(self, tasks: list[Task]) -> list[float]:
+        """Our default schedule's run time for each task (the yardstick a tuned schedule must beat)."""
+        scheduled = []
+        for task in tasks:
+            copy = tvm.IRModule(dict(task.mod.functions.items()))   # dlight's pass updates its input in place
+            with self.target:
+                scheduled.append(default_schedules()(copy))
         return self.measure(scheduled)
 
     def tune(self, tasks: list[Task], trials: int) -> dict:
@@ -178,15 +221,23 @@ class Tuner:
             calls[t.key] = calls.get(t.key, 0) + t.weight
         seen: set[str] = set()
         order = [t for t in tasks if not (t.key in seen or seen.add(t.key))]
-        for index, task in enumerate(order, 1):
+        for task in order:
             entry = self.summary["tasks"].setdefault(task.key, {"name": task.name, "trials": 0, "best_ms": None,
                                                                 "default_ms": None, "exhausted": False})
-            precision = "+".join(sorted(precisions[task.key]))
-            entry |= {"name": task.name, "precision": precision, "calls": calls[task.key], "flops": task.flops}
+            entry |= {"name": task.name, "precision": "+".join(sorted(precisions[task.key])),
+                      "calls": calls[task.key], "flops": task.flops}
+        unmeasured = [t for t in order if self.summary["tasks"][t.key]["default_ms"] is None]
+        if unmeasured:
+            started = time.monotonic()
+            for task, value in zip(unmeasured, self.default_ms(unmeasured)):
+                self.summary["tasks"][task.key]["default_ms"] = round(value, 5)
+            self.save_summary()
+            self.log(f"  default schedules of {len(unmeasured)} function(s) measured "
+                     f"({time.monotonic() - started:.0f} s)")
+        for index, task in enumerate(order, 1):
+            entry = self.summary["tasks"][task.key]
+            precision = entry["precision"]
             head = f"  [{index}/{len(order)}] {precision} {task.name}"
-            if entry["default_ms"] is None:
-                entry["default_ms"] = round(self.default_ms(task), 5)
-                self.save_summary()
             remaining = plan[task.key] - entry["trials"]
             if plan[task.key] == 0:
                 self.log(f"{head}: no trials at this budget (default schedule {_ms(entry['default_ms'])})")
@@ -212,13 +263,13 @@ class Tuner:
         return self.summary
 
     def _tune_one(self, task: Task, trials: int) -> tuple[int, float | None]:
-        staging = Path(tempfile.mkdtemp(dir=self.records, prefix=".tuning-"))
+        staging = Path(tempfile.mkdtemp(dir=self.records_dir, prefix=".tuning-"))
         try:
-            unpack(self.records, staging)
-            database = ms.database.JSONDatabase(path_workload=str(staging / WORKLOADS),
-                                                path_tuning_record=str(staging / RECORDS), allow_missing=True,
+            unpack(self.records_dir, staging)
+            database = ms.database.JSONDatabase(path_workload=str(staging / WORKLOADS_JSON),
+                                                path_tuning_record=str(staging / RECORDS_JSON), allow_missing=True,
                                                 module_equality=MODULE_EQUALITY)
-            before = _lines(staging / RECORDS)
+            before = _lines(staging / RECORDS_JSON)
             context = ms.TuneContext(mod=task.mod, target=self.target, space_generator="post-order-apply",
                                      search_strategy="evolutionary", task_name=task.name,
                                      logger=logging.getLogger("tvm.s_tir.meta_schedule"),
@@ -227,23 +278,23 @@ class Tuner:
                           max_trials_global=trials, num_trials_per_iter=min(trials, MAX_TRIALS_PER_ITER),
                           builder=self.builder, runner=self.runner, database=database, cost_model="xgb",
                           task_scheduler="round-robin", module_equality=MODULE_EQUALITY)
-            measured = _lines(staging / RECORDS) - before
+            measured = _lines(staging / RECORDS_JSON) - before
             best = best_ms(database, task.mod)
-            for name in (WORKLOADS, RECORDS):
+            for name in (WORKLOADS_JSON, RECORDS_JSON):
                 if (staging / name).exists():
-                    pack(staging / name, self.records / f"{name}.gz")
+                    pack(staging / name, self.records_dir / f"{name}.gz")
             return measured, best
         finally:
             shutil.rmtree(staging, ignore_errors=True)
 
     def save_summary(self) -> None:
-        write_text_atomic(self.records / SUMMARY, json.dumps(self.summary, indent=1, sort_keys=True) + "\n")
+        write_text_atomic(self.records_dir / SUMMARY, json.dumps(self.summary, indent=1, sort_keys=True) + "\n")
 
 
-def unpack(records: Path, folder: Path) -> None:
+def unpack(records_dir: Path, folder: Path) -> None:
     """MetaSchedule's plain JSON files in ``folder`` from a records folder's gzipped ones."""
-    for name in (WORKLOADS, RECORDS):
-        packed = records / f"{name}.gz"
+    for name in (WORKLOADS_JSON, RECORDS_JSON):
+        packed = records_dir / f"{name}.gz"
         if packed.exists():
             with gzip.open(packed, "rb") as src, open(folder / name, "wb") as dst:
                 shutil.copyfileobj(src, dst)
@@ -282,14 +333,14 @@ def _ms(value) -> str:
     return "-" if value is None else f"{value:.3f} ms"
 
 
-def winning_database(summary_file: Path, workloads: Path, records: Path):
+def winning_database(summary_file: Path, workloads_gz: Path, records_gz: Path):
     """A MemoryDatabase with the tuned schedules that beat the default ones, and what it holds."""
     summary = read_summary(summary_file.parent)
     winners = {key for key, e in summary["tasks"].items() if uses_tuned(e)}
     with tempfile.TemporaryDirectory(prefix="tuning-records-") as plain:
-        unpack(workloads.parent, Path(plain))
-        source = ms.database.JSONDatabase(path_workload=str(Path(plain) / WORKLOADS),
-                                          path_tuning_record=str(Path(plain) / RECORDS),
+        unpack(workloads_gz.parent, Path(plain))
+        source = ms.database.JSONDatabase(path_workload=str(Path(plain) / WORKLOADS_JSON),
+                                          path_tuning_record=str(Path(plain) / RECORDS_JSON),
                                           allow_missing=False, module_equality=MODULE_EQUALITY)
         all_records = source.get_all_tuning_records()
     chosen = ms.database.MemoryDatabase(module_equality=MODULE_EQUALITY)

@@ -16,7 +16,7 @@ import pytest
 
 from benchmarks.errors import BenchError
 from benchmarks.run import Budget, run_build
-from pipeline.compiler import CompileOptions, compile_target
+
 from tests.conftest import ROOT, free_port
 
 SCHEMA = json.loads((ROOT / "benchmarks" / "results.schema.json").read_text())
@@ -24,16 +24,14 @@ FAST = Budget(warmup=1, min_runs=5, min_seconds=0.05, max_seconds=2.0, accuracy_
 
 
 @pytest.fixture(scope="module")
-def host_build(tiny_model, tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("bench")
-    compile_target(CompileOptions(target="host", weights=str(tiny_model), out_dir=root / "build",
-                                  cache_dir=root / "cache", calib_n=10, eval_n=24))
-    return root / "build" / "host"
+def host_build(tiny_build) -> Path:
+    options, _ = tiny_build("host")
+    return options.out_dir / "host"
 
 
 @pytest.fixture(scope="module")
 def local_results(host_build):
-    return run_build(host_build, threads=1, budget=FAST, log=lambda m: None)
+    return run_build(host_build, threads=1, budget=FAST, eval_n=24, log=lambda m: None)
 
 
 def test_runner_measures_every_artifact(local_results, host_build):

@@ -16,11 +16,9 @@ MANIFEST_ARTIFACT_KEYS = {"file", "format", "precision", "runtime", "device", "s
 
 
 @pytest.fixture(scope="module")
-def compiled(tiny_model, tmp_path_factory):
-    root = tmp_path_factory.mktemp("compile")
-    options = CompileOptions(target="host", weights=str(tiny_model), out_dir=root / "build",
-                             cache_dir=root / "cache", calib_n=20, eval_n=40)
-    return options, compile_target(options)
+def compiled(tiny_build):
+    """The run's shared host build (tests/conftest.py); tests that compile again write to their own folder."""
+    return tiny_build("host")
 
 
 def test_every_artifact_of_the_target_is_built(compiled):
@@ -109,25 +107,28 @@ def test_new_calibration_images_rerun_only_downstream(compiled, tmp_path):
     options, _ = compiled
     rng = np.random.default_rng(0)
     for i in range(6):
-        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
-    result = compile_target(CompileOptions(**(vars(options) | {"calib_dir": tmp_path})))
+        (tmp_path / "calib").mkdir(exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "calib" / f"{i}.png")
+    result = compile_target(CompileOptions(**(vars(options) | {"calib_dir": tmp_path / "calib",
+                                                                "out_dir": tmp_path / "build"})))
     assert _ran(result) == {"calibrate", "convert tflite-int8", "check tflite-int8",
                             "convert onnx-int8", "check onnx-int8", "tvm tvm-int8", "check tvm-int8"}
     assert result.manifest["calibration"]["n"] == 6
 
 
-def test_tool_version_change_reruns_only_its_stages(compiled):
+def test_tool_version_change_reruns_only_its_stages(compiled, tmp_path):
     options, _ = compiled
     versions = tool_versions() | {"onnxruntime": "0.0.1-test"}
-    result = compile_target(options, versions=versions)
+    result = compile_target(CompileOptions(**(vars(options) | {"out_dir": tmp_path})), versions=versions)
     # convert uses onnxruntime (quantizer) and check uses it (runner); build and calibrate do not.
     assert "build" not in _ran(result) and "calibrate" not in _ran(result)
     assert {"convert onnx-int8", "check onnx-int8", "check tflite-int8"} <= _ran(result)
 
 
-def test_config_change_reruns_only_downstream(compiled):
+def test_config_change_reruns_only_downstream(compiled, tmp_path):
     options, _ = compiled
-    result = compile_target(CompileOptions(**(vars(options) | {"calib_n": 10})))
+    # a CALIB_N no other test compiles the tiny model with (the stage cache is shared by the run)
+    result = compile_target(CompileOptions(**(vars(options) | {"calib_n": 11, "out_dir": tmp_path})))
     assert _ran(result) == {"calibrate", "convert tflite-int8", "check tflite-int8",
                             "convert onnx-int8", "check onnx-int8", "tvm tvm-int8", "check tvm-int8"}
 

@@ -9,13 +9,11 @@ import xml.etree.ElementTree as ET
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from benchmarks import gate
 from benchmarks.run import Budget, run_build, write_results
-from models import digits
 from pipeline.compiler import CompileOptions, compile_target
-from tests.conftest import ROOT, damaged_int8_tflite, make_trained_tiny_model, write_target
+from tests.conftest import ROOT, damaged_int8_tflite, write_target
 
 FAST = Budget(warmup=1, min_runs=5, min_seconds=0.2, max_seconds=2.0, accuracy_seconds=30.0)
 TEST_GATES = (ROOT / "benchmarks" / "gates.toml").read_text() + """
@@ -26,16 +24,12 @@ max_size_ratio = 0.45       # fixed flatbuffer / scale overhead dominates a 90 k
 
 
 @pytest.fixture(scope="module")
-def gated(tmp_path_factory):
+def gated(tmp_path_factory, digitnet, stage_cache):
     root = tmp_path_factory.mktemp("gate")
-    model = make_trained_tiny_model(root / "digitnet.keras")
-    pixels, labels = digits.load_split("test", 32, 32)
-    for i, (img, label) in enumerate(zip(pixels[:120], labels[:120])):       # labelled eval folder
-        (root / "eval" / str(label)).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(root / "eval" / str(label) / f"{i}.png")
+    model, eval_dir = digitnet                                                  # labelled eval folder
     targets = write_target(root / "targets", "gated", ["tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8"])
-    compile_target(CompileOptions(target="gated", weights=str(model), eval_dir=root / "eval", calib_n=50,
-                                  out_dir=root / "build", cache_dir=root / "cache", targets_dir=targets))
+    compile_target(CompileOptions(target="gated", weights=str(model), eval_dir=eval_dir, calib_n=50,
+                                  out_dir=root / "build", cache_dir=stage_cache, targets_dir=targets))
     build = root / "build" / "gated"
     write_results(run_build(build, threads=1, budget=FAST, log=lambda m: None), build / "bench" / "run1.json")
     (root / "gates.toml").write_text(TEST_GATES)

@@ -14,15 +14,13 @@ import subprocess
 import sys
 
 import pytest
-from PIL import Image
 
 from benchmarks import gate
 from benchmarks.run import Budget, run_build, write_results
-from models import digits
 from pipeline.compiler import CompileOptions, compile_target
 from pipeline.errors import MissingDependencyError
 from pipeline.progress import Progress
-from tests.conftest import ROOT, make_trained_tiny_model
+from tests.conftest import ROOT
 
 FAST = Budget(warmup=0, min_runs=2, min_seconds=0.0, max_seconds=1.0, accuracy_seconds=600.0)
 HASWELL = "Haswell"
@@ -55,17 +53,13 @@ def haswell() -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def no_vnni_build(tmp_path_factory):
+def no_vnni_build(tmp_path_factory, digitnet, stage_cache):
     root = tmp_path_factory.mktemp("novnni")
-    model = make_trained_tiny_model(root / "digitnet.keras")
-    pixels, labels = digits.load_split("test", 32, 32)
-    for i, (img, label) in enumerate(zip(pixels[:120], labels[:120])):
-        (root / "eval" / str(label)).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(root / "eval" / str(label) / f"{i}.png")
+    model, eval_dir = digitnet
     (root / "targets").mkdir()
     (root / "targets" / "novnni.toml").write_text(NO_VNNI_TARGET)
-    compile_target(CompileOptions(target="novnni", weights=str(model), eval_dir=root / "eval", calib_n=50,
-                                  out_dir=root / "build", cache_dir=root / "cache", targets_dir=root / "targets"))
+    compile_target(CompileOptions(target="novnni", weights=str(model), eval_dir=eval_dir, calib_n=50,
+                                  out_dir=root / "build", cache_dir=stage_cache, targets_dir=root / "targets"))
     (root / "gates.toml").write_text(GATES)
     return root
 

@@ -11,13 +11,10 @@ from pipeline.errors import MissingDependencyError, StageError
 
 
 @pytest.fixture(scope="module")
-def build(tiny_model, tmp_path_factory):
-    root = tmp_path_factory.mktemp("tvm")
-
-    def compile_for(target: str, **extra):
-        options = CompileOptions(target=target, weights=str(tiny_model), out_dir=root / "build",
-                                 cache_dir=root / "cache", calib_n=20, eval_n=40, **extra)
-        return compile_target(options).manifest, root / "build" / target
+def build(tiny_build):
+    def compile_for(target: str):
+        options, result = tiny_build(target)          # shared by the run (tests/conftest.py)
+        return result.manifest, options.out_dir / target
     return compile_for
 
 
@@ -95,23 +92,31 @@ def test_unscheduled_gpu_build_is_refused(build, monkeypatch, tmp_path):
     assert not (tmp_path / "x.so").exists()
 
 
-def test_missing_cross_linker_is_one_clear_line(build, monkeypatch, tiny_model, tmp_path):
+def test_missing_cross_linker_is_one_clear_line(build, monkeypatch, tiny_model, stage_cache, tmp_path):
     import importlib.util
     import shutil
 
     from pipeline import compiler
+    from pipeline.targets import load_target
 
-    monkeypatch.setattr(shutil, "which", lambda name: None)
+    cross = load_target("rpi4").tvm.cross_compiler
+    real_which = shutil.which
+    monkeypatch.setattr(shutil, "which", lambda name: None if name == cross else real_which(name))
     real_find_spec = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "ziglang" else real_find_spec(name))
     with pytest.raises(MissingDependencyError, match=r"no cross linker for aarch64: .*apt-get install gcc-aarch64-linux-gnu"):
         compile_target(CompileOptions(target="rpi4", weights=str(tiny_model), out_dir=tmp_path / "b",
-                                      cache_dir=tmp_path / "c", calib_n=5, eval_n=5))
+                                      cache_dir=stage_cache, calib_n=5, eval_n=5))
     assert compiler is not None
 
 
-def test_tvm_failure_names_stage_target_artifact_and_log(build, monkeypatch, tiny_model, tmp_path):
+def test_tvm_failure_names_stage_target_artifact_and_log(build, monkeypatch, tiny_model, stage_cache, tmp_path):
     import tvm
+
+    # its own stage cache (nothing of the TVM stage cached), sharing the run's emulated board
+    (stage_cache / "emulation").mkdir(exist_ok=True)
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "emulation").symlink_to(stage_cache / "emulation")
 
     def broken(mod, target, **kwargs):
         raise tvm.error.InternalError("simulated codegen failure\nwith a long C++ backtrace")

@@ -11,18 +11,19 @@ import sys
 
 import pytest
 
-from pipeline.compiler import CompileOptions, compile_target
+
 from pipeline.errors import MissingDependencyError
 from pipeline.progress import Progress
 from pipeline.targets import load_target
 
 
 @pytest.fixture(scope="module")
-def emulated(tiny_model, tmp_path_factory, emulator_cache):
+def emulated(tiny_build, tmp_path_factory, emulator_cache):
+    """root/build: the run's shared rpi4 build (tests/conftest.py); root/cache: the run's cache with the emulator."""
     root = tmp_path_factory.mktemp("verify")
     (root / "cache").symlink_to(emulator_cache)
-    compile_target(CompileOptions(target="rpi4", weights=str(tiny_model), out_dir=root / "build",
-                                  cache_dir=root / "cache", calib_n=10, eval_n=8))
+    options, _ = tiny_build("rpi4")
+    (root / "build").symlink_to(options.out_dir)
     return root
 
 

@@ -70,3 +70,28 @@ def test_a_tvm_artifact_without_its_fields_is_refused():
 def test_an_unknown_top_level_key_is_refused():
     with pytest.raises(StageError, match="Additional properties"):
         validate_manifest(SAMPLE | {"stray": 1})
+
+
+
+def _props(node: dict) -> dict:
+    return node["properties"]
+
+
+@pytest.mark.parametrize("record,find", [
+    ("Manifest", lambda s: s),
+    ("ModelInfo", lambda s: _props(s)["model"]),
+    ("EvalInfo", lambda s: _props(s)["eval"]),
+    ("Config", lambda s: _props(s)["config"]),
+    ("Cpu", lambda s: s["$defs"]["cpu"]),
+    ("Artifact", lambda s: s["$defs"]["artifact"]),
+    ("Accuracy", lambda s: s["$defs"]["accuracy"]),
+])
+def test_the_typed_record_and_the_schema_name_the_same_fields(record, find):
+    """benchmarks.manifest.Manifest (what the compiler builds and the readers return) and the schema file
+    (what a manifest is checked against) must not drift apart: same fields, same required ones."""
+    import benchmarks.manifest as typed
+
+    node = find(json.loads(MANIFEST_SCHEMA.read_text()))
+    cls = getattr(typed, record)
+    assert set(cls.__annotations__) == set(node["properties"]), record
+    assert set(cls.__required_keys__) == set(node["required"]), record

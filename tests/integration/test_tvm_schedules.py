@@ -23,15 +23,9 @@ def legalized_functions(tflite_file, target):
 
 
 @pytest.fixture(scope="module")
-def tflite_models(tiny_model, tmp_path_factory):
-    from pipeline.compiler import CompileOptions, compile_target
-    from tests.conftest import write_target
-
-    root = tmp_path_factory.mktemp("sched")
-    targets = write_target(root / "t", "t", ["tflite-fp32", "tflite-int8"])
-    compile_target(CompileOptions(target="t", weights=str(tiny_model), out_dir=root / "b", cache_dir=root / "c",
-                                  calib_n=8, eval_n=4, targets_dir=targets))
-    return root / "b" / "t"
+def tflite_models(tiny_build):
+    options, _ = tiny_build("host")           # the run's shared host build (tests/conftest.py)
+    return options.out_dir / "host"
 
 
 @pytest.mark.parametrize("precision", ["fp32", "int8"])
