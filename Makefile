@@ -1,7 +1,7 @@
 # Xception edge compiler. `make help` lists the targets; README.md documents every variable.
 PYTHON     ?= python3
 VENV       ?= .venv
-PY         := $(VENV)/bin/python
+PY          = $(value VENV)/bin/python
 TARGET     ?= host
 WEIGHTS    ?= auto
 CALIB      ?=
@@ -27,8 +27,20 @@ MIN_SECONDS ?= 2
 MAX_SECONDS ?= 30
 ACC_SECONDS ?= 120
 
-COMMON = --out '$(OUT)' $(if $(CACHE_DIR),--cache-dir '$(CACHE_DIR)') \
-         $(if $(REFERENCE_DIR),--reference-dir '$(REFERENCE_DIR)')
+# Every variable reaches the program exactly as typed, whatever it holds (quotes, spaces, ;, $, `...`, $(...)):
+#  - $(value V): make never expands what a user typed, so $(shell ...) text stays text;
+#  - q / qv make one shell word of it: inside single quotes the shell interprets nothing, and a ' in the value
+#    is written as '"'"' (close the quotes, a quoted ', reopen);
+#  - command-line variables are not exported to the recipes' environment: make would expand them to do so.
+qs = '$(subst ','"'"',$(1))'
+q = $(call qs,$(value $(1)))
+# non-empty when the variable is set (tested on its raw value, never expanded)
+set = $(strip $(value $(1)))
+$(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(eval unexport $(v))))
+PYQ = $(call qs,$(value VENV)/bin/python)
+
+COMMON = --out=$(call q,OUT) $(if $(call set,CACHE_DIR),--cache-dir=$(call q,CACHE_DIR)) \
+         $(if $(call set,REFERENCE_DIR),--reference-dir=$(call q,REFERENCE_DIR))
 
 MSG        ?=
 VERIFY_N   ?= 4
@@ -37,13 +49,13 @@ TUNING_DIR ?=
 TUNED      ?= 1
 TUNE_TIMEOUT ?= 60
 
-TUNING = $(if $(TUNING_DIR),--tuning-dir '$(TUNING_DIR)')
+TUNING = $(if $(call set,TUNING_DIR),--tuning-dir=$(call q,TUNING_DIR))
 
 .PHONY: help setup compile tune bench report verify gate baseline peers profile targets test test-slow clean clean-cache
 
 help:
-	@echo "make setup                       create $(VENV) with the pinned dependencies (automatic)"
-	@echo "make compile TARGET=rpi4         compile a target into $(OUT)/<target>/ (see README for variables)"
+	@echo "make setup                       create .venv (VENV=) with the pinned dependencies (automatic)"
+	@echo "make compile TARGET=rpi4         compile a target into build/<target>/ (OUT=; see README for variables)"
 	@echo "make tune TARGET=host [TRIALS=n] [RPC=host:port KEY=k]   MetaSchedule tuning; records in targets/tuning/"
 	@echo "make bench TARGET=rpi4 [DEVICE=user@host | RPC=host:port KEY=k]   benchmark the artifacts"
 	@echo "make report TARGET=rpi4          Markdown, plots and HTML from the newest results"
@@ -55,65 +67,68 @@ help:
 	@echo "make targets                     list the targets"
 	@echo "make test                        run the fast test suite"
 	@echo "make test-slow                   run the Xception-size tests (minutes)"
-	@echo "make clean                       remove $(OUT)/ ; make clean-cache also removes the stage cache"
+	@echo "make clean                       remove build/ (OUT=); make clean-cache also removes the stage cache"
 
-$(VENV)/.installed: requirements.lock
-	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
-	  { echo "error: Python 3.11 or newer is needed (PYTHON=$(PYTHON)); set PYTHON=python3.11"; exit 2; }
-	$(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements.lock
-	@touch $@
-
-setup: $(VENV)/.installed
+# (a shell test rather than a file target: make cannot name a file whose path has a space)
+STAMP = $(call qs,$(value VENV)/.installed)
+setup:
+	@if [ ! -f $(STAMP) ] || [ requirements.lock -nt $(STAMP) ]; then \
+	  $(call q,PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
+	    { echo "error: Python 3.11 or newer is needed (PYTHON="$(call q,PYTHON)"); set PYTHON=python3.11"; exit 2; }; \
+	  echo "creating "$(call q,VENV)" with the pinned dependencies (requirements.lock)"; \
+	  $(call q,PYTHON) -m venv $(call q,VENV) && \
+	  $(call qs,$(value VENV)/bin/pip) install --quiet --disable-pip-version-check -r requirements.lock && \
+	  touch $(STAMP); \
+	fi
 
 compile: setup
-	$(PY) -m pipeline compile --target '$(TARGET)' --weights '$(WEIGHTS)' \
-	  $(if $(CALIB),--calib '$(CALIB)') --calib-n '$(CALIB_N)' \
-	  $(if $(EVAL),--eval '$(EVAL)') --eval-n '$(EVAL_N)' \
-	  --input-size '$(INPUT_SIZE)' --classes '$(CLASSES)' $(TUNING) $(if $(filter 0,$(TUNED)),--no-tuning) $(COMMON)
+	$(PYQ) -m pipeline compile --target=$(call q,TARGET) --weights=$(call q,WEIGHTS) \
+	  $(if $(call set,CALIB),--calib=$(call q,CALIB)) --calib-n=$(call q,CALIB_N) \
+	  $(if $(call set,EVAL),--eval=$(call q,EVAL)) --eval-n=$(call q,EVAL_N) \
+	  --input-size=$(call q,INPUT_SIZE) --classes=$(call q,CLASSES) $(TUNING) $(if $(filter 0,$(value TUNED)),--no-tuning) $(COMMON)
 
 tune: setup
-	$(PY) -m pipeline tune --target '$(TARGET)' --weights '$(WEIGHTS)' \
-	  $(if $(CALIB),--calib '$(CALIB)') --calib-n '$(CALIB_N)' \
-	  --input-size '$(INPUT_SIZE)' --classes '$(CLASSES)' --trials '$(TRIALS)' --timeout '$(TUNE_TIMEOUT)' \
-	  $(if $(RPC),--rpc '$(RPC)') $(if $(KEY),--key '$(KEY)') $(TUNING) $(COMMON)
+	$(PYQ) -m pipeline tune --target=$(call q,TARGET) --weights=$(call q,WEIGHTS) \
+	  $(if $(call set,CALIB),--calib=$(call q,CALIB)) --calib-n=$(call q,CALIB_N) \
+	  --input-size=$(call q,INPUT_SIZE) --classes=$(call q,CLASSES) --trials=$(call q,TRIALS) --timeout=$(call q,TUNE_TIMEOUT) \
+	  $(if $(call set,RPC),--rpc=$(call q,RPC)) $(if $(call set,KEY),--key=$(call q,KEY)) $(TUNING) $(COMMON)
 
 bench: setup
-	$(PY) -m pipeline bench --target '$(TARGET)' --out '$(OUT)' \
-	  $(if $(DEVICE),--device '$(DEVICE)' --remote-python '$(REMOTE_PYTHON)' --ssh-opts '$(SSH_OPTS)') \
-	  $(if $(PORT),--port '$(PORT)') $(if $(RPC),--rpc '$(RPC)') $(if $(KEY),--key '$(KEY)') \
-	  --threads '$(THREADS)' --eval-n '$(BENCH_EVAL_N)' --min-runs '$(MIN_RUNS)' \
-	  --min-seconds '$(MIN_SECONDS)' --max-seconds '$(MAX_SECONDS)' --accuracy-seconds '$(ACC_SECONDS)'
+	$(PYQ) -m pipeline bench --target=$(call q,TARGET) --out=$(call q,OUT) \
+	  $(if $(call set,DEVICE),--device=$(call q,DEVICE) --remote-python=$(call q,REMOTE_PYTHON) --ssh-opts=$(call q,SSH_OPTS)) \
+	  $(if $(call set,PORT),--port=$(call q,PORT)) $(if $(call set,RPC),--rpc=$(call q,RPC)) $(if $(call set,KEY),--key=$(call q,KEY)) \
+	  --threads=$(call q,THREADS) --eval-n=$(call q,BENCH_EVAL_N) --min-runs=$(call q,MIN_RUNS) \
+	  --min-seconds=$(call q,MIN_SECONDS) --max-seconds=$(call q,MAX_SECONDS) --accuracy-seconds=$(call q,ACC_SECONDS)
 
 peers: setup
-	$(PY) -m pipeline peers --out '$(OUT)' --threads '$(THREADS)' $(TUNING) $(if $(CACHE_DIR),--cache-dir '$(CACHE_DIR)')
+	$(PYQ) -m pipeline peers --out=$(call q,OUT) --threads=$(call q,THREADS) $(TUNING) $(if $(call set,CACHE_DIR),--cache-dir=$(call q,CACHE_DIR))
 
 profile: setup
-	$(PY) -m benchmarks.profile '$(OUT)/$(TARGET)' --threads '$(THREADS)'
+	$(PYQ) -m benchmarks.profile $(call qs,$(value OUT)/$(value TARGET)) --threads=$(call q,THREADS)
 
 verify: setup
-	$(PY) -m pipeline verify --target '$(TARGET)' --out '$(OUT)' --n '$(VERIFY_N)' $(if $(CACHE_DIR),--cache-dir '$(CACHE_DIR)')
+	$(PYQ) -m pipeline verify --target=$(call q,TARGET) --out=$(call q,OUT) --n=$(call q,VERIFY_N) $(if $(call set,CACHE_DIR),--cache-dir=$(call q,CACHE_DIR))
 
 gate: setup
-	$(PY) -m pipeline gate --target '$(TARGET)' --out '$(OUT)'
+	$(PYQ) -m pipeline gate --target=$(call q,TARGET) --out=$(call q,OUT)
 
 baseline: setup
-	$(PY) -m pipeline baseline --target '$(TARGET)' --out '$(OUT)' --msg '$(MSG)'
+	$(PYQ) -m pipeline baseline --target=$(call q,TARGET) --out=$(call q,OUT) --msg=$(call q,MSG)
 
 report: setup
-	$(PY) -m pipeline report --target '$(TARGET)' --out '$(OUT)'
+	$(PYQ) -m pipeline report --target=$(call q,TARGET) --out=$(call q,OUT)
 
 targets: setup
-	$(PY) -m pipeline targets
+	$(PYQ) -m pipeline targets
 
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	PYTEST_ADDOPTS="$$PYTEST_ADDOPTS "$(call q,PYTEST_ARGS) $(PYQ) -m pytest
 
 test-slow: setup
-	$(PY) -m pytest -m slow $(PYTEST_ARGS)
+	PYTEST_ADDOPTS="$$PYTEST_ADDOPTS "$(call q,PYTEST_ARGS) $(PYQ) -m pytest -m slow
 
 clean: setup
-	$(PY) -m pipeline clean $(COMMON)
+	$(PYQ) -m pipeline clean $(COMMON)
 
 clean-cache: setup
-	$(PY) -m pipeline clean --cache $(COMMON)
+	$(PYQ) -m pipeline clean --cache $(COMMON)

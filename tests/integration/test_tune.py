@@ -15,17 +15,17 @@ from pipeline.tuning import TuneOptions, tune_target
 from pipeline.tvm.records import MIN_GAIN, TUNING_FILES
 from tests.conftest import error_lines, free_port, write_target
 
-TRIALS = 6           # the tiny model's largest convolutions get trials; each tuned function costs ~20 s
+TRIALS = 4           # the tiny model's largest convolutions get trials; each tuned function costs ~20 s
 
 
 @pytest.fixture(scope="module")
-def setup(tiny_model, tmp_path_factory):
+def setup(tiny_model, stage_cache, tmp_path_factory):
     root = tmp_path_factory.mktemp("tune")
     targets = write_target(root / "targets", "tunehost", ["tflite-fp32", "tvm-fp32"], '[tvm]\ntarget = { kind = "llvm" }\n')
 
     def options(**extra) -> CompileOptions:
         return CompileOptions(**({"target": "tunehost", "weights": str(tiny_model), "out_dir": root / "build",
-                                  "cache_dir": root / "cache", "calib_n": 10, "eval_n": 40, "targets_dir": targets,
+                                  "cache_dir": stage_cache, "calib_n": 20, "eval_n": 40, "targets_dir": targets,
                                   "tuning_dir": root / "tuning"} | extra))
     return root, options
 
@@ -112,7 +112,7 @@ def test_tune_bad_inputs_are_one_line(setup, cli, tmp_path):
     port = free_port()
     code, out, err = cli("tune", "--target", "tunehost", "--targets-dir", root / "targets", "--weights",
                          options().weights, "--calib-n", "10", "--rpc", f"127.0.0.1:{port}", "--key", "k",
-                         "--out", tmp_path / "o", "--cache-dir", root / "cache", "--tuning-dir", tmp_path / "t",
+                         "--out", tmp_path / "o", "--cache-dir", options().cache_dir, "--tuning-dir", tmp_path / "t",
                          "--quiet")
     assert code == 2 and len(error_lines(err)) == 1 and "cannot reach the TVM RPC tracker" in err
 

@@ -1,0 +1,115 @@
+"""Every make variable reaches the program exactly as typed, whatever it holds, through every verb.
+
+`make` runs with VENV pointing at a stand-in Python (in a folder whose name has an apostrophe, a space
+and a `$`) that records the arguments it was started with; the values are hostile (quotes that would
+close the recipe's quoting, `;`, `$(shell ...)`, backticks, `$HOME`) and each would create a canary
+file if any shell or make expanded it.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import time
+
+import pytest
+
+from tests.conftest import ROOT
+
+FAKE_PYTHON = """#!{python}
+import json, os, sys
+with open(os.environ["XC_TEST_ARGV"], "a") as f:
+    f.write(json.dumps(sys.argv[1:]) + "\\n")
+sys.exit(int(os.environ.get("XC_TEST_EXIT", "0")))
+"""
+
+
+def hostile(canary) -> dict[str, str]:
+    c = str(canary)
+    return {
+        "quote": f"pi@host'; touch {c}; echo '",
+        "dquote": f'a "b" c"; touch {c}; echo "',
+        "make": f"$(shell touch {c})",
+        "backtick": f"`touch {c}` $(touch {c}) $HOME $$ ${{HOME}}",
+        "apostrophe_path": "/home/o'brien/my model.keras",
+        "dash": "-oStrictHostKeyChecking=no",
+    }
+
+
+@pytest.fixture
+def fake(tmp_path):
+    if shutil.which("make") is None:
+        pytest.skip("make is not installed")
+    venv = tmp_path / "ven'v $x"
+    (venv / "bin").mkdir(parents=True)
+    python = venv / "bin" / "python"
+    python.write_text(FAKE_PYTHON.format(python=shutil.which("python3")))
+    python.chmod(0o755)
+    stamp = venv / ".installed"
+    stamp.touch()
+    later = time.time() + 3600                       # newer than requirements.lock: no real set-up
+    os.utime(stamp, (later, later))
+    log = tmp_path / "argv.jsonl"
+
+    def make(*args: str, exit_code: int = 0):
+        done = subprocess.run(["make", "-s", "--no-print-directory", *args, f"VENV={venv}"], cwd=ROOT,
+                              capture_output=True, text=True,
+                              env=os.environ | {"XC_TEST_ARGV": str(log), "XC_TEST_EXIT": str(exit_code)})
+        calls = [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+        log.unlink(missing_ok=True)
+        return done, calls
+    return make
+
+
+def _value(argv: list[str], flag: str) -> str:
+    hits = [a.split("=", 1)[1] for a in argv if a.startswith(flag + "=")]
+    assert len(hits) == 1, (flag, argv)
+    return hits[0]
+
+
+# verb -> (make variable, the option it becomes)
+VARIABLES = {
+    "compile": [("TARGET", "--target"), ("WEIGHTS", "--weights"), ("CALIB", "--calib"), ("EVAL", "--eval"),
+                ("OUT", "--out"), ("CACHE_DIR", "--cache-dir"), ("TUNING_DIR", "--tuning-dir"),
+                ("REFERENCE_DIR", "--reference-dir"), ("CALIB_N", "--calib-n"), ("INPUT_SIZE", "--input-size")],
+    "tune": [("TARGET", "--target"), ("RPC", "--rpc"), ("KEY", "--key"), ("TRIALS", "--trials"),
+             ("WEIGHTS", "--weights")],
+    "bench": [("TARGET", "--target"), ("DEVICE", "--device"), ("SSH_OPTS", "--ssh-opts"), ("PORT", "--port"),
+              ("REMOTE_PYTHON", "--remote-python"), ("THREADS", "--threads"), ("OUT", "--out")],
+    "report": [("TARGET", "--target"), ("OUT", "--out")],
+    "verify": [("TARGET", "--target"), ("VERIFY_N", "--n"), ("CACHE_DIR", "--cache-dir")],
+    "gate": [("TARGET", "--target"), ("OUT", "--out")],
+    "baseline": [("TARGET", "--target"), ("MSG", "--msg")],
+    "peers": [("OUT", "--out"), ("THREADS", "--threads")],
+    "clean": [("OUT", "--out"), ("CACHE_DIR", "--cache-dir")],
+}
+
+
+@pytest.mark.parametrize("verb", sorted(VARIABLES))
+def test_every_variable_arrives_as_typed_and_nothing_runs(fake, verb, tmp_path):
+    canary = tmp_path / "canary"
+    for kind, value in hostile(canary).items():
+        assignments = [f"{var}={value}" for var, _ in VARIABLES[verb]]
+        done, calls = fake(verb, *assignments)
+        assert done.returncode == 0, (kind, done.stderr)
+        assert len(calls) == 1, (kind, calls)
+        for var, flag in VARIABLES[verb]:
+            assert _value(calls[0], flag) == value, (verb, var, kind)
+        assert not canary.exists(), f"{verb}: a {kind} value ran a command"
+
+
+def test_profile_folder_and_pytest_arguments_arrive_as_typed(fake, tmp_path):
+    canary = tmp_path / "canary"
+    done, calls = fake("profile", "OUT=a b'c", f"TARGET=$(shell touch {canary})")
+    assert done.returncode == 0 and calls[0][:3] == ["-m", "benchmarks.profile", f"a b'c/$(shell touch {canary})"]
+    # PYTEST_ARGS is a list of arguments: pytest splits it like a shell would, but no shell runs it
+    done = subprocess.run(["make", "-s", "-n", "test", f"PYTEST_ARGS=-k 'a b'; touch {canary}"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert done.returncode == 0 and f"'-k '\"'\"'a b'\"'\"'; touch {canary}'" in done.stdout
+    assert not canary.exists()
+
+
+def test_make_reports_the_programs_failure(fake):
+    done, calls = fake("gate", "TARGET=host", exit_code=3)
+    assert calls and done.returncode != 0 and "Error 3" in done.stderr
