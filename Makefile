@@ -14,6 +14,7 @@ OUT        ?= build
 CACHE_DIR  ?=
 REFERENCE_DIR ?=
 PYTEST_ARGS ?=
+TEST_WORKERS ?= auto
 DEVICE     ?=
 PORT       ?=
 SSH_OPTS   ?=
@@ -122,7 +123,7 @@ targets: setup
 	$(PYQ) -m pipeline targets
 
 test: setup
-	PYTEST_ADDOPTS="$$PYTEST_ADDOPTS "$(call q,PYTEST_ARGS) $(PYQ) -m pytest
+	PYTEST_ADDOPTS="$$PYTEST_ADDOPTS "$(call q,PYTEST_ARGS) $(PYQ) -m pytest -n $(call q,TEST_WORKERS) --dist loadfile
 
 test-slow: setup
 	PYTEST_ADDOPTS="$$PYTEST_ADDOPTS "$(call q,PYTEST_ARGS) $(PYQ) -m pytest -m slow

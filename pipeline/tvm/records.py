@@ -5,6 +5,9 @@ gzipped (Xception: 10 MB of JSON -> 0.4 MB, for users who commit it).
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Any
+
 TUNING_FILES = ("tuning.json", "database_workload.json.gz", "database_tuning_record.json.gz")
 
 # A tuned schedule replaces the default one only when it measured at least this much faster: the
@@ -33,3 +36,23 @@ def estimate(summary: dict, keys) -> dict:
         chosen += calls * (entry["best_ms"] if uses_tuned(entry) else entry["default_ms"])
     return {"default_ms_sum": round(default, 3), "chosen_ms_sum": round(chosen, 3),
             "ratio": round(default / chosen, 3) if chosen else None}
+
+
+@dataclass
+class Task:
+    key: str            # workload structural hash, as MetaSchedule's database writes it
+    name: str
+    precision: str
+    weight: int         # calls per inference
+    mod: Any            # the function as a tvm.IRModule (this module imports no TVM)
+    flops: float
+
+
+def allocate(tasks: list[Task], trials: int) -> dict[str, int]:
+    """TRIALS split over the functions: a third evenly, two thirds by share of the model's FLOPs
+    (calls x FLOPs per call); a function shared by fp32 and int8 models is tuned once."""
+    unique: dict[str, float] = {}
+    for task in tasks:
+        unique[task.key] = unique.get(task.key, 0.0) + task.weight * task.flops
+    total = sum(unique.values())
+    return {key: int(trials * (1 / 3 / len(unique) + 2 / 3 * cost / total)) for key, cost in unique.items()}

@@ -23,7 +23,6 @@ import shutil
 import tempfile
 import time
 import zlib
-from dataclasses import dataclass
 from pathlib import Path
 
 import tvm
@@ -33,7 +32,7 @@ from benchmarks.files import write_text_atomic
 from pipeline.errors import InputError
 from pipeline.tvm.int8 import import_tflite
 from pipeline.tvm.link import linker_options
-from pipeline.tvm.records import MIN_GAIN, TUNING_FILES, uses_tuned
+from pipeline.tvm.records import MIN_GAIN, TUNING_FILES, Task, allocate, uses_tuned
 from pipeline.tvm.schedules import default_schedules, fusion_passes
 
 SUMMARY, WORKLOADS_GZ, RECORDS_GZ = TUNING_FILES
@@ -81,16 +80,6 @@ def load_tensor_intrinsics() -> float:
     return time.monotonic() - start
 
 
-@dataclass
-class Task:
-    key: str            # workload structural hash, as MetaSchedule's database writes it
-    name: str
-    precision: str
-    weight: int         # calls per inference
-    mod: tvm.IRModule
-    flops: float
-
-
 def extract(tflite_path: Path, target, precision: str) -> list[Task]:
     """The fused TIR functions of a TFLite model, exactly as the compile stage's pipeline fuses them."""
     from tvm.s_tir.analysis import estimate_tir_flops
@@ -112,16 +101,6 @@ def extract(tflite_path: Path, target, precision: str) -> list[Task]:
 
 def workload_key(database, mod) -> str:
     return str(database.commit_workload(mod).as_json()[0])
-
-
-def allocate(tasks: list[Task], trials: int) -> dict[str, int]:
-    """TRIALS split over the functions: a third evenly, two thirds by share of the model's FLOPs
-    (calls x FLOPs per call); a function shared by fp32 and int8 models is tuned once."""
-    unique: dict[str, float] = {}
-    for task in tasks:
-        unique[task.key] = unique.get(task.key, 0.0) + task.weight * task.flops
-    total = sum(unique.values())
-    return {key: int(trials * (1 / 3 / len(unique) + 2 / 3 * cost / total)) for key, cost in unique.items()}
 
 
 def build_candidate(mod, target, _params):

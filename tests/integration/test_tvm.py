@@ -8,6 +8,7 @@ import pytest
 
 from pipeline.compiler import CompileOptions, compile_target
 from pipeline.errors import MissingDependencyError, StageError
+from tests.conftest import TINY_CALIB_N, TINY_EVAL_N
 
 
 @pytest.fixture(scope="module")
@@ -106,7 +107,7 @@ def test_missing_cross_linker_is_one_clear_line(build, monkeypatch, tiny_model, 
     monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "ziglang" else real_find_spec(name))
     with pytest.raises(MissingDependencyError, match=r"no cross linker for aarch64: .*apt-get install gcc-aarch64-linux-gnu"):
         compile_target(CompileOptions(target="rpi4", weights=str(tiny_model), out_dir=tmp_path / "b",
-                                      cache_dir=stage_cache, calib_n=5, eval_n=5))
+                                      cache_dir=stage_cache, calib_n=TINY_CALIB_N, eval_n=TINY_EVAL_N))
     assert compiler is not None
 
 

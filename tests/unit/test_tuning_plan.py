@@ -1,5 +1,5 @@
 """How make tune splits its trial budget over the model's functions."""
-from pipeline.tvm.tuning import Task, allocate
+from pipeline.tvm.records import Task, allocate
 
 
 def task(key, flops, weight=1, precision="fp32"):
