@@ -18,6 +18,29 @@ from pipeline.errors import PipelineError
 
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
+# The make variable behind each option (the Makefile passes VAR as --option=VAR): errors name both.
+MAKE_VARIABLES = {
+    "--target": "TARGET", "--weights": "WEIGHTS", "--calib": "CALIB", "--calib-n": "CALIB_N", "--eval": "EVAL",
+    "--eval-n": "EVAL_N (compile) / BENCH_EVAL_N (bench)", "--input-size": "INPUT_SIZE", "--classes": "CLASSES",
+    "--out": "OUT", "--cache-dir": "CACHE_DIR", "--reference-dir": "REFERENCE_DIR", "--tuning-dir": "TUNING_DIR",
+    "--device": "DEVICE", "--port": "PORT", "--ssh-opts": "SSH_OPTS", "--remote-python": "REMOTE_PYTHON",
+    "--rpc": "RPC", "--key": "KEY", "--threads": "THREADS", "--min-runs": "MIN_RUNS",
+    "--min-seconds": "MIN_SECONDS", "--max-seconds": "MAX_SECONDS", "--accuracy-seconds": "ACC_SECONDS",
+    "--trials": "TRIALS", "--timeout": "TUNE_TIMEOUT", "--n": "VERIFY_N", "--msg": "MSG",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors that name the make variable (not a usage block naming --port)."""
+
+    def error(self, message: str):
+        import re
+
+        found = re.match(r"argument (--[\w-]+)(?:/\S+)?: (.*)", message)
+        if found and found.group(1) in MAKE_VARIABLES:
+            message = f"{MAKE_VARIABLES[found.group(1)]}= ({found.group(1)}): {found.group(2)}"
+        self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
 
 def _int(text: str) -> int:
     try:
@@ -29,7 +52,7 @@ def _int(text: str) -> int:
 def _parser() -> argparse.ArgumentParser:
     from pipeline.compiler import default_cache_dir
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m pipeline",
         description="Xception edge compiler: Keras Xception -> int8 PTQ -> TFLite / ONNX artifacts + manifest.")
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")

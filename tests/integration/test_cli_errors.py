@@ -66,3 +66,19 @@ def test_an_interrupt_a_library_turned_into_its_own_error_is_still_an_interrupt(
     monkeypatch.setattr(cli_module, "_compile", compile_that_is_interrupted_inside_an_import)
     code, _, err = cli("compile", "--target", "host")
     assert code == 143 and "interrupted (SIGTERM)" in err and "error:" not in err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["bench", "--target", "host", "--port", "22; id"], "PORT= (--port): expected a whole number, got '22; id'"),
+    (["compile", "--target", "host", "--calib-n", "many"], "CALIB_N= (--calib-n): expected a whole number"),
+    (["tune", "--target", "host", "--timeout", "soon"], "TUNE_TIMEOUT= (--timeout): invalid float value"),
+    (["verify", "--target", "rpi4", "--n", "x"], "VERIFY_N= (--n): expected a whole number"),
+])
+def test_a_malformed_value_is_one_line_naming_the_make_variable(capsys, args, message):
+    from pipeline.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(args)
+    err = capsys.readouterr().err
+    assert exc.value.code == 2 and err.count("\n") == 1 and err.startswith("error: ") and message in err
+    assert "usage:" not in err
