@@ -350,6 +350,27 @@ class Compilation:
         self.built, self.model_name, self.info = built, model_name, info
         return source
 
+    def _carry_results(self, staging: Path, final: Path, listed: list[Artifact]) -> None:
+        """Results of the previous build (bench/, report/, gate/) stay when this compile made the same
+        files (same names and sha256, same eval set): they still describe them. Otherwise they go, and
+        the user is told which and why."""
+        found = [final / name for name in RESULT_FOLDERS if (final / name).is_dir()]
+        if not found:
+            return
+        try:
+            before = json.loads((final / "manifest.json").read_text())
+            same = (sorted((a["file"], a["sha256"]) for a in before["artifacts"])
+                    == sorted((a["file"], a["sha256"]) for a in listed)
+                    and sha256_file(final / "eval" / "eval.npz") == sha256_file(staging / "eval" / "eval.npz"))
+        except (OSError, ValueError, KeyError, TypeError):
+            same = False
+        if same:
+            for folder in found:
+                shutil.copytree(folder, staging / folder.name, symlinks=True)
+            return
+        self.progress.warn(f"{final}: removed {', '.join(f.name + '/' for f in found)} of the previous build: "
+                           f"they measured artifacts (or an eval set) this compile replaced")
+
     def _package(self, source: ModelSource, artifacts: list[MadeArtifact]) -> CompileResult:
         opts, target = self.options, self.target
         built, calibrated, info, model_name = self.built, self.calibrated, self.info, self.model_name
@@ -390,12 +411,16 @@ class Compilation:
             }
             validate_manifest(manifest)
             write_json(staging / "manifest.json", manifest)
+            self._carry_results(staging, opts.out_dir / target.name, listed)
             publish(staging, opts.out_dir / target.name)
         finally:
             if staging.exists():
                 shutil.rmtree(staging, ignore_errors=True)
         path = opts.out_dir / target.name / "manifest.json"
         return CompileResult(path, manifest, self.runs)
+
+
+RESULT_FOLDERS = ("bench", "report", "gate")      # what make bench / report / verify / gate add to a build
 
 
 def validate_manifest(manifest: Manifest) -> None:

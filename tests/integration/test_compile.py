@@ -141,3 +141,20 @@ def test_random_weights_any_size(tmp_path):
     m = result.manifest
     assert m["model"]["weights"] == "random" and m["model"]["input_shape"] == [1, 71, 71, 3]
     assert m["model"]["num_classes"] == 5 and m["model"]["parameters"] > 20_000_000   # the full Xception
+
+
+def test_a_no_op_recompile_keeps_results_and_a_real_change_says_what_it_removed(compiled, tmp_path, capsys):
+    from pipeline.progress import Progress
+
+    options, _ = compiled
+    mine = CompileOptions(**(vars(options) | {"out_dir": tmp_path}))
+    compile_target(mine)
+    (tmp_path / "host" / "bench").mkdir()
+    (tmp_path / "host" / "bench" / "run1.json").write_text("{}")
+    (tmp_path / "host" / "gate").mkdir()
+    compile_target(mine, Progress(quiet=True))
+    assert (tmp_path / "host" / "bench" / "run1.json").read_text() == "{}"      # same artifacts: results kept
+    compile_target(CompileOptions(**(vars(mine) | {"calib_n": 11})), Progress(quiet=True))
+    assert not (tmp_path / "host" / "bench").exists() and not (tmp_path / "host" / "gate").exists()
+    err = capsys.readouterr().err
+    assert "removed bench/, gate/ of the previous build" in err and err.count("removed") == 1
