@@ -67,6 +67,16 @@ class StageCache:
             return None
         return CacheEntry(folder, files)
 
+    def damaged(self, stage: str, key: str, entry: CacheEntry | None) -> str:
+        """Why an entry cannot be trusted ("" = it can, or there is none): a file that changed since the
+        entry was made, or a folder without a readable record (left by a crash or edited by hand)."""
+        if entry is None:
+            return "its record is missing or unreadable" if self._dir(stage, key).exists() else ""
+        for name, digest in entry.files.items():
+            if sha256_file(entry.file(name)) != digest:
+                return f"{name} changed since it was made"
+        return ""
+
     def evict(self, stage: str, key: str) -> None:
         folder = self._dir(stage, key)
         if folder.exists():

@@ -140,6 +140,11 @@ class Compilation:
         tools = {t: self.versions.get(t, "absent") for t in ("python",) + module.TOOLS}
         key = stage_key(module.NAME, module.VERSION, hashes, dataclasses.asdict(config), tools)
         entry = self.cache.lookup(module.NAME, key)
+        damage = self.cache.damaged(module.NAME, key, entry)
+        if damage:
+            self.progress.warn(f"[{label}] the cached result in {self.cache.root} is damaged ({damage}); rebuilding it")
+            self.cache.evict(module.NAME, key)
+            entry = None
         cached = entry is not None
         if cached:
             self.progress.log(f"[{label}] cached")

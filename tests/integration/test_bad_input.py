@@ -155,3 +155,28 @@ def test_sigterm_mid_stage_leaves_no_partial_output_and_next_run_recovers(dirs, 
     rerun = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert rerun.returncode == 0, rerun.stderr
     assert (dirs["out"] / "host" / "manifest.json").is_file()
+
+
+def test_a_damaged_cache_entry_is_rebuilt_automatically(cli, dirs, tiny_model, tmp_path):
+    """A cached file changed after the fact (disk error, a hand edit) or an entry whose record is gone: the
+    next compile says so in one warning and rebuilds that stage; the artifact is the same as before."""
+    import json
+
+    targets = write_target(tmp_path / "targets", "one", ["tflite-fp32"])
+    args = compile_args(dirs, "--target", "one", "--targets-dir", targets, "--weights", tiny_model, "--calib-n", "4",
+                        "--eval-n", "4")
+    code, _, err = cli(*args)
+    assert code == 0, err
+    first = json.loads((dirs["out"] / "one" / "manifest.json").read_text())["artifacts"][0]["sha256"]
+    converted = next((dirs["cache"] / "stages" / "convert").iterdir())
+    tflite = next(converted.glob("*.tflite"))
+    tflite.write_bytes(tflite.read_bytes() + b"\0")                       # damaged after it was made
+    code, _, err = cli(*args)
+    assert code == 0, err
+    assert f"[convert tflite-fp32] the cached result in {dirs['cache']} is damaged ({tflite.name} changed" in err
+    assert json.loads((dirs["out"] / "one" / "manifest.json").read_text())["artifacts"][0]["sha256"] == first
+    (converted / ".entry.json").write_text("{not json")                  # a record nobody can read
+    code, _, err = cli(*args)
+    assert code == 0 and "is damaged (its record is missing or unreadable); rebuilding it" in err, err
+    code, _, err = cli(*args)
+    assert code == 0 and "damaged" not in err                           # rebuilt entries are trusted again
