@@ -117,8 +117,25 @@ def measure(path: Path, runtime: str, io: dict | None, eval_file: Path, threads:
         "rss_growth_mb": _mb(rss_steady - rss_warm) if rss_steady is not None and rss_warm is not None else None,
         "accuracy": accuracy(logits, data["logits"][:len(logits)], labels),
         "provider": getattr(session, "provider", runtime),
+        **runtime_provenance(getattr(session, "provider", runtime)),
         "measured_on": device.this_cpu(),
     }
+
+
+# make verify proves the TFLite artifacts bit-exact with ai-edge-litert (the compiler's LiteRT); tflite-runtime,
+# accepted on boards that have nothing else, has its own int8 kernels: on the reference Xception, 943 of 3,600
+# int8 outputs came out one quantization step away from LiteRT's.
+UNVERIFIED_PROVIDERS = {
+    "tflite-runtime": "tflite-runtime, not ai-edge-litert: not the runtime `make verify` proves bit-exact; its int8 "
+                      "kernels can round differently (reference Xception: 943 of 3,600 int8 outputs 1 step off "
+                      "LiteRT's); install ai-edge-litert on the board for the proven numbers",
+}
+
+
+def runtime_provenance(provider: str) -> dict:
+    """Whether the package that ran an artifact is the one `make verify` proved, and if not, why that matters."""
+    note = UNVERIFIED_PROVIDERS.get(provider)
+    return {"verified_runtime": note is None} | ({"runtime_note": note} if note else {})
 
 
 # -- the whole build folder (parent process) ----------------------------------------------------------

@@ -28,6 +28,7 @@ def results_summary(results: dict, path) -> str:
     lines = [results_table(results)]
     lines += [f"  skipped {s['file']}: {s['reason']}" for s in results["skipped"]]
     lines += [f"  FAILED {f['file']}: {f['reason']}" for f in results["failed"]]
+    lines += [f"  NOTE {r['file']}: {r['runtime_note']}" for r in results["results"] if r.get("runtime_note")]
     if results["device"]["throttled"]:
         lines.append(f"  THROTTLED run: {', '.join(results['device']['throttle_reasons'])}")
     return "\n".join(lines) + f"\n\nresults: {path}"
