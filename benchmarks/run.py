@@ -193,11 +193,21 @@ def run_build(build_dir: Path, threads: int = 0, budget: Budget = Budget(), eval
         known = ", ".join(a["file"] for a in manifest["artifacts"])
         raise BenchError(f"--only names {sorted(set(only) - {a['file'] for a in artifacts})}, not in the manifest; "
                          f"artifacts: {known}")
+    absent = [] if only else [a for a in artifacts if not (build_dir / a["file"]).exists()]
+    if absent and len(absent) == len(artifacts):
+        raise BenchError(f"none of the manifest's artifacts is in {build_dir}; copy at least one "
+                         f"(e.g. {artifacts[0]['file']}) with manifest.json and eval/")
+    artifacts = [a for a in artifacts if a not in absent]
     check_hashes(build_dir, artifacts)
     if not threads:
         threads = manifest.get("config", {}).get("target", {}).get("bench", {}).get("threads") or os.cpu_count() or 1
     before = device.snapshot()
-    results, skipped, failed = [], [], []
+    results, failed = [], []
+    # a partial copy (one artifact copied to a board): what is there is measured, the rest is listed as skipped
+    skipped = [{"file": a["file"], "reason": "not in this folder (a partial copy); the others are measured"}
+               for a in absent]
+    for entry in skipped:
+        log(f"  {entry['file']}: skipped ({entry['reason']})")
     for art in artifacts:
         reason = skip_reason(art)
         if reason:

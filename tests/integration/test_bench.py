@@ -199,3 +199,21 @@ def test_rpc_bad_tracker_address():
 
     with pytest.raises(BenchError, match=r"RPC='nohost' is not host:port"):
         parse_tracker("nohost")
+
+
+def test_a_partial_copy_runs_what_is_there(host_build, tmp_path):
+    """One artifact copied to a board with the manifest and the eval set: it is measured, the rest are listed
+    as skipped (no --only needed); a folder with none of them is one clear error."""
+    board = tmp_path / "host"
+    board.mkdir()
+    shutil.copy(host_build / "manifest.json", board)
+    shutil.copytree(host_build / "eval", board / "eval")
+    shutil.copy(host_build / "tiny_int8.tflite", board)
+    results = run_build(board, threads=1, budget=FAST, eval_n=4, log=lambda m: None)
+    jsonschema.validate(results, SCHEMA)
+    assert [r["file"] for r in results["results"]] == ["tiny_int8.tflite"]
+    manifest = json.loads((board / "manifest.json").read_text())
+    assert {s["file"] for s in results["skipped"]} == {a["file"] for a in manifest["artifacts"]} - {"tiny_int8.tflite"}
+    (board / "tiny_int8.tflite").unlink()
+    with pytest.raises(BenchError, match="none of the manifest's artifacts is in"):
+        run_build(board, threads=1, budget=FAST, log=lambda m: None)
