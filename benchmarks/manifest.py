@@ -74,6 +74,7 @@ class EvalInfo(TypedDict):
     source: str
     labels: bool
     float_top1: float | None
+    representative: bool           # False: a user's model evaluated on the digits (not its own domain)
 
 
 class Config(TypedDict):

@@ -127,6 +127,7 @@ class Compilation:
         self.calibrated: CacheEntry | None = None
         self.info: dict = {}
         self.model_name = ""
+        self.eval_representative = True     # False: a user's model evaluated on the digits (figures not its own)
 
     # -- stage plumbing -------------------------------------------------------------------------
     def _hash(self, path: Path) -> str:
@@ -328,6 +329,14 @@ class Compilation:
 
         eval_source = (ImageSource("folder", folder=str(opts.eval_dir)) if opts.eval_dir
                        else ImageSource("digits", split="test"))
+        self.eval_representative = bool(opts.eval_dir) or source.kind == "reference"
+        if not self.eval_representative:
+            self.progress.banner([
+                "No EVAL= folder: this model's accuracy figures are measured on the DIGITS test split,",
+                "not on images from its own domain. They show only how int8 agrees with float on digits;",
+                "they say nothing about your model's accuracy. Give EVAL=dir of your own images",
+                f"(labels from integer-named sub-folders, optional){' - CALIB= is for calibration only' if opts.calib_dir else ''}.",
+            ])
         build_inputs = {"model": source.file} if source.file else {}
         if opts.eval_dir:
             build_inputs["eval_images"] = Path(opts.eval_dir)
@@ -403,7 +412,8 @@ class Compilation:
                           "outputs": info["outputs"], "parameters": info["parameters"]},
                 "artifacts": listed,
                 "eval": {"file": "eval/eval.npz", "n": info["eval"]["n"], "source": info["eval"]["source"],
-                         "labels": info["eval"]["labels"], "float_top1": info["eval"].get("float_top1")},
+                         "labels": info["eval"]["labels"], "float_top1": info["eval"].get("float_top1"),
+                         "representative": self.eval_representative},
                 "calibration": (json.loads(calibrated.file("calib.json").read_text()) | {"images": None}
                                 if calibrated else None),
                 "versions": self.versions | {"pipeline": __version__},

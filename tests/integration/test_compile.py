@@ -158,3 +158,23 @@ def test_a_no_op_recompile_keeps_results_and_a_real_change_says_what_it_removed(
     assert not (tmp_path / "host" / "bench").exists() and not (tmp_path / "host" / "gate").exists()
     err = capsys.readouterr().err
     assert "removed bench/, gate/ of the previous build" in err and err.count("removed") == 1
+
+
+def test_a_user_model_measured_on_the_digits_says_so(compiled, tmp_path, capsys):
+    """No EVAL= for a user's model: the figures come from the digits, and the manifest and the console say
+    they are not the model's own accuracy; with EVAL= they are."""
+    from pipeline.progress import Progress
+
+    options, result = compiled
+    assert result.manifest["eval"]["representative"] is False
+    compile_target(CompileOptions(**(vars(options) | {"out_dir": tmp_path / "a"})), Progress(quiet=True))
+    assert "this model's accuracy figures are measured on the DIGITS test split" in capsys.readouterr().err
+    rng = np.random.default_rng(1)
+    for i in range(4):
+        (tmp_path / "eval" / str(i % 2)).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(tmp_path / "eval" / str(i % 2) / f"{i}.png")
+    targets = write_target(tmp_path / "targets", "one", ["tflite-fp32"])
+    own = compile_target(CompileOptions(**(vars(options) | {"out_dir": tmp_path / "b", "eval_dir": tmp_path / "eval",
+                                                            "target": "one", "targets_dir": targets})),
+                         Progress(quiet=True))
+    assert own.manifest["eval"]["representative"] is True and "DIGITS" not in capsys.readouterr().err
