@@ -137,6 +137,8 @@ def parse_target(name: str, path: Path) -> Target:
         raise ConfigError(f"{where}: artifacts ask for TVM builds but there is no [tvm] table with a target")
     if gpu is None and "tvm-gpu-fp32" in artifacts:
         raise ConfigError(f"{where}: tvm-gpu-fp32 needs a [gpu] table (api = \"opencl\")")
+    if tvm is not None:
+        _check_processor(where, artifacts, tvm)
     return Target(
         name=name,
         description=_str(top["description"], f"{where}: description"),
@@ -149,6 +151,31 @@ def parse_target(name: str, path: Path) -> Target:
         gpu=gpu,
         tvm=tvm,
     )
+
+
+def _tvm_kind(spec: Any) -> str:
+    """The kind of a TVM target (llvm, opencl, ...) when the file says it; "" for a tag TVM alone can read."""
+    if isinstance(spec, dict):
+        return str(spec.get("kind", ""))
+    first = str(spec).split()[0] if str(spec).split() else ""
+    return first if first in ("llvm", "opencl", "vulkan", "cuda", "metal") else ""
+
+
+def _check_processor(where: str, artifacts: list[str], tvm: TvmSpec) -> None:
+    """Each TVM artifact kind is built for the processor it names: a CPU kind never from a GPU target (it
+    would become an OpenCL module labelled cpu), a GPU kind never from an llvm target (a CPU-only library)."""
+    kind = _tvm_kind(tvm.target)
+    if not kind:
+        return
+    cpu_kinds = [k for k in artifacts if k.startswith("tvm-") and ARTIFACT_KINDS[k][3] == "cpu"]
+    gpu_kinds = [k for k in artifacts if k.startswith("tvm-") and ARTIFACT_KINDS[k][3] == "gpu"]
+    if cpu_kinds and kind != "llvm":
+        raise ConfigError(f"{where}: {', '.join(cpu_kinds)} run on the CPU but tvm.target is a {kind} (GPU) target; "
+                          f"a target file has one TVM target: list the CPU kinds with tvm.target kind = \"llvm\", "
+                          f"or tvm-gpu-fp32 with kind = \"{kind}\" (a second file for the other processor)")
+    if gpu_kinds and kind == "llvm":
+        raise ConfigError(f"{where}: {', '.join(gpu_kinds)} runs on the GPU but tvm.target is llvm (the CPU); set "
+                          f"tvm.target = {{ kind = \"opencl\", device = \"mali\" }} and tvm.host to the board's CPU")
 
 
 def _keys(table: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:

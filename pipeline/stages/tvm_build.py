@@ -21,6 +21,7 @@ from typing import Mapping
 
 from pipeline.errors import StageError
 from pipeline.progress import Progress
+from pipeline.targets import ARTIFACT_KINDS
 from pipeline.tvm.link import linker_options
 from pipeline.tvm.records import TUNING_FILES, estimate
 
@@ -87,14 +88,18 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
         executable = tvm.compile(mod, target=target)
     compile_seconds = time.monotonic() - started
 
-    kernels = 0
-    if target.kind.name == "opencl":
-        source = _opencl_source(executable.mod)
-        kernels = source.count("__kernel void") if source else 0
+    # built for the processor its kind names, checked on the built module: a GPU artifact holds OpenCL
+    # kernels, a CPU artifact holds none (nothing is cached or shipped otherwise)
+    source = _opencl_source(executable.mod)
+    kernels = source.count("__kernel void") if source else 0
+    if ARTIFACT_KINDS[config.kind][3] == "gpu":
         if not kernels:
             raise StageError(f"TVM built no OpenCL kernels for {config.file_name} (target {json.dumps(target_spec)}): "
                              f"the functions were not GPU-scheduled and would run on the CPU; refusing the artifact")
         (out / (Path(config.file_name).stem + ".cl")).write_text(source)
+    elif source:
+        raise StageError(f"{config.file_name} is a CPU artifact ({config.kind}) but TVM built an OpenCL module into it "
+                         f"(target {json.dumps(target_spec)}); refusing the artifact: give CPU kinds an llvm target")
 
     progress.log(f"  linking {config.file_name} ({config.linker})")
     library = out / config.file_name

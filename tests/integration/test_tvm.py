@@ -149,3 +149,17 @@ def test_profile_breaks_an_inference_down_per_function(build, tmp_path, capsys):
     out = capsys.readouterr().out
     assert all(f"{p['file']}: " in out for p in profiles) and "| function | calls | ms | share |" in out
     assert profile_main([str(folder), "--file", "nope.so"]) == 2
+
+
+def test_a_cpu_artifact_holding_an_opencl_module_is_refused(build, tmp_path):
+    """Checked on the built module, whatever the target file said: a CPU kind built from a GPU target."""
+    from pipeline.progress import Progress
+    from pipeline.stages import tvm_build
+
+    manifest, folder = build("mali")
+    config = tvm_build.Config(kind="tvm-fp32", file_name="x.so", target=json.dumps({"kind": "opencl"}),
+                              host="null", host_cpu="", linker="native", arch="x86_64")
+    tflite_file = folder / next(a["file"] for a in manifest["artifacts"] if a["kind"] == "tflite-fp32")
+    with pytest.raises(StageError, match=r"x\.so is a CPU artifact \(tvm-fp32\) but TVM built an OpenCL module"):
+        tvm_build.run({"tflite": tflite_file}, config, tmp_path, Progress(quiet=True))
+    assert not (tmp_path / "x.so").exists()

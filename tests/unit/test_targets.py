@@ -97,3 +97,22 @@ def test_tvm_target_passes_through_untouched(tmp_path):
     assert tagged.tvm.target == "raspberry-pi/4b-aarch64"
     with pytest.raises(ConfigError, match=r"tvm.target must be a TVM tag \(string\) or a table, got int"):
         load_target("d", write(tmp_path, "d", GOOD + "[tvm]\ntarget = 3\n"))
+
+
+GPU_BOARD = GOOD.replace('"tflite-int8"', '{kinds}') + '[gpu]\napi = "opencl"\nname = "Mali-G610"\n[tvm]\ntarget = {target}\n'
+
+
+@pytest.mark.parametrize("kinds,target,message", [
+    ('"tvm-int8"', '{ kind = "opencl", device = "mali" }',
+     r"tvm-int8 run on the CPU but tvm.target is a opencl \(GPU\) target"),
+    ('"tvm-fp32", "tvm-gpu-fp32"', '{ kind = "opencl" }', r"tvm-fp32 run on the CPU but tvm.target is a opencl"),
+    ('"tvm-gpu-fp32"', '{ kind = "llvm", mtriple = "aarch64-linux-gnu" }',
+     r"tvm-gpu-fp32 runs on the GPU but tvm.target is llvm \(the CPU\)"),
+    ('"tvm-gpu-fp32"', '"llvm -mtriple=aarch64-linux-gnu"', r"tvm-gpu-fp32 runs on the GPU but tvm.target is llvm"),
+])
+def test_a_tvm_artifact_is_built_for_the_processor_it_names(tmp_path, kinds, target, message):
+    """An OpenCL module labelled cpu, or a CPU-only library labelled gpu, is refused when the file is read."""
+    with pytest.raises(ConfigError, match=message):
+        load_target("b", write(tmp_path, "b", GPU_BOARD.format(kinds=kinds, target=target)))
+    fine = load_target("ok", write(tmp_path, "ok", GPU_BOARD.format(kinds='"tvm-gpu-fp32"', target='{ kind = "opencl" }')))
+    assert fine.artifacts == ("tvm-gpu-fp32",)
