@@ -83,6 +83,7 @@ def cli(capsys):
 
     def run(*args: str):
         previous = signal.getsignal(signal.SIGTERM)
+        capsys.readouterr()                     # what an earlier call printed before it raised is not this call's
         try:
             code = main([str(a) for a in args])
         finally:
