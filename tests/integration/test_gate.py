@@ -156,3 +156,15 @@ def test_compile_time_accuracy_is_used_without_a_benchmark_run(gated, tmp_path, 
     shutil.copytree(gated["build"], build, ignore=shutil.ignore_patterns("bench", "gate"))
     assert run_gate(gated, build=build) == 0
     assert "accuracy from compile-time check" in capsys.readouterr().out
+
+
+def test_figures_from_the_digits_for_a_user_model_are_flagged(gated, tmp_path, capsys):
+    build = tmp_path / "gated"
+    shutil.copytree(gated["build"], build, ignore=shutil.ignore_patterns("gate"))
+    assert run_gate(gated, build=build) == 0 and "WARNING" not in capsys.readouterr().out   # compiled with EVAL=
+    manifest = json.loads((build / "manifest.json").read_text())
+    manifest["eval"]["representative"] = False                      # as a compile without EVAL= writes it
+    (build / "manifest.json").write_text(json.dumps(manifest))
+    run_gate(gated, build=build)
+    assert "WARNING: these accuracy figures come from the digits test split" in capsys.readouterr().out
+    assert json.loads((build / "gate" / "gate.json").read_text())["eval_representative"] is False
