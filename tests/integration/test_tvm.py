@@ -79,18 +79,24 @@ def test_unscheduled_gpu_build_is_refused(build, monkeypatch, tmp_path):
     """TVM quietly builds CPU-only code when GPU schedules are missing: the stage must refuse it."""
     import tvm
 
+    run = _opencl_build(build, "tvm-gpu-fp32", tmp_path)
+    real_compile = tvm.compile
+    monkeypatch.setattr(tvm, "compile", lambda mod, target: real_compile(mod, target=tvm.target.Target("llvm")))
+    with pytest.raises(StageError, match=r"TVM built no OpenCL kernels for x\.so .*refusing the artifact"):
+        run()
+    assert not (tmp_path / "x.so").exists()
+
+
+def _opencl_build(build, kind: str, out):
+    """The TVM stage on the tiny model's fp32 TFLite file with an OpenCL target, as artifact ``kind``."""
     from pipeline.progress import Progress
     from pipeline.stages import tvm_build
 
     manifest, folder = build("mali")
-    real_compile = tvm.compile
-    monkeypatch.setattr(tvm, "compile", lambda mod, target: real_compile(mod, target=tvm.target.Target("llvm")))
-    config = tvm_build.Config(kind="tvm-gpu-fp32", file_name="x.so", target=json.dumps({"kind": "opencl"}),
+    config = tvm_build.Config(kind=kind, file_name="x.so", target=json.dumps({"kind": "opencl"}),
                               host="null", host_cpu="", linker="native", arch="x86_64")
     tflite_file = folder / next(a["file"] for a in manifest["artifacts"] if a["kind"] == "tflite-fp32")
-    with pytest.raises(StageError, match=r"TVM built no OpenCL kernels for x\.so .*refusing the artifact"):
-        tvm_build.run({"tflite": tflite_file}, config, tmp_path, Progress(quiet=True))
-    assert not (tmp_path / "x.so").exists()
+    return lambda: tvm_build.run({"tflite": tflite_file}, config, out, Progress(quiet=True))
 
 
 def test_missing_cross_linker_is_one_clear_line(build, monkeypatch, tiny_model, stage_cache, tmp_path):
@@ -153,13 +159,6 @@ def test_profile_breaks_an_inference_down_per_function(build, tmp_path, capsys):
 
 def test_a_cpu_artifact_holding_an_opencl_module_is_refused(build, tmp_path):
     """Checked on the built module, whatever the target file said: a CPU kind built from a GPU target."""
-    from pipeline.progress import Progress
-    from pipeline.stages import tvm_build
-
-    manifest, folder = build("mali")
-    config = tvm_build.Config(kind="tvm-fp32", file_name="x.so", target=json.dumps({"kind": "opencl"}),
-                              host="null", host_cpu="", linker="native", arch="x86_64")
-    tflite_file = folder / next(a["file"] for a in manifest["artifacts"] if a["kind"] == "tflite-fp32")
     with pytest.raises(StageError, match=r"x\.so is a CPU artifact \(tvm-fp32\) but TVM built an OpenCL module"):
-        tvm_build.run({"tflite": tflite_file}, config, tmp_path, Progress(quiet=True))
+        _opencl_build(build, "tvm-fp32", tmp_path)()
     assert not (tmp_path / "x.so").exists()
