@@ -1,7 +1,6 @@
 # Xception edge compiler. `make help` lists the targets; README.md documents every variable.
 PYTHON     ?= python3
 VENV       ?= .venv
-PY          = $(value VENV)/bin/python
 TARGET     ?= host
 WEIGHTS    ?= auto
 CALIB      ?=

@@ -188,6 +188,8 @@ def evaluate(build_dir: Path, gates: Path = GATES_FILE, baselines: Path = BASELI
                                        f"TVM int8 against LiteRT int8 on {vs['n']} images"))
     failed = [c for c in checks if c.status == "fail"]
     return {"target": target, "model": model, "accuracy_source": acc_source, "gates": str(gates),
+            # False: a user's model compiled without EVAL=, its figures measured on the digits
+            "eval_representative": manifest["eval"].get("representative", True),
             "thresholds": asdict(t), "baseline": str(base_file), "passed": not failed,
             "checks": [asdict(c) | {"message": c.message()} for c in checks],
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
@@ -287,8 +289,6 @@ def make_baseline(build_dir: Path, reason: str, baselines: Path = BASELINES_DIR)
 def run_gate(build_dir: Path, gates: Path = GATES_FILE, baselines: Path = BASELINES_DIR) -> tuple[dict, str]:
     """Evaluate the gates, write junit.xml and gate.json, and return the report and the text to print."""
     report = evaluate(build_dir, gates, baselines)
-    # False: a user's model compiled without EVAL=, its figures measured on the digits (manifest eval.representative)
-    report["eval_representative"] = load_manifest(build_dir)["eval"].get("representative", True)
     folder = write_outputs(report, build_dir)
     lines = [f"gate {report['model']} on {report['target']}; accuracy from {report['accuracy_source']}", table(report)]
     if not report["eval_representative"]:

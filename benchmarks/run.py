@@ -107,6 +107,7 @@ def measure(path: Path, runtime: str, io: dict | None, eval_file: Path, threads:
     if save_logits is not None:
         np.save(save_logits, logits)
     labels = data["labels"][:len(logits)] if "labels" in data.files else None
+    provider = getattr(session, "provider", runtime)
     return {
         "latency_ms": latency_stats(samples),
         "samples_ms": [round(s, 4) for s in samples[::max(1, -(-len(samples) // MAX_SAMPLES_KEPT))]],
@@ -116,8 +117,8 @@ def measure(path: Path, runtime: str, io: dict | None, eval_file: Path, threads:
         "rss_start_mb": _mb(rss_start),
         "rss_growth_mb": _mb(rss_steady - rss_warm) if rss_steady is not None and rss_warm is not None else None,
         "accuracy": accuracy(logits, data["logits"][:len(logits)], labels),
-        "provider": getattr(session, "provider", runtime),
-        **runtime_provenance(getattr(session, "provider", runtime)),
+        "provider": provider,
+        **runtime_provenance(provider),
         "measured_on": device.this_cpu(),
     }
 

@@ -67,15 +67,20 @@ class StageCache:
             return None
         return CacheEntry(folder, files)
 
-    def damaged(self, stage: str, key: str, entry: CacheEntry | None) -> str:
-        """Why an entry cannot be trusted ("" = it can, or there is none): a file that changed since the
-        entry was made, or a folder without a readable record (left by a crash or edited by hand)."""
+    def verified(self, stage: str, key: str) -> tuple[CacheEntry | None, str]:
+        """The entry for ``key`` if it can be trusted, else None and why not ("" = there is none). An entry whose
+        file changed since it was made, or a folder without a readable record (a crash, a hand edit), is
+        evicted so that the stage can be run again in its place."""
+        entry = self.lookup(stage, key)
         if entry is None:
-            return "its record is missing or unreadable" if self._dir(stage, key).exists() else ""
-        for name, digest in entry.files.items():
-            if sha256_file(entry.file(name)) != digest:
-                return f"{name} changed since it was made"
-        return ""
+            damage = "its record is missing or unreadable" if self._dir(stage, key).exists() else ""
+        else:
+            damage = next((f"{name} changed since it was made" for name, digest in entry.files.items()
+                           if sha256_file(entry.file(name)) != digest), "")
+        if damage:
+            self.evict(stage, key)
+            return None, damage
+        return entry, ""
 
     def evict(self, stage: str, key: str) -> None:
         folder = self._dir(stage, key)

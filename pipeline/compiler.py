@@ -140,12 +140,9 @@ class Compilation:
         hashes = {name: self._hash(path) for name, path in inputs.items()}
         tools = {t: self.versions.get(t, "absent") for t in ("python",) + module.TOOLS}
         key = stage_key(module.NAME, module.VERSION, hashes, dataclasses.asdict(config), tools)
-        entry = self.cache.lookup(module.NAME, key)
-        damage = self.cache.damaged(module.NAME, key, entry)
+        entry, damage = self.cache.verified(module.NAME, key)
         if damage:
             self.progress.warn(f"[{label}] the cached result in {self.cache.root} is damaged ({damage}); rebuilding it")
-            self.cache.evict(module.NAME, key)
-            entry = None
         cached = entry is not None
         if cached:
             self.progress.log(f"[{label}] cached")
@@ -375,7 +372,7 @@ class Compilation:
             before = json.loads((final / "manifest.json").read_text())
             same = (sorted((a["file"], a["sha256"]) for a in before["artifacts"])
                     == sorted((a["file"], a["sha256"]) for a in listed)
-                    and sha256_file(final / "eval" / "eval.npz") == sha256_file(staging / "eval" / "eval.npz"))
+                    and sha256_file(final / "eval" / "eval.npz") == self.built.files["eval.npz"])
         except (OSError, ValueError, KeyError, TypeError):
             same = False
         if same:

@@ -157,7 +157,7 @@ def _tvm_kind(spec: Any) -> str:
     """The kind of a TVM target (llvm, opencl, ...) when the file says it; "" for a tag TVM alone can read."""
     if isinstance(spec, dict):
         return str(spec.get("kind", ""))
-    first = str(spec).split()[0] if str(spec).split() else ""
+    first = (str(spec).split() or [""])[0]
     return first if first in ("llvm", "opencl", "vulkan", "cuda", "metal") else ""
 
 

@@ -259,9 +259,8 @@ def emulator_cache(stage_cache) -> Path:
     from pipeline.errors import MissingDependencyError, StageError
     from pipeline.progress import Progress
 
-    cache = stage_cache
     try:
-        ensure_emulator(cache, Progress(quiet=True))
+        ensure_emulator(stage_cache, Progress(quiet=True))
     except (MissingDependencyError, StageError) as exc:
         pytest.skip(f"emulator set-up not possible here: {exc}")
-    return cache
+    return stage_cache

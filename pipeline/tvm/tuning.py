@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 import time
 import zlib
@@ -57,11 +58,9 @@ def load_tensor_intrinsics() -> float:
     minutes once TensorFlow (thousands of modules) is loaded, as it is when tuning follows the build stage.
     No module has such a file, so for a frame the answer is the same every time: it is looked up once per
     file name and then remembered, for the length of the import only."""
-    import sys
-
-    start = time.monotonic()
     if "tvm.s_tir.tensor_intrin" in sys.modules:
         return 0.0
+    start = time.monotonic()
     real = inspect.getmodule
     known: dict[str, object] = {}
 
