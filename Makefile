@@ -51,7 +51,22 @@ TUNE_TIMEOUT ?= 60
 
 TUNING = $(if $(call set,TUNING_DIR),--tuning-dir=$(call q,TUNING_DIR))
 
-.PHONY: help setup compile tune bench report verify gate baseline peers profile targets test test-slow clean clean-cache
+VERBS = compile tune bench report verify gate baseline peers profile targets test test-slow clean clean-cache
+.PHONY: help setup $(VERBS) $(addprefix .run-,$(VERBS))
+
+# `make <verb>` exits with the program's own code (0 ok, 1 gate failed, 2 bad input, 3, 4, 5, 130, 143; pytest's
+# for test), not make's 2 for every failure. Each verb's program runs in a prerequisite, .run-<verb>, whose shell
+# records the code and succeeds; the verb's recipe then calls $(xc-exit FILE), a function of our make plugin
+# (pipeline/native/make_exit.c, built here on first use) that ends make with that code. Without a C compiler or
+# a make that can `load`, plain recipes run and a failure is make's 2.
+-load .make/xc_exit.so
+.make/xc_exit.so: pipeline/native/make_exit.c
+	@mkdir -p .make && { $(CC) -shared -fPIC -O2 -o $@.$$$$ $< 2>/dev/null && mv -f $@.$$$$ $@; } || rm -f $@.$$$$
+ifneq ($(filter xc_exit.so,$(notdir $(.LOADED))),)
+EXIT_FILE := .make/exit.$(shell echo $$PPID)
+$(addprefix .run-,$(VERBS)): .SHELLFLAGS = -c '/bin/sh -c "$$0"; echo $$? > $(EXIT_FILE)'
+PASS_EXIT = @:$(xc-exit $(EXIT_FILE))
+endif
 
 help:
 	@echo "make setup                       create .venv (VENV=) with the pinned dependencies (automatic)"
@@ -81,54 +96,68 @@ setup:
 	  touch $(STAMP); \
 	fi
 
-compile: setup
+compile: .run-compile ; $(PASS_EXIT)
+.run-compile: setup
 	$(PYQ) -m pipeline compile --target=$(call q,TARGET) --weights=$(call q,WEIGHTS) \
 	  $(if $(call set,CALIB),--calib=$(call q,CALIB)) --calib-n=$(call q,CALIB_N) \
 	  $(if $(call set,EVAL),--eval=$(call q,EVAL)) --eval-n=$(call q,EVAL_N) \
 	  --input-size=$(call q,INPUT_SIZE) --classes=$(call q,CLASSES) $(TUNING) $(if $(filter 0,$(value TUNED)),--no-tuning) $(COMMON)
 
-tune: setup
+tune: .run-tune ; $(PASS_EXIT)
+.run-tune: setup
 	$(PYQ) -m pipeline tune --target=$(call q,TARGET) --weights=$(call q,WEIGHTS) \
 	  $(if $(call set,CALIB),--calib=$(call q,CALIB)) --calib-n=$(call q,CALIB_N) \
 	  --input-size=$(call q,INPUT_SIZE) --classes=$(call q,CLASSES) --trials=$(call q,TRIALS) --timeout=$(call q,TUNE_TIMEOUT) \
 	  $(if $(call set,RPC),--rpc=$(call q,RPC)) $(if $(call set,KEY),--key=$(call q,KEY)) $(TUNING) $(COMMON)
 
-bench: setup
+bench: .run-bench ; $(PASS_EXIT)
+.run-bench: setup
 	$(PYQ) -m pipeline bench --target=$(call q,TARGET) --out=$(call q,OUT) \
 	  $(if $(call set,DEVICE),--device=$(call q,DEVICE) --remote-python=$(call q,REMOTE_PYTHON) --ssh-opts=$(call q,SSH_OPTS)) \
 	  $(if $(call set,PORT),--port=$(call q,PORT)) $(if $(call set,RPC),--rpc=$(call q,RPC)) $(if $(call set,KEY),--key=$(call q,KEY)) \
 	  --threads=$(call q,THREADS) --eval-n=$(call q,BENCH_EVAL_N) --min-runs=$(call q,MIN_RUNS) \
 	  --min-seconds=$(call q,MIN_SECONDS) --max-seconds=$(call q,MAX_SECONDS) --accuracy-seconds=$(call q,ACC_SECONDS)
 
-peers: setup
+peers: .run-peers ; $(PASS_EXIT)
+.run-peers: setup
 	$(PYQ) -m pipeline peers --out=$(call q,OUT) --threads=$(call q,THREADS) $(TUNING) $(if $(call set,CACHE_DIR),--cache-dir=$(call q,CACHE_DIR))
 
-profile: setup
+profile: .run-profile ; $(PASS_EXIT)
+.run-profile: setup
 	$(PYQ) -m benchmarks.profile $(call qs,$(value OUT)/$(value TARGET)) --threads=$(call q,THREADS)
 
-verify: setup
+verify: .run-verify ; $(PASS_EXIT)
+.run-verify: setup
 	$(PYQ) -m pipeline verify --target=$(call q,TARGET) --out=$(call q,OUT) --n=$(call q,VERIFY_N) $(if $(call set,CACHE_DIR),--cache-dir=$(call q,CACHE_DIR))
 
-gate: setup
+gate: .run-gate ; $(PASS_EXIT)
+.run-gate: setup
 	$(PYQ) -m pipeline gate --target=$(call q,TARGET) --out=$(call q,OUT)
 
-baseline: setup
+baseline: .run-baseline ; $(PASS_EXIT)
+.run-baseline: setup
 	$(PYQ) -m pipeline baseline --target=$(call q,TARGET) --out=$(call q,OUT) --msg=$(call q,MSG)
 
-report: setup
+report: .run-report ; $(PASS_EXIT)
+.run-report: setup
 	$(PYQ) -m pipeline report --target=$(call q,TARGET) --out=$(call q,OUT)
 
-targets: setup
+targets: .run-targets ; $(PASS_EXIT)
+.run-targets: setup
 	$(PYQ) -m pipeline targets
 
-test: setup
+test: .run-test ; $(PASS_EXIT)
+.run-test: setup
 	PYTEST_ADDOPTS="$$PYTEST_ADDOPTS "$(call q,PYTEST_ARGS) $(PYQ) -m pytest -n $(call q,TEST_WORKERS) --dist loadfile
 
-test-slow: setup
+test-slow: .run-test-slow ; $(PASS_EXIT)
+.run-test-slow: setup
 	PYTEST_ADDOPTS="$$PYTEST_ADDOPTS "$(call q,PYTEST_ARGS) $(PYQ) -m pytest -m slow
 
-clean: setup
+clean: .run-clean ; $(PASS_EXIT)
+.run-clean: setup
 	$(PYQ) -m pipeline clean $(COMMON)
 
-clean-cache: setup
+clean-cache: .run-clean-cache ; $(PASS_EXIT)
+.run-clean-cache: setup
 	$(PYQ) -m pipeline clean --cache $(COMMON)

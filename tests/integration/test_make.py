@@ -110,6 +110,45 @@ def test_profile_folder_and_pytest_arguments_arrive_as_typed(fake, tmp_path):
     assert not canary.exists()
 
 
-def test_make_reports_the_programs_failure(fake):
-    done, calls = fake("gate", "TARGET=host", exit_code=3)
-    assert calls and done.returncode != 0 and "Error 3" in done.stderr
+EXIT_CODES = [0, 1, 2, 3, 4, 5, 130, 143]     # README "Exit codes"; 130/143: interrupted by SIGINT/SIGTERM
+
+
+@pytest.mark.parametrize("code", EXIT_CODES)
+def test_make_exits_with_the_programs_own_code(fake, code):
+    done, calls = fake("gate", "TARGET=host", exit_code=code)
+    assert calls and done.returncode == code, (done.returncode, done.stderr)
+
+
+@pytest.mark.parametrize("verb", sorted(set(VARIABLES) | {"profile", "targets", "tune", "clean-cache"}))
+def test_every_verb_passes_its_code_through(fake, verb):
+    done, calls = fake(verb, exit_code=4)
+    assert len(calls) == 1 and done.returncode == 4, (verb, done.returncode, done.stderr)
+
+
+def test_make_test_passes_pytests_code(fake):
+    done, calls = fake("test", "TEST_WORKERS=0", exit_code=5)     # pytest: 5 = no tests collected
+    assert calls[0][:2] == ["-m", "pytest"] and done.returncode == 5
+
+
+def test_later_verbs_do_not_run_after_a_failure(fake):
+    done, calls = fake("compile", "gate", "TARGET=host", exit_code=3)
+    assert done.returncode == 3 and [c[1] for c in calls] == ["pipeline"] and calls[0][2] == "compile"
+
+
+def test_real_program_codes_through_make():
+    ok = subprocess.run(["make", "-s", "targets"], cwd=ROOT, capture_output=True, text=True)
+    assert ok.returncode == 0 and "rpi4" in ok.stdout
+    bad = subprocess.run(["make", "-s", "gate", "TARGET=no-such-board"], cwd=ROOT, capture_output=True, text=True)
+    assert bad.returncode == 2 and "has no manifest.json" in bad.stderr
+
+
+def test_without_the_plugin_a_failure_is_makes_2(fake, tmp_path):
+    """No C compiler: the Makefile falls back to plain recipes (make's own 2, and its 'Error N' line)."""
+    (tmp_path / "pipeline" / "native").mkdir(parents=True)
+    for name in ("Makefile", "requirements.lock", "pipeline/native/make_exit.c"):
+        shutil.copy(ROOT / name, tmp_path / name)
+    venv = next(tmp_path.glob("ven*"))
+    done = subprocess.run(["make", "-s", "gate", "CC=false", f"VENV={venv}"], cwd=tmp_path, capture_output=True,
+                          text=True, env=os.environ | {"XC_TEST_ARGV": str(tmp_path / "log"), "XC_TEST_EXIT": "3"})
+    assert done.returncode == 2 and "Error 3" in done.stderr and (tmp_path / "log").exists()
+    assert not (tmp_path / ".make" / "xc_exit.so").exists()
