@@ -185,9 +185,12 @@ def run_build(build_dir: Path, threads: int = 0, budget: Budget = Budget(), eval
               only: list[str] | None = None, log=print, python: list[str] | None = None) -> dict:
     """Measure every artifact of a build folder, each in its own process (``python``: the command that
     runs the child instead of this Python, e.g. ``qemu-x86_64 -cpu Haswell python``)."""
-    if threads < 0 or eval_n < 0:
-        raise BenchError(f"THREADS / --threads = {threads} and BENCH_EVAL_N / --eval-n = {eval_n} must be >= 0 "
-                         f"(0 = the target's bench.threads / the whole eval set)")
+    if threads < 0:
+        raise BenchError(f"THREADS (--threads) = {threads}: must be 0 (the target's bench.threads) or a positive "
+                         f"number of threads")
+    if eval_n < 0:
+        raise BenchError(f"BENCH_EVAL_N (--eval-n) = {eval_n}: must be 0 (the whole eval set) or a positive "
+                         f"number of images")
     manifest = load_manifest(build_dir)
     artifacts = [a for a in manifest["artifacts"] if not only or a["file"] in only]
     if only and len(artifacts) != len(set(only)):
