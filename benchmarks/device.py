@@ -4,6 +4,7 @@ Everything is read from /proc and /sys where readable (None where not); nothing 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import shutil
@@ -129,6 +130,27 @@ def snapshot() -> dict:
     freq = _read("/sys/devices/system/cpu/cpu0/cpufreq/scaling_cur_freq")
     return {"temperature_c": temperature_c(), "throttled": throttled(),
             "freq_mhz": round(int(freq) / 1000) if freq and freq.isdigit() else None}
+
+
+@contextlib.contextmanager
+def pinned(cpus: list[int], log=print):
+    """Run what is inside (and the processes it starts) on the target's bench cluster: its Linux CPU numbers
+    from the target file (e.g. an RK3588's Cortex-A76 cores 4-7). Yields the CPUs pinned to, or None where
+    the file names none or this machine lacks them (then nothing is pinned, and the log says why)."""
+    if not cpus or not hasattr(os, "sched_setaffinity"):
+        yield None
+        return
+    allowed = os.sched_getaffinity(0)
+    if not set(cpus) <= allowed:
+        log(f"  not pinned to the target's bench cluster (CPUs {sorted(cpus)}): this machine offers CPUs "
+            f"{sorted(allowed)}")
+        yield None
+        return
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield sorted(cpus)
+    finally:
+        os.sched_setaffinity(0, allowed)
 
 
 def describe(threads: int) -> dict:

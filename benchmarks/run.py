@@ -120,6 +120,7 @@ def measure(path: Path, runtime: str, io: dict | None, eval_file: Path, threads:
         "provider": provider,
         **runtime_provenance(provider),
         "measured_on": device.this_cpu(),
+        "cpus_allowed": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
     }
 
 
@@ -203,8 +204,20 @@ def run_build(build_dir: Path, threads: int = 0, budget: Budget = Budget(), eval
                          f"(e.g. {artifacts[0]['file']}) with manifest.json and eval/")
     artifacts = [a for a in artifacts if a not in absent]
     check_hashes(build_dir, artifacts)
+    target = manifest.get("config", {}).get("target", {})
+    cluster = target.get("cpu", {}).get("cpus") or []
     if not threads:
-        threads = manifest.get("config", {}).get("target", {}).get("bench", {}).get("threads") or os.cpu_count() or 1
+        threads = target.get("bench", {}).get("threads") or len(cluster) or os.cpu_count() or 1
+    with device.pinned(cluster, log) as cpus:
+        if cpus:
+            log(f"  pinned to the {target['bench'].get('cluster', 'bench')} cluster: CPUs {cpus}")
+        results = _measure_all(build_dir, manifest, artifacts, absent, threads, budget, eval_n, python, log)
+    results["device"]["pinned_cpus"] = cpus
+    return results
+
+
+def _measure_all(build_dir: Path, manifest: dict, artifacts: list[dict], absent: list[dict], threads: int,
+                 budget: Budget, eval_n: int, python: list[str] | None, log) -> dict:
     before = device.snapshot()
     results, failed = [], []
     # a partial copy (one artifact copied to a board): what is there is measured, the rest is listed as skipped

@@ -208,11 +208,12 @@ class Compilation:
                                "core": target.cpu.core, "cores": target.cpu.cores or 4})
 
 
-    def tvm_spec(self) -> tuple[dict | str, bool]:
-        """The target's TVM target as the stage gets it, and whether LLVM should detect this CPU."""
+    def tvm_spec(self, device: str = "cpu") -> tuple[dict | str, bool]:
+        """The target's TVM target for a CPU or GPU artifact as the stage gets it, and whether LLVM should
+        detect this CPU."""
         target = self.target
         native = target.arch == platform.machine()
-        spec = target.tvm.target
+        spec, _ = target.tvm.target_for(device)
         if native and isinstance(spec, dict) and target.cpu.cores == 0 and "num-cores" not in spec:
             spec = spec | {"num-cores": os.cpu_count() or 1}
         if isinstance(spec, dict) and spec.get("kind") == "llvm" and "num-cores" not in spec and target.cpu.cores:
@@ -238,9 +239,10 @@ class Compilation:
         source, source_file = self.converted("tflite-int8" if precision == "int8" else "tflite-fp32")
         file_name = f"{self.model_name}_{precision}{'_opencl' if device == 'gpu' else ''}.so"
         native = target.arch == platform.machine()
-        spec, detect_cpu = self.tvm_spec()
+        spec, detect_cpu = self.tvm_spec(device)
         config = tvm_build.Config(kind=kind, file_name=file_name, target=canonical_json(spec),
-                                  host=canonical_json(target.tvm.host), host_cpu=cpu_model() if detect_cpu else "",
+                                  host=canonical_json(target.tvm.target_for(device)[1]),
+                                  host_cpu=cpu_model() if detect_cpu else "",
                                   linker=self.linker(), arch=target.arch, schedules=target.tvm.schedules)
         inputs = {"tflite": source.file(source_file)}
         records = self.records_dir() if device == "cpu" and target.tvm.schedules == "default" else None

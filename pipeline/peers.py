@@ -37,7 +37,7 @@ def write_peer_targets(folder: Path) -> Path:
             f'# written by `make peers`: {label}\n'
             f'description = "this machine, peer comparison ({label})"\narch = "x86_64"\nartifacts = [{listed}]\n'
             '[cpu]\ncore = "host"\ncores = 0\n[bench]\nthreads = 0\n'
-            f'[tvm]\ntarget = {{ kind = "llvm" }}\nschedules = "{schedules}"\n')
+            f'[tvm]\ncpu = {{ kind = "llvm" }}\nschedules = "{schedules}"\n')
     return folder
 
 

@@ -37,10 +37,25 @@ HOST_FEATURES = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512bw", "avx512_
 
 
 @dataclass(frozen=True)
-class CpuSpec:
-    core: str                     # the core an emulator uses (QEMU_CPU), e.g. cortex-a72; "host" = this machine
+class Cluster:
+    """One group of identical cores (a big.LITTLE board has two or three)."""
+    name: str
+    core: str                     # the core an emulator uses (QEMU_CPU), e.g. cortex-a76; "host" = this machine
     cores: int                    # 0 = the machine's own count (host)
-    features: tuple[str, ...]     # ISA extensions the board has, Linux's names (neon, dotprod, avx2, avx512_vnni, ...)
+    features: tuple[str, ...]     # ISA extensions, Linux's names (neon, dotprod, fp16, avx2, avx512_vnni, ...)
+    cpus: tuple[int, ...] = ()    # Linux CPU numbers of these cores on the board; () = not known, not pinned
+
+
+@dataclass(frozen=True)
+class CpuSpec:
+    """The cluster the CPU artifacts are built for, emulated as and benchmarked on (bench.cluster), plus
+    every cluster of the board. core / cores / features / cpus are that cluster's."""
+    core: str
+    cores: int
+    features: tuple[str, ...]
+    cpus: tuple[int, ...] = ()
+    cluster: str = "cpu"
+    clusters: tuple[Cluster, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -51,15 +66,23 @@ class GpuSpec:
 
 @dataclass(frozen=True)
 class TvmSpec:
-    target: Any                   # a TVM tag (str) or target dict, passed through untouched
-    host: Any = None              # host target for GPU targets (dict or tag)
+    cpu: Any = None               # TVM target (llvm) of the CPU artifacts (tvm-fp32, tvm-int8): a tag or a table
+    gpu: Any = None               # TVM target (opencl) of the GPU artifacts (tvm-gpu-fp32)
+    gpu_host: Any = None          # the host code of the GPU artifacts; default: tvm.cpu (the board's CPU)
     cross_compiler: str = ""      # e.g. aarch64-linux-gnu-gcc; empty = native
     schedules: str = "default"    # CPU builds: "default" schedules, or "none" (TVM's bare output)
+
+    def target_for(self, device: str) -> tuple[Any, Any]:
+        """(TVM target, host) for an artifact on "cpu" or "gpu", passed to TVM untouched."""
+        if device == "gpu":
+            return self.gpu, self.gpu_host if self.gpu_host is not None else self.cpu
+        return self.cpu, None
 
 
 @dataclass(frozen=True)
 class BenchSpec:
-    threads: int                  # 0 = all cores
+    threads: int                  # 0 = all cores of the bench cluster
+    cluster: str = "cpu"          # which cluster the benchmark runs on (pinned to its cpus when known)
 
 
 @dataclass(frozen=True)
@@ -115,42 +138,102 @@ def parse_target(name: str, path: Path) -> Target:
         _choice(kind, f"{where}: artifacts entry", tuple(ARTIFACT_KINDS))
     if not artifacts:
         raise ConfigError(f"{where}: artifacts is empty; list at least one of {', '.join(ARTIFACT_KINDS)}")
-    cpu = _keys(top["cpu"], f"{where}: [cpu]", required=("core", "cores"), optional=("features",))
-    features = tuple(_str_list(cpu.get("features", []), f"{where}: cpu.features"))
-    if cpu["core"] == "host":       # this machine: its ISA is detected, not written down
-        features = tuple(sorted(set(features) | (set(cpu_flags()) & set(HOST_FEATURES))))
-    bench = _keys(top["bench"], f"{where}: [bench]", required=("threads",))
+    clusters = _clusters(top["cpu"], where)
+    bench = _keys(top["bench"], f"{where}: [bench]", required=("threads",), optional=("cluster",))
+    names = [c.name for c in clusters]
+    if "cluster" in bench:
+        chosen = _choice(bench["cluster"], f"{where}: bench.cluster", tuple(names))
+    elif len(clusters) == 1:
+        chosen = names[0]
+    else:
+        raise ConfigError(f"{where}: the board has {len(clusters)} CPU clusters ({', '.join(names)}); say which one "
+                          f"the CPU artifacts are built for and benchmarked on with bench.cluster")
+    run_on = clusters[names.index(chosen)]
+    threads = _count(bench["threads"], f"{where}: bench.threads")
+    if run_on.cores and threads > run_on.cores:
+        raise ConfigError(f"{where}: bench.threads = {threads} but cluster {run_on.name!r} has {run_on.cores} cores; "
+                          f"threads beyond a cluster's cores would run on other cores or share them")
     gpu = tvm = None
     if "gpu" in top:
         g = _keys(top["gpu"], f"{where}: [gpu]", required=("api", "name"))
         gpu = GpuSpec(api=_choice(g["api"], f"{where}: gpu.api", GPU_APIS), name=_str(g["name"], f"{where}: gpu.name"))
     if "tvm" in top:
-        t = _keys(top["tvm"], f"{where}: [tvm]", required=("target",), optional=("host", "cross_compiler", "schedules"))
-        for key in ("target", "host"):
-            if key in t and not isinstance(t[key], (str, dict)):
-                raise ConfigError(f"{where}: tvm.{key} must be a TVM tag (string) or a table, "
-                                  f"got {type(t[key]).__name__}")
-        tvm = TvmSpec(target=t["target"], host=t.get("host"),
-                      cross_compiler=_str(t.get("cross_compiler", ""), f"{where}: tvm.cross_compiler"),
-                      schedules=_choice(t.get("schedules", "default"), f"{where}: tvm.schedules", ("default", "none")))
-    if tvm is None and any(k.startswith("tvm-") for k in artifacts):
-        raise ConfigError(f"{where}: artifacts ask for TVM builds but there is no [tvm] table with a target")
-    if gpu is None and "tvm-gpu-fp32" in artifacts:
-        raise ConfigError(f"{where}: tvm-gpu-fp32 needs a [gpu] table (api = \"opencl\")")
+        tvm = _tvm(top["tvm"], where)
+    _check_processor(where, artifacts, tvm, gpu)
     if tvm is not None:
-        _check_processor(where, artifacts, tvm)
+        _check_features(where, tvm.cpu, run_on)
     return Target(
         name=name,
         description=_str(top["description"], f"{where}: description"),
         arch=arch,
         artifacts=tuple(artifacts),
-        cpu=CpuSpec(core=_str(cpu["core"], f"{where}: cpu.core"),
-                    cores=_count(cpu["cores"], f"{where}: cpu.cores"),
-                    features=features),
-        bench=BenchSpec(threads=_count(bench["threads"], f"{where}: bench.threads")),
+        cpu=CpuSpec(core=run_on.core, cores=run_on.cores, features=run_on.features, cpus=run_on.cpus,
+                    cluster=run_on.name, clusters=tuple(clusters)),
+        bench=BenchSpec(threads=threads, cluster=run_on.name),
         gpu=gpu,
         tvm=tvm,
     )
+
+
+def _clusters(table: Any, where: str) -> list[Cluster]:
+    """[cpu] is one cluster (core, cores, features, cpus), or a list of them: [[cpu.clusters]] with a name each."""
+    if isinstance(table, dict) and "clusters" in table:
+        _keys(table, f"{where}: [cpu]", required=("clusters",))
+        entries = table["clusters"]
+        if not isinstance(entries, list) or not entries or not all(isinstance(e, dict) for e in entries):
+            raise ConfigError(f"{where}: cpu.clusters must be a list of tables ([[cpu.clusters]] with name, core, "
+                              f"cpus, features), got {entries!r}")
+        clusters = [_cluster(e, f"{where}: cpu.clusters[{i}]", named=True) for i, e in enumerate(entries)]
+    else:
+        clusters = [_cluster(table, f"{where}: [cpu]", named=False)]
+    names = [c.name for c in clusters]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"{where}: cpu.clusters names must differ, got {', '.join(names)}")
+    seen: set[int] = set()
+    for c in clusters:
+        if seen & set(c.cpus):
+            raise ConfigError(f"{where}: cluster {c.name!r} lists cpus {sorted(seen & set(c.cpus))} that another "
+                              f"cluster lists too")
+        seen |= set(c.cpus)
+    return clusters
+
+
+def _cluster(table: Any, where: str, named: bool) -> Cluster:
+    t = _keys(table, where, required=(("name",) if named else ()) + ("core",),
+              optional=("cores", "cpus", "features"))
+    cpus = t.get("cpus", [])
+    if not isinstance(cpus, list) or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0 for c in cpus) \
+            or len(set(cpus)) != len(cpus):
+        raise ConfigError(f"{where}: cpus must be a list of distinct Linux CPU numbers (0, 1, ...), got {cpus!r}")
+    if "cores" in t:
+        cores = _count(t["cores"], f"{where.replace(': [cpu]', ': cpu')}.cores")
+        if cpus and cores != len(cpus):
+            raise ConfigError(f"{where}: cores = {cores} but cpus lists {len(cpus)} CPUs {cpus}")
+    elif cpus:
+        cores = len(cpus)
+    else:
+        raise ConfigError(f"{where}: missing key 'cores' (or 'cpus', the Linux CPU numbers of the cluster's cores)")
+    features = tuple(_str_list(t.get("features", []), f"{where}: features"))
+    core = _str(t["core"], f"{where}: core")
+    if core == "host":       # this machine: its ISA is detected, not written down
+        features = tuple(sorted(set(features) | (set(cpu_flags()) & set(HOST_FEATURES))))
+    name = _str(t["name"], f"{where}: name") if named else "cpu"
+    return Cluster(name=name, core=core, cores=cores, features=features, cpus=tuple(cpus))
+
+
+def _tvm(table: Any, where: str) -> TvmSpec:
+    if isinstance(table, dict) and ("target" in table or "host" in table):
+        raise ConfigError(f"{where}: tvm.target / tvm.host are the old one-target form; a board has a CPU and a GPU "
+                          f"target: write tvm.cpu = {{ kind = \"llvm\", ... }} for tvm-fp32 / tvm-int8 and "
+                          f"tvm.gpu = {{ kind = \"opencl\", ... }} for tvm-gpu-fp32 (README: Target files)")
+    t = _keys(table, f"{where}: [tvm]", required=(),
+              optional=("cpu", "gpu", "gpu_host", "cross_compiler", "schedules"))
+    for key in ("cpu", "gpu", "gpu_host"):
+        if key in t and not isinstance(t[key], (str, dict)):
+            raise ConfigError(f"{where}: tvm.{key} must be a TVM tag (string) or a table, got {type(t[key]).__name__}")
+    return TvmSpec(cpu=t.get("cpu"), gpu=t.get("gpu"), gpu_host=t.get("gpu_host"),
+                   cross_compiler=_str(t.get("cross_compiler", ""), f"{where}: tvm.cross_compiler"),
+                   schedules=_choice(t.get("schedules", "default"), f"{where}: tvm.schedules", ("default", "none")))
 
 
 def _tvm_kind(spec: Any) -> str:
@@ -161,21 +244,47 @@ def _tvm_kind(spec: Any) -> str:
     return first if first in ("llvm", "opencl", "vulkan", "cuda", "metal") else ""
 
 
-def _check_processor(where: str, artifacts: list[str], tvm: TvmSpec) -> None:
-    """Each TVM artifact kind is built for the processor it names: a CPU kind never from a GPU target (it
-    would become an OpenCL module labelled cpu), a GPU kind never from an llvm target (a CPU-only library)."""
-    kind = _tvm_kind(tvm.target)
-    if not kind:
-        return
+def _check_processor(where: str, artifacts: list[str], tvm: TvmSpec | None, gpu: GpuSpec | None) -> None:
+    """Each TVM artifact kind is built for the processor it names, from that processor's TVM target: a CPU
+    kind from tvm.cpu (llvm), a GPU kind from tvm.gpu (never llvm: that would be a CPU-only library)."""
     cpu_kinds = [k for k in artifacts if k.startswith("tvm-") and ARTIFACT_KINDS[k][3] == "cpu"]
     gpu_kinds = [k for k in artifacts if k.startswith("tvm-") and ARTIFACT_KINDS[k][3] == "gpu"]
-    if cpu_kinds and kind != "llvm":
-        raise ConfigError(f"{where}: {', '.join(cpu_kinds)} run on the CPU but tvm.target is a {kind} (GPU) target; "
-                          f"a target file has one TVM target: list the CPU kinds with tvm.target kind = \"llvm\", "
-                          f"or tvm-gpu-fp32 with kind = \"{kind}\" (a second file for the other processor)")
-    if gpu_kinds and kind == "llvm":
-        raise ConfigError(f"{where}: {', '.join(gpu_kinds)} runs on the GPU but tvm.target is llvm (the CPU); set "
-                          f"tvm.target = {{ kind = \"opencl\", device = \"mali\" }} and tvm.host to the board's CPU")
+    if cpu_kinds and (tvm is None or tvm.cpu is None):
+        raise ConfigError(f"{where}: {', '.join(cpu_kinds)} run on the CPU and need a CPU TVM target: "
+                          f"[tvm] cpu = {{ kind = \"llvm\", ... }}")
+    if gpu_kinds and (tvm is None or tvm.gpu is None):
+        raise ConfigError(f"{where}: {', '.join(gpu_kinds)} runs on the GPU and needs a GPU TVM target: "
+                          f"[tvm] gpu = {{ kind = \"opencl\", ... }}")
+    if gpu_kinds and gpu is None:
+        raise ConfigError(f"{where}: {', '.join(gpu_kinds)} needs a [gpu] table (api = \"opencl\", name = ...)")
+    if tvm is None:
+        return
+    if tvm.cpu is not None and _tvm_kind(tvm.cpu) not in ("", "llvm"):
+        raise ConfigError(f"{where}: tvm.cpu is a {_tvm_kind(tvm.cpu)} (GPU) target; the CPU target is "
+                          f"kind = \"llvm\" (the GPU's goes in tvm.gpu)")
+    if tvm.gpu is not None and _tvm_kind(tvm.gpu) == "llvm":
+        raise ConfigError(f"{where}: tvm.gpu is llvm (the CPU); the GPU target is e.g. "
+                          f"{{ kind = \"opencl\", device = \"mali\" }} (the CPU's goes in tvm.cpu)")
+    if gpu_kinds and tvm.gpu_host is None and tvm.cpu is None:
+        raise ConfigError(f"{where}: {', '.join(gpu_kinds)}'s host code runs on the board's CPU: give tvm.cpu "
+                          f"(or tvm.gpu_host), e.g. {{ kind = \"llvm\", mtriple = \"aarch64-linux-gnu\" }}")
+
+
+# LLVM's aarch64 -mattr extensions that fault on a core without them (SIGILL), and Linux's name for each
+_MATTR_FEATURES = {"+dotprod": "dotprod", "+fullfp16": "fp16", "+i8mm": "i8mm", "+sve": "sve", "+sve2": "sve2"}
+
+
+def _check_features(where: str, spec: Any, cluster: Cluster) -> None:
+    """A CPU library compiled with an extension the bench cluster lacks would die with SIGILL on the board."""
+    if not isinstance(spec, dict) or cluster.core == "host":
+        return
+    mattr = spec.get("mattr", [])
+    mattr = mattr.split(",") if isinstance(mattr, str) else mattr
+    missing = [m for m in mattr if m in _MATTR_FEATURES and _MATTR_FEATURES[m] not in cluster.features]
+    if missing:
+        raise ConfigError(f"{where}: tvm.cpu mattr {', '.join(missing)} needs "
+                          f"{', '.join(_MATTR_FEATURES[m] for m in missing)}, which cluster {cluster.name!r} "
+                          f"({cluster.core}) does not list in its features: the library would die with SIGILL there")
 
 
 def _keys(table: Any, where: str, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> dict:

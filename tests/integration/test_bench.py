@@ -217,3 +217,27 @@ def test_a_partial_copy_runs_what_is_there(host_build, tmp_path):
     (board / "tiny_int8.tflite").unlink()
     with pytest.raises(BenchError, match="none of the manifest's artifacts is in"):
         run_build(board, threads=1, budget=FAST, log=lambda m: None)
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="no CPU affinity on this OS")
+def test_bench_runs_on_the_targets_cluster(host_build, tmp_path):
+    """A board file's bench cluster (Linux CPU numbers) pins the measurement; CPUs this machine lacks are
+    named in the log and nothing is pinned."""
+    board = tmp_path / "host"
+    shutil.copytree(host_build, board, ignore=shutil.ignore_patterns("bench", "report", "gate"))
+    manifest = json.loads((board / "manifest.json").read_text())
+    manifest["config"]["target"]["cpu"]["cpus"] = [0]
+    manifest["config"]["target"]["bench"]["cluster"] = "big"
+    (board / "manifest.json").write_text(json.dumps(manifest))
+    logged = []
+    results = run_build(board, threads=1, budget=FAST, eval_n=4, only=["tiny_int8.tflite"], log=logged.append)
+    jsonschema.validate(results, SCHEMA)
+    assert results["device"]["pinned_cpus"] == [0] and results["results"][0]["cpus_allowed"] == [0]
+    assert any("pinned to the big cluster: CPUs [0]" in line for line in logged)
+    assert os.sched_getaffinity(0) != {0} or os.cpu_count() == 1          # the runner gave its own CPUs back
+    manifest["config"]["target"]["cpu"]["cpus"] = [4096]
+    (board / "manifest.json").write_text(json.dumps(manifest))
+    logged.clear()
+    results = run_build(board, threads=1, budget=FAST, eval_n=4, only=["tiny_int8.tflite"], log=logged.append)
+    assert results["device"]["pinned_cpus"] is None and len(results["results"][0]["cpus_allowed"]) >= 1
+    assert any("not pinned to the target's bench cluster (CPUs [4096])" in line for line in logged)

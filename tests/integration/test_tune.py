@@ -21,7 +21,7 @@ TRIALS = 4           # the tiny model's largest convolutions get trials; each tu
 @pytest.fixture(scope="module")
 def setup(tiny_model, stage_cache, tmp_path_factory):
     root = tmp_path_factory.mktemp("tune")
-    targets = write_target(root / "targets", "tunehost", ["tflite-fp32", "tvm-fp32"], '[tvm]\ntarget = { kind = "llvm" }\n')
+    targets = write_target(root / "targets", "tunehost", ["tflite-fp32", "tvm-fp32"], '[tvm]\ncpu = { kind = "llvm" }\n')
 
     def options(**extra) -> CompileOptions:
         return CompileOptions(**({"target": "tunehost", "weights": str(tiny_model), "out_dir": root / "build",

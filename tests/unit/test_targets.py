@@ -3,7 +3,7 @@ import pytest
 from pipeline.errors import ConfigError
 from pipeline.targets import ARTIFACT_KINDS, TARGETS_DIR, available_targets, load_target
 
-REQUIRED_BOARDS = ("host", "rpi4", "rpi5", "android-arm64", "mali", "adreno")
+REQUIRED_BOARDS = ("host", "rpi4", "rpi5", "android-arm64", "mali", "adreno", "rk3588")
 
 GOOD = """
 description = "test board"
@@ -34,11 +34,11 @@ def test_shipped_targets_parse(name):
 def test_board_facts():
     rpi4, rpi5 = load_target("rpi4"), load_target("rpi5")
     assert rpi4.cpu.core == "cortex-a72" and "dotprod" not in rpi4.cpu.features
-    assert rpi4.tvm.target["mcpu"] == "cortex-a72" and "+dotprod" not in rpi4.tvm.target["mattr"]
+    assert rpi4.tvm.cpu["mcpu"] == "cortex-a72" and "+dotprod" not in rpi4.tvm.cpu["mattr"]
     assert rpi5.cpu.core == "cortex-a76" and "dotprod" in rpi5.cpu.features
     for gpu in ("mali", "adreno"):
         t = load_target(gpu)
-        assert t.gpu.api == "opencl" and t.tvm.target["kind"] == "opencl" and "tflite-fp16" in t.artifacts
+        assert t.gpu.api == "opencl" and t.tvm.gpu["kind"] == "opencl" and "tflite-fp16" in t.artifacts
     assert {"tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8"} <= set(rpi4.artifacts)
 
 
@@ -68,7 +68,7 @@ def test_unknown_top_level_key_names_key_and_valid_ones(tmp_path):
 
 
 def test_unknown_nested_key(tmp_path):
-    with pytest.raises(ConfigError, match=r"\[cpu\]: unknown key 'mhz'; valid keys: core, cores, features"):
+    with pytest.raises(ConfigError, match=r"\[cpu\]: unknown key 'mhz'; valid keys: core, cores, cpus, features"):
         load_target("b", write(tmp_path, "b", GOOD.replace("cores = 4", "cores = 4\nmhz = 1500")))
 
 
@@ -90,29 +90,94 @@ def test_bad_values(tmp_path, old, new, message):
 
 
 def test_tvm_target_passes_through_untouched(tmp_path):
-    text = GOOD + '[tvm]\ntarget = { kind = "llvm", mcpu = "cortex-a53", num-cores = 4 }\n'
+    text = GOOD + '[tvm]\ncpu = { kind = "llvm", mcpu = "cortex-a53", num-cores = 4 }\n'
     target = load_target("b", write(tmp_path, "b", text))
-    assert target.tvm.target == {"kind": "llvm", "mcpu": "cortex-a53", "num-cores": 4}
-    tagged = load_target("c", write(tmp_path, "c", GOOD + '[tvm]\ntarget = "raspberry-pi/4b-aarch64"\n'))
-    assert tagged.tvm.target == "raspberry-pi/4b-aarch64"
-    with pytest.raises(ConfigError, match=r"tvm.target must be a TVM tag \(string\) or a table, got int"):
-        load_target("d", write(tmp_path, "d", GOOD + "[tvm]\ntarget = 3\n"))
+    assert target.tvm.cpu == {"kind": "llvm", "mcpu": "cortex-a53", "num-cores": 4}
+    tagged = load_target("c", write(tmp_path, "c", GOOD + '[tvm]\ncpu = "raspberry-pi/4b-aarch64"\n'))
+    assert tagged.tvm.target_for("cpu") == ("raspberry-pi/4b-aarch64", None)
+    with pytest.raises(ConfigError, match=r"tvm.cpu must be a TVM tag \(string\) or a table, got int"):
+        load_target("d", write(tmp_path, "d", GOOD + "[tvm]\ncpu = 3\n"))
 
 
-GPU_BOARD = GOOD.replace('"tflite-int8"', '{kinds}') + '[gpu]\napi = "opencl"\nname = "Mali-G610"\n[tvm]\ntarget = {target}\n'
+def test_the_old_one_target_form_is_refused_with_the_new_one(tmp_path):
+    with pytest.raises(ConfigError, match=r"tvm.target / tvm.host are the old one-target form.*tvm.cpu = .*tvm.gpu ="):
+        load_target("b", write(tmp_path, "b", GOOD + '[tvm]\ntarget = { kind = "llvm" }\n'))
 
 
-@pytest.mark.parametrize("kinds,target,message", [
-    ('"tvm-int8"', '{ kind = "opencl", device = "mali" }',
-     r"tvm-int8 run on the CPU but tvm.target is a opencl \(GPU\) target"),
-    ('"tvm-fp32", "tvm-gpu-fp32"', '{ kind = "opencl" }', r"tvm-fp32 run on the CPU but tvm.target is a opencl"),
-    ('"tvm-gpu-fp32"', '{ kind = "llvm", mtriple = "aarch64-linux-gnu" }',
-     r"tvm-gpu-fp32 runs on the GPU but tvm.target is llvm \(the CPU\)"),
-    ('"tvm-gpu-fp32"', '"llvm -mtriple=aarch64-linux-gnu"', r"tvm-gpu-fp32 runs on the GPU but tvm.target is llvm"),
+GPU_BOARD = GOOD.replace('"tflite-int8"', '{kinds}') + '[gpu]\napi = "opencl"\nname = "Mali-G610"\n[tvm]\n{tvm}\n'
+CPU_T = 'cpu = { kind = "llvm", mtriple = "aarch64-linux-gnu" }'
+GPU_T = 'gpu = { kind = "opencl", device = "mali" }'
+
+
+@pytest.mark.parametrize("kinds,tvm,message", [
+    ('"tvm-int8"', GPU_T, r"tvm-int8 run on the CPU and need a CPU TVM target: \[tvm\] cpu = "),
+    ('"tvm-gpu-fp32"', CPU_T, r"tvm-gpu-fp32 runs on the GPU and needs a GPU TVM target: \[tvm\] gpu = "),
+    ('"tvm-int8"', 'cpu = { kind = "opencl" }', r"tvm.cpu is a opencl \(GPU\) target; the CPU target is kind = \"llvm\""),
+    ('"tvm-gpu-fp32"', CPU_T + '\ngpu = { kind = "llvm" }', r"tvm.gpu is llvm \(the CPU\)"),
+    ('"tvm-gpu-fp32"', 'gpu = "llvm -mtriple=aarch64-linux-gnu"', r"tvm.gpu is llvm"),
+    ('"tvm-gpu-fp32"', GPU_T, r"host code runs on the board's CPU: give tvm.cpu \(or tvm.gpu_host\)"),
 ])
-def test_a_tvm_artifact_is_built_for_the_processor_it_names(tmp_path, kinds, target, message):
+def test_a_tvm_artifact_is_built_for_the_processor_it_names(tmp_path, kinds, tvm, message):
     """An OpenCL module labelled cpu, or a CPU-only library labelled gpu, is refused when the file is read."""
     with pytest.raises(ConfigError, match=message):
-        load_target("b", write(tmp_path, "b", GPU_BOARD.format(kinds=kinds, target=target)))
-    fine = load_target("ok", write(tmp_path, "ok", GPU_BOARD.format(kinds='"tvm-gpu-fp32"', target='{ kind = "opencl" }')))
-    assert fine.artifacts == ("tvm-gpu-fp32",)
+        load_target("b", write(tmp_path, "b", GPU_BOARD.format(kinds=kinds, tvm=tvm)))
+
+
+def test_one_board_has_cpu_and_gpu_tvm_artifacts(tmp_path):
+    both = load_target("ok", write(tmp_path, "ok", GPU_BOARD.format(kinds='"tvm-int8", "tvm-gpu-fp32"',
+                                                                     tvm=CPU_T + "\n" + GPU_T)))
+    assert both.tvm.target_for("cpu") == ({"kind": "llvm", "mtriple": "aarch64-linux-gnu"}, None)
+    assert both.tvm.target_for("gpu") == ({"kind": "opencl", "device": "mali"},      # host code: the board's CPU
+                                          {"kind": "llvm", "mtriple": "aarch64-linux-gnu"})
+    own_host = load_target("h", write(tmp_path, "h", GPU_BOARD.format(
+        kinds='"tvm-gpu-fp32"', tvm=GPU_T + '\ngpu_host = { kind = "llvm", mcpu = "cortex-a53" }')))
+    assert own_host.tvm.target_for("gpu")[1] == {"kind": "llvm", "mcpu": "cortex-a53"}
+
+
+def test_rk3588_is_a_big_little_board_with_cpu_and_gpu_artifacts():
+    rk = load_target("rk3588")
+    assert [(c.name, c.core, c.cpus) for c in rk.cpu.clusters] == [
+        ("big", "cortex-a76", (4, 5, 6, 7)), ("little", "cortex-a55", (0, 1, 2, 3))]
+    assert (rk.cpu.core, rk.cpu.cores, rk.cpu.cpus, rk.bench.cluster, rk.bench.threads) == \
+        ("cortex-a76", 4, (4, 5, 6, 7), "big", 4)
+    assert {"tvm-int8", "tvm-fp32", "tvm-gpu-fp32"} <= set(rk.artifacts) and rk.int8_isa == "sdot"
+    assert rk.tvm.cpu["kind"] == "llvm" and rk.tvm.gpu["kind"] == "opencl" and rk.gpu.name == "Mali-G610"
+
+
+CLUSTERS = """description = "big.LITTLE"
+arch = "aarch64"
+artifacts = ["tflite-int8", "tvm-int8"]
+[[cpu.clusters]]
+name = "big"
+core = "cortex-a76"
+cpus = [4, 5, 6, 7]
+features = ["neon", "dotprod"]
+[[cpu.clusters]]
+name = "little"
+core = "cortex-a53"
+cpus = [0, 1, 2, 3]
+features = ["neon"]
+[bench]
+cluster = "big"
+threads = 4
+[tvm]
+cpu = { kind = "llvm", mcpu = "cortex-a76", mattr = ["+neon", "+dotprod"] }
+"""
+
+
+@pytest.mark.parametrize("old,new,message", [
+    ('cluster = "big"\n', "", r"has 2 CPU clusters \(big, little\); say which one .* with bench.cluster"),
+    ('cluster = "big"', 'cluster = "mid"', r"bench.cluster 'mid' is not valid; valid: big, little"),
+    ("threads = 4", "threads = 8", r"bench.threads = 8 but cluster 'big' has 4 cores"),
+    ("cpus = [0, 1, 2, 3]", "cpus = [3, 4]", r"cluster 'little' lists cpus \[4\] that another cluster lists too"),
+    ("cpus = [0, 1, 2, 3]", "cpus = [0, 0]", r"cpus must be a list of distinct Linux CPU numbers"),
+    ('name = "little"', 'name = "big"', r"cpu.clusters names must differ"),
+    ('cluster = "big"', 'cluster = "little"',
+     r"tvm.cpu mattr \+dotprod needs dotprod, which cluster 'little' \(cortex-a53\) does not list.*SIGILL"),
+    ('cpus = [4, 5, 6, 7]', 'cores = 4\ncpus = [4, 5]', r"cores = 4 but cpus lists 2 CPUs"),
+    ('cpus = [4, 5, 6, 7]', '', r"cpu.clusters\[0\]: missing key 'cores' \(or 'cpus'"),
+])
+def test_cluster_mistakes_are_one_line_each(tmp_path, old, new, message):
+    assert load_target("ok", write(tmp_path, "ok", CLUSTERS)).cpu.cpus == (4, 5, 6, 7)
+    with pytest.raises(ConfigError, match=message):
+        load_target("b", write(tmp_path, "b", CLUSTERS.replace(old, new, 1)))

@@ -1,0 +1,33 @@
+"""Every shipped target file compiles its whole artifact list (tiny model), each artifact built for the
+processor its kind names: the README's schema, the files in targets/ and the compiler agree."""
+from __future__ import annotations
+
+import pytest
+
+from pipeline.targets import ARTIFACT_KINDS, available_targets, load_target
+
+
+@pytest.mark.parametrize("name", available_targets())
+def test_shipped_target_compiles_its_artifact_list(tiny_build, name):
+    target = load_target(name)
+    options, result = tiny_build(name)
+    manifest = result.manifest
+    assert sorted(a["kind"] for a in manifest["artifacts"]) == sorted(target.artifacts)
+    folder = options.out_dir / name
+    for art in manifest["artifacts"]:
+        fmt, precision, runtime, device = ARTIFACT_KINDS[art["kind"]]
+        assert (art["format"], art["precision"], art["runtime"], art["device"]) == (fmt, precision, runtime, device)
+        assert (folder / art["file"]).stat().st_size == art["bytes"] > 0
+        if art["kind"] == "onnx-int8" and target.arch == "aarch64":     # measured as the board computes it
+            assert art["accuracy"]["measured_on"]["emulated"] == target.cpu.core
+        if fmt != "tvm":
+            continue
+        library = (folder / art["file"]).read_bytes()
+        machine = int.from_bytes(library[18:20], "little")
+        assert machine == {"aarch64": 183, "x86_64": 62}[target.arch], art["file"]
+        if device == "gpu":          # an OpenCL module with its kernels, host code for the board's CPU
+            assert art["tvm_target"]["kind"] == "opencl" and art["opencl_kernels"] > 0
+            assert (folder / art["opencl_source"]).read_text().count("__kernel void") == art["opencl_kernels"]
+        else:                        # a CPU library: llvm, and no OpenCL anywhere in it
+            assert art["tvm_target"]["kind"] == "llvm" and "opencl_kernels" not in art
+            assert b"__kernel" not in library and b"opencl" not in library.lower()
