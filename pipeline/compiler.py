@@ -256,6 +256,7 @@ class Compilation:
                   "schedules": info["schedules"], "tuning": info.get("tuning"),
                   "int8_integer_chains": info.get("int8_integer_chains", 0),
                   "int8_float_exact": info.get("int8_float_exact", 0),
+                  "int8_integer_adds": info.get("int8_integer_adds", 0),
                   "source_tflite": source_file, "accuracy": None}
         if device == "gpu":
             record["opencl_source"] = Path(file_name).stem + ".cl"
@@ -270,8 +271,24 @@ class Compilation:
             record["accuracy"] = self.check_artifact(
                 kind, "tvm", {"artifact": made.file(file_name), "eval": self.built.file("eval.npz"),
                               "tvm_info": made.file("tvm.json"), "litert_twin": source.file(source_file)}, limit)
+            self._within_tolerance(file_name, source_file, record["accuracy"]["vs_litert"])
         extra = {record["opencl_source"]: made.file(record["opencl_source"])} if device == "gpu" else {}
         return MadeArtifact(record, made.file(file_name), extra)
+
+    def _within_tolerance(self, file_name: str, source_file: str, vs: dict) -> None:
+        """A TVM library computes what LiteRT computes on the TFLite file it came from (int8: within one
+        quantization step, fp32: 1e-4 relative) or the compile fails: an artifact that misses is wrong, not
+        slightly less accurate, and is never shipped with exit 0."""
+        if vs["within_tolerance"]:
+            return
+        if "max_quant_steps" in vs:
+            off = f"{vs['max_quant_steps']} quantization steps (tolerance {vs['tolerance_steps']})"
+        else:
+            off = f"{vs['max_rel_diff']:.2e} relative (tolerance {vs['tolerance_rel']:.0e})"
+        raise StageError(f"{file_name} differs from LiteRT running {source_file} by up to {off} on "
+                         f"{vs['beyond_tolerance']} of {vs['outputs']} outputs: an operator of this model is not in "
+                         f"LiteRT's arithmetic in TVM; no artifacts were written (target {self.target.name}; "
+                         f"leave tvm-* out of its artifacts to ship the others)")
 
     def linker(self) -> str:
         target = self.target

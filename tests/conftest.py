@@ -33,6 +33,30 @@ def make_tiny_model(path: Path, input_shape=(32, 32, 3), classes: int = 10, soft
     return path
 
 
+def make_residual_model(path: Path, size: int = 32, classes: int = 10, seed: int = 0) -> Path:
+    """Random weights in Xception's shape at small scale: entry convs, then residual blocks (ReLU,
+    separable convs, max pooling, a strided 1x1 shortcut, ADD) and global average pooling: every int8
+    operator kind of Xception, at int8 scales that no calibration has tuned."""
+    import keras
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(8, 3, strides=2, padding="same", use_bias=False)(inp)
+    x = keras.layers.ReLU()(keras.layers.BatchNormalization()(x))
+    for filters in (16, 24):
+        shortcut = keras.layers.BatchNormalization()(
+            keras.layers.Conv2D(filters, 1, strides=2, padding="same", use_bias=False)(x))
+        x = keras.layers.ReLU()(x)
+        x = keras.layers.BatchNormalization()(keras.layers.SeparableConv2D(filters, 3, padding="same", use_bias=False)(x))
+        x = keras.layers.ReLU()(x)
+        x = keras.layers.BatchNormalization()(keras.layers.SeparableConv2D(filters, 3, padding="same", use_bias=False)(x))
+        x = keras.layers.MaxPooling2D(3, strides=2, padding="same")(x)
+        x = keras.layers.Add()([x, shortcut])
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.ReLU()(x))
+    keras.Model(inp, keras.layers.Dense(classes)(x)).save(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory) -> Path:
     return make_tiny_model(tmp_path_factory.mktemp("models") / "tiny.keras")

@@ -26,7 +26,7 @@ from pipeline.tvm.link import linker_options
 from pipeline.tvm.records import TUNING_FILES, estimate
 
 NAME = "tvm"
-VERSION = 12
+VERSION = 13
 TOOLS = ("apache-tvm", "apache-tvm-ffi", "tflite", "ziglang", "numpy")
 
 
@@ -46,7 +46,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     import tflite
     import tvm
 
-    from pipeline.tvm.int8 import float_exact, import_model, rewrites
+    from pipeline.tvm.int8 import float_exact, import_model, integer_adds, rewrites
 
     from tvm.target.codegen import llvm_get_system_cpu
 
@@ -114,6 +114,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
                       if target.kind.name == "llvm" else "tvm default (GPU)"),
         "tuning": tuning,
         "int8_integer_chains": rewrites(mod), "int8_float_exact": float_exact(mod),
+        "int8_integer_adds": integer_adds(mod),
         "opencl_kernels": kernels,
         "compile_seconds": round(compile_seconds, 1),
         "total_seconds": round(time.monotonic() - started, 1),
