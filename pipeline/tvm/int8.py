@@ -108,9 +108,24 @@ def _scalar_int(const) -> int | None:
     return int(value.reshape(-1)[0]) if value.size == 1 else None
 
 
-class _Rewriter:
+class _Rewrite:
+    """A rewrite_call callback: the rewritten call, or the call as it was when it is not in the form needed."""
+    count = 0
+
+    def __call__(self, expr, m):
+        try:
+            rewritten = self._rewrite(expr, m)
+        except _Skip:
+            return expr
+        self.count += 1
+        return rewritten
+
+    def _rewrite(self, expr, m):
+        raise NotImplementedError
+
+
+class _Rewriter(_Rewrite):
     def __init__(self):
-        self.count = 0
         self.float_accumulated = 0
         self.x = wildcard()
         self.x_scale, self.x_zero = is_const(), is_const()
@@ -129,14 +144,6 @@ class _Rewriter:
         self.add = is_op("relax.add")(product, bias)
         self.quantize = is_op("relax.quantize")(self.add | product, self.y_scale, self.y_zero)
         self.pattern = self.quantize
-
-    def __call__(self, expr, m):
-        try:
-            rewritten = self._rewrite(expr, m)
-        except _Skip:
-            return expr
-        self.count += 1
-        return rewritten
 
     def _rewrite(self, expr, m):
         out_dtype = str(expr.attrs.out_dtype)
@@ -221,11 +228,10 @@ ADD_RATIO_RANGE = (2.0 ** -10, 2.0 ** 8)
 ADD_SHIFT_BITS = 20
 
 
-class _AddRewriter:
+class _AddRewriter(_Rewrite):
     """quantize([relu](add(dequantize(a), dequantize(b)))) -> XNNPACK's fixed-point qs8 add (module docstring)."""
 
     def __init__(self):
-        self.count = 0
         self.a, self.b = wildcard(), wildcard()
         self.a_scale, self.a_zero = is_const(), is_const()
         self.b_scale, self.b_zero = is_const(), is_const()
@@ -234,14 +240,6 @@ class _AddRewriter:
                                    is_op("relax.dequantize")(self.b, self.b_scale, self.b_zero))
         self.relu = is_op("relax.nn.relu")(added)              # ADD with a fused ReLU
         self.pattern = is_op("relax.quantize")(added | self.relu, self.y_scale, self.y_zero)
-
-    def __call__(self, expr, m):
-        try:
-            rewritten = self._rewrite(expr, m)
-        except _Skip:
-            return expr
-        self.count += 1
-        return rewritten
 
     def _rewrite(self, expr, m):
         out_dtype = str(expr.attrs.out_dtype)
