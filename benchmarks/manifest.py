@@ -54,6 +54,7 @@ class Artifact(TypedDict):
     source_tflite: NotRequired[str]
     opencl_source: NotRequired[str]
     opencl_kernels: NotRequired[int]
+    opencl_runtime: NotRequired[dict[str, Any]]    # GPU: our TVM OpenCL runtime shipped beside it (file, sha256, ...)
 
 
 class ModelInfo(TypedDict):
@@ -121,10 +122,14 @@ def load_manifest(build_dir: Path) -> Manifest:
 def check_hashes(build_dir: Path, artifacts: list[Artifact]) -> None:
     """Refuse an artifact that is missing or whose sha256 differs from the manifest's (one line each)."""
     for art in artifacts:
-        path = build_dir / art["file"]
-        if not path.is_file():
-            raise BenchError(f"artifact {path} listed in the manifest is missing")
-        digest = sha256_file(path)
-        if digest != art["sha256"]:
-            raise BenchError(f"refusing {art['file']}: its sha256 {digest[:16]}... differs from the manifest's "
-                             f"{art['sha256'][:16]}... (modified or corrupt; recompile with `make compile`)")
+        files = [(art["file"], art["sha256"])]
+        if "opencl_runtime" in art:            # native code it loads: checked like the artifact itself
+            files.append((art["opencl_runtime"]["file"], art["opencl_runtime"]["sha256"]))
+        for name, expected in files:
+            path = build_dir / name
+            if not path.is_file():
+                raise BenchError(f"{path} listed in the manifest is missing")
+            digest = sha256_file(path)
+            if digest != expected:
+                raise BenchError(f"refusing {name}: its sha256 {digest[:16]}... differs from the manifest's "
+                                 f"{expected[:16]}... (modified or corrupt; recompile with `make compile`)")

@@ -6,6 +6,9 @@ Quantized inputs/outputs are (de)quantized here with the scale and zero point th
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import json
 import os
 import time
 from pathlib import Path
@@ -88,14 +91,24 @@ class TvmSession:
         self.provider = provider
 
     @classmethod
-    def load(cls, path: Path, threads: int, io: dict | None) -> "TvmSession":
+    def load(cls, path: Path, threads: int, io: dict | None, opencl_runtime: Path | None = None) -> "TvmSession":
+        """A CPU library, or with ``opencl_runtime`` (our libtvm_runtime_opencl.so shipped beside it) a GPU
+        library on the first OpenCL device."""
         if threads:
             os.environ.setdefault("TVM_NUM_THREADS", str(threads))
         try:
             import tvm
         except ImportError:
             raise RuntimeMissing("no TVM runtime: install apache-tvm") from None
-        return cls(tvm.runtime.load_module(str(path)), tvm.cpu(), io, f"tvm {tvm.__version__}")
+        if opencl_runtime is None:
+            return cls(tvm.runtime.load_module(str(path)), tvm.cpu(), io, f"tvm {tvm.__version__}")
+        ctypes.CDLL(str(opencl_runtime), mode=ctypes.RTLD_GLOBAL)      # registers device_api.opencl with TVM
+        device = tvm.opencl(0)
+        if not device.exist:
+            raise RuntimeMissing(f"no OpenCL device: install the board's OpenCL driver (an ICD in "
+                                 f"/etc/OpenCL/vendors); {opencl_runtime.name} found none")
+        return cls(tvm.runtime.load_module(str(path)), device, io,
+                   f"tvm {tvm.__version__} opencl ({device.device_name})")
 
     def to_device(self, x: np.ndarray):
         i = self.io["input"]
@@ -106,6 +119,32 @@ class TvmSession:
         result = self.main(self.to_device(x))
         y = result.numpy() if hasattr(result, "numpy") else result[0].numpy()
         return dequantize(y, o.get("scale"), o.get("zero_point"))
+
+
+OPENCL_STATS = "xception_edge.opencl.stats"
+SOFTWARE_OPENCL = ("Portable Computing Language", "Intel(R) CPU Runtime for OpenCL(TM) Applications")
+
+
+def opencl_stats() -> dict | None:
+    """What our OpenCL runtime ran in this process (platform, device, kernels built, launches), or None."""
+    import tvm
+
+    stats = tvm.get_global_func(OPENCL_STATS, allow_missing=True)
+    if stats is None:
+        return None
+    figures = json.loads(stats())
+    # a CPU OpenCL (POCL, Intel's CPU runtime): proof that the kernels are right, not a GPU's speed
+    return figures | {"software": figures["platform"] in SOFTWARE_OPENCL}
+
+
+def opencl_driver() -> str | None:
+    """Why OpenCL cannot run here, or None: the ICD loader and at least one vendor driver file."""
+    if ctypes.util.find_library("OpenCL") is None:
+        return "no OpenCL ICD loader (libOpenCL.so.1) on this machine"
+    vendors = os.environ.get("OCL_ICD_VENDORS", "/etc/OpenCL/vendors")
+    if not (Path(vendors).is_file() or any(Path(vendors).glob("*.icd"))):
+        return f"no OpenCL driver registered in {vendors}"
+    return None
 
 
 def quantize(x: np.ndarray, dtype, scale, zero) -> np.ndarray:
@@ -123,13 +162,14 @@ def dequantize(y: np.ndarray, scale, zero) -> np.ndarray:
     return y.astype(np.float32)
 
 
-def open_session(path: Path, runtime: str, threads: int, io: dict | None = None):
+def open_session(path: Path, runtime: str, threads: int, io: dict | None = None,
+                 opencl_runtime: Path | None = None):
     if runtime == "litert":
         return LiteRTSession(path, threads)
     if runtime == "onnxruntime":
         return OnnxSession(path, threads)
     if runtime == "tvm":
-        return TvmSession.load(path, threads, io)
+        return TvmSession.load(path, threads, io, opencl_runtime)
     raise ValueError(f"unknown runtime {runtime!r}; valid: {', '.join(RUNTIMES)}")
 
 

@@ -29,6 +29,9 @@ def results_summary(results: dict, path) -> str:
     lines += [f"  skipped {s['file']}: {s['reason']}" for s in results["skipped"]]
     lines += [f"  FAILED {f['file']}: {f['reason']}" for f in results["failed"]]
     lines += [f"  NOTE {r['file']}: {r['runtime_note']}" for r in results["results"] if r.get("runtime_note")]
+    lines += [f"  NOTE {r['file']}: ran on {r['opencl']['device']} ({r['opencl']['platform']}), a software OpenCL on "
+              f"the CPU: a correctness run, not GPU speed" for r in results["results"]
+              if (r.get("opencl") or {}).get("software")]
     if results["device"]["throttled"]:
         lines.append(f"  THROTTLED run: {', '.join(results['device']['throttle_reasons'])}")
     return "\n".join(lines) + f"\n\nresults: {path}"

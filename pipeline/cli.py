@@ -298,9 +298,13 @@ def _verify(args) -> int:
     report = verify_target(args.out / args.target, target, args.cache_dir, args.n, Progress(quiet=args.quiet),
                            args.only)
     print(verify_table(report))
-    print(f"\n{'PASS' if report['passed'] else 'FAIL'}: under emulated {target.cpu.core}, "
-          f"{'every' if report['passed'] else 'NOT every'} CPU artifact of {args.target} computes what it should "
-          f"(LiteRT and TVM: what the host computes; ONNX Runtime int8: the model's gate against float)")
+    for entry in report["skipped"]:
+        print(f"  not verified: {entry['file']}: {entry['reason']}")
+    gpu = any(r.get("device") == "gpu" for r in report["rows"])
+    print(f"\n{'PASS' if report['passed'] else 'FAIL'}: under emulated {target.cpu.core}"
+          f"{' and on a CPU OpenCL' if gpu else ''}, {'every' if report['passed'] else 'NOT every'} verified artifact "
+          f"of {args.target} computes what it should (LiteRT and TVM: what the host computes; ONNX Runtime int8: the "
+          f"model's gate against float{'; TVM OpenCL: LiteRT fp32 within 1e-4' if gpu else ''})")
     return 0 if report["passed"] else 1
 
 

@@ -22,12 +22,12 @@ from benchmarks.manifest import Artifact, Manifest
 from pipeline import __version__
 from pipeline.cache import CacheEntry, StageCache, canonical_json, sha256_file, sha256_tree, stage_key
 from pipeline.datasets import ImageSource, folder_images
-from pipeline.emulation import ensure_emulator
+from pipeline.emulation import GUEST_SITE, ensure_emulator, ensure_file, ensure_tool
 from pipeline.errors import InputError, MissingDependencyError, PipelineError, StageError
 from pipeline.output import TargetLock, ensure_writable, publish, staging_dir, write_json
 from pipeline.progress import Progress
 from pipeline.sources import ModelSource, check_size, resolve
-from pipeline.stages import build, calibrate, check, convert, tvm_build
+from pipeline.stages import build, calibrate, check, convert, opencl_runtime, tvm_build
 from pipeline.targets import ARTIFACT_KINDS, TARGETS_DIR, TUNING_DIR, Target, load_target
 from pipeline.tvm.records import TUNING_FILES
 from pipeline.versions import tool_versions
@@ -272,8 +272,34 @@ class Compilation:
                 kind, "tvm", {"artifact": made.file(file_name), "eval": self.built.file("eval.npz"),
                               "tvm_info": made.file("tvm.json"), "litert_twin": source.file(source_file)}, limit)
             self._within_tolerance(file_name, source_file, record["accuracy"]["vs_litert"])
-        extra = {record["opencl_source"]: made.file(record["opencl_source"])} if device == "gpu" else {}
+        extra = {}
+        if device == "gpu":
+            runtime = self.opencl_runtime()
+            name = opencl_runtime.FILE_NAME
+            record["opencl_runtime"] = json.loads(runtime.file("opencl_runtime.json").read_text()) | {
+                "sha256": runtime.files[name]}
+            extra = {record["opencl_source"]: made.file(record["opencl_source"]), name: runtime.file(name)}
         return MadeArtifact(record, made.file(file_name), extra)
+
+    def opencl_runtime(self) -> CacheEntry:
+        """Our TVM OpenCL runtime for the target's architecture: shipped beside GPU artifacts, so that a board
+        needs only the pip TVM runtime, its OpenCL driver and this file."""
+        arch = self.target.arch
+        ensure_file("/usr/include/CL/cl.h", "opencl-headers", self.progress, "building the OpenCL runtime")
+        if arch == platform.machine():
+            compiler = ensure_tool("g++", "g++", self.progress)
+            spec = importlib.util.find_spec("tvm")
+            site = Path(spec.origin).parent.parent if spec and spec.origin else None
+            if site is None:
+                raise MissingDependencyError("the OpenCL runtime links against TVM's runtime: run `make setup`")
+        else:
+            compiler = ensure_tool(f"{arch}-linux-gnu-g++", f"g++-{arch.replace('_', '-')}-linux-gnu", self.progress)
+            # TVM's runtime libraries for the board's architecture: the emulated board's (its pip wheels)
+            site = ensure_emulator(self.options.cache_dir, self.progress).sysroot / GUEST_SITE.lstrip("/")
+        inputs = {"source": opencl_runtime.SOURCE, "libtvm_runtime": site / "tvm" / "lib" / "libtvm_runtime.so",
+                  "libtvm_ffi": site / "tvm_ffi" / "lib" / "libtvm_ffi.so"}
+        return self.stage(opencl_runtime, opencl_runtime.Config(arch=arch, compiler=Path(compiler).name), inputs,
+                          f"opencl runtime {arch}")
 
     def _within_tolerance(self, file_name: str, source_file: str, vs: dict) -> None:
         """A TVM library computes what LiteRT computes on the TFLite file it came from (int8: within one
@@ -412,6 +438,10 @@ class Compilation:
             for art in artifacts:
                 for name, path in art.extra.items():
                     shutil.copyfile(path, staging / name)
+                sidecar = art.entry.get("opencl_runtime")
+                if sidecar and sha256_file(staging / sidecar["file"]) != sidecar["sha256"]:
+                    raise StageError(f"cache entry for {sidecar['file']} is corrupt; remove {art.extra[sidecar['file']].parent} "
+                                     f"and compile again")
                 dest = staging / art.entry["file"]
                 shutil.copyfile(art.path, dest)
                 digest = sha256_file(dest)

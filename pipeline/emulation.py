@@ -64,7 +64,7 @@ def ensure_tool(name: str, package: str, progress: Progress) -> str:
     if found:
         return found
     if os.geteuid() == 0 and shutil.which("apt-get"):
-        progress.log(f"installing {package} (Debian) for emulated verification")
+        progress.log(f"installing {package} (Debian)")
         env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
         subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env)
         subprocess.run(["apt-get", "install", "-y", "-qq", package], capture_output=True, env=env)
@@ -73,6 +73,19 @@ def ensure_tool(name: str, package: str, progress: Progress) -> str:
         raise MissingDependencyError(f"{name} is not installed and could not be installed here; "
                                      f"run `apt-get install {package}` as root")
     return found
+
+
+def ensure_file(path: str, package: str, progress: Progress, why: str) -> Path:
+    """A file a Debian package provides (headers, a library), installed with apt-get when missing and possible."""
+    if not Path(path).exists() and os.geteuid() == 0 and shutil.which("apt-get"):
+        progress.log(f"installing {package} (Debian) for {why}")
+        env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env)
+        subprocess.run(["apt-get", "install", "-y", "-qq", package], capture_output=True, env=env)
+    if not Path(path).exists():
+        raise MissingDependencyError(f"{path} is missing and could not be installed here ({why}); "
+                                     f"run `apt-get install {package}` as root")
+    return Path(path)
 
 
 def ensure_emulator(cache_dir: Path, progress: Progress) -> Emulator:

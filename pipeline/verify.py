@@ -8,6 +8,13 @@ machine's CPU (FMA-capable, like aarch64). LiteRT and TVM int8 must match bit fo
 saturates int16 sums), so an ONNX int8 artifact is judged on what the board computes: its top-1
 agreement with the float model must meet the model's gate (benchmarks/gates.toml); the difference
 to the host run is recorded, with the host's int8 ISA.
+
+GPU (OpenCL) TVM libraries are proven without a GPU: the same module built with an x86 host must carry
+byte-identical OpenCL kernels, VM bytecode and weights (only the host code differs); that twin runs through
+our OpenCL runtime (pipeline/native/opencl_runtime.cc, built for this machine) on a CPU OpenCL (POCL) and must
+match LiteRT running the same fp32 TFLite file within 1e-4 relative, with the kernel count and the device
+name as proof that it ran on OpenCL; the runtime shipped for the board is checked to be an ELF for its
+architecture that needs the OpenCL ICD loader and registers what TVM looks up.
 """
 from __future__ import annotations
 
@@ -29,13 +36,15 @@ from benchmarks.gate import GATES_FILE, load_thresholds
 from benchmarks.manifest import check_hashes, load_manifest, model_gates_key
 from benchmarks.run import ONE_PASS, child_command, write_results
 from pipeline.cache import canonical_json
-from pipeline.emulation import ensure_emulator
+from pipeline.emulation import ensure_emulator, ensure_file, ensure_tool
 from pipeline.errors import InputError
 from pipeline.progress import Progress
 from pipeline.targets import Target
 
 ROOT = Path(__file__).resolve().parent.parent
 FP32_RELATIVE_TOLERANCE = 1e-5
+OPENCL_RELATIVE_TOLERANCE = 1e-4      # fp32 kernels on OpenCL against LiteRT fp32 (other kernels, other sums)
+SOFTWARE_OPENCL_PLATFORM = "Portable Computing Language"      # POCL: Debian's CPU OpenCL
 VERIFIED_RUNTIMES = ("litert", "onnxruntime", "tvm")
 
 
@@ -108,7 +117,7 @@ def verify_target(build_dir: Path, target: Target, cache_dir: Path, n: int = 4,
     manifest = load_manifest(build_dir)
     artifacts = [a for a in manifest["artifacts"] if a["device"] == "cpu" and a["runtime"] in VERIFIED_RUNTIMES
                  and (not only or a["file"] in only)]
-    check_hashes(build_dir, artifacts)
+    check_hashes(build_dir, [a for a in manifest["artifacts"] if not only or a["file"] in only])
     reference = np.load(build_dir / "eval" / "eval.npz")["logits"]
     host_cpu = this_cpu()
     min_agreement = load_thresholds(GATES_FILE, model_gates_key(manifest), target.name).min_agreement_top1
@@ -155,12 +164,111 @@ def verify_target(build_dir: Path, target: Target, cache_dir: Path, n: int = 4,
             ok, diff, rule = compare(art["precision"], np.load(emu_logits), np.load(host_logits))
             against = "host TVM build of the same TFLite model" if art["runtime"] == "tvm" else "host run, same file"
             rows.append(row | {"match": ok, "max_difference": diff, "detail": f"{rule} against the {against}"})
+        gpu = [a for a in manifest["artifacts"] if a["device"] == "gpu" and (not only or a["file"] in only)]
+        opencl = [a for a in gpu if a["format"] == "tvm"]
+        skipped = [{"file": a["file"], "reason": "LiteRT's GPU accelerator (WebGPU over Vulkan) is not verified yet"}
+                   for a in gpu if a["format"] != "tvm"]
+        if opencl:
+            rows += _verify_opencl(build_dir, manifest, opencl, target, n, work, progress)
     now = datetime.datetime.now(datetime.timezone.utc)
     report = {"kind": "verify", "target": target.name, "created": now.isoformat(timespec="seconds"),
               "emulator": {"qemu": emulator.qemu, "sysroot": str(emulator.sysroot), "core": target.cpu.core},
               "host": host_cpu,
-              "rows": rows, "passed": bool(rows) and all(r["match"] for r in rows)}
+              "rows": rows, "skipped": skipped, "passed": bool(rows) and all(r["match"] for r in rows)}
     write_results(report, build_dir / "bench" / f"verify-{now.strftime('%Y%m%dT%H%M%SZ')}.json")
     return report
 
 
+
+
+def _verify_opencl(build_dir: Path, manifest: dict, artifacts: list[dict], target: Target, n: int, work: Path,
+                   progress: Progress) -> list[dict]:
+    """One row per GPU TVM library (module docstring): twin identical, computes LiteRT's fp32 result on OpenCL."""
+    from pipeline.stages import opencl_runtime, tvm_build
+    from pipeline.tvm.library import elf_info, library_modules
+
+    ensure_file(f"/usr/lib/{platform.machine()}-linux-gnu/libOpenCL.so.1", "ocl-icd-libopencl1", progress,
+                "running OpenCL kernels")
+    ensure_file("/etc/OpenCL/vendors/pocl.icd", "pocl-opencl-icd", progress, "a CPU OpenCL to run GPU kernels on")
+    ensure_file("/usr/include/CL/cl.h", "opencl-headers", progress, "building the OpenCL runtime")
+    compiler = Path(ensure_tool("g++", "g++", progress)).name
+    import tvm
+
+    site = Path(tvm.__file__).parent.parent
+    sidecar_dir = work / "opencl-runtime"
+    sidecar_dir.mkdir()
+    progress.log(f"  building our OpenCL runtime for this machine ({platform.machine()})")
+    opencl_runtime.run({"source": opencl_runtime.SOURCE, "libtvm_runtime": site / "tvm" / "lib" / "libtvm_runtime.so",
+                        "libtvm_ffi": site / "tvm_ffi" / "lib" / "libtvm_ffi.so"},
+                       opencl_runtime.Config(arch=platform.machine(), compiler=compiler), sidecar_dir, progress)
+    env = os.environ | {"XC_OPENCL_PLATFORM": SOFTWARE_OPENCL_PLATFORM, "TF_CPP_MIN_LOG_LEVEL": "2"}
+    rows = []
+    for art in artifacts:
+        row = {"file": art["file"], "runtime": "tvm", "precision": art["precision"], "device": "gpu", "n": n,
+               "emulated_core": "", "emulated_seconds": 0.0}
+        problems = []
+        # the runtime shipped for the board
+        shipped = art.get("opencl_runtime")
+        if shipped is None:
+            problems.append("no OpenCL runtime shipped beside it")
+        else:
+            info = elf_info(build_dir / shipped["file"])
+            text = (build_dir / shipped["file"]).read_bytes()
+            missing = [r for r in opencl_runtime.REGISTERS if r.encode() not in text]
+            if info["arch"] != target.arch or "libOpenCL.so.1" not in info["needed"] or missing:
+                problems.append(f"{shipped['file']}: a {info['arch']} ELF needing {info['needed']}, "
+                                f"missing registrations {missing}")
+            row["opencl_runtime"] = {"arch": info["arch"], "needed": info["needed"]}
+        # the twin: the same module with host code for this machine
+        progress.log(f"  {art['file']}: building its twin with an {platform.machine()} host")
+        twin = work / f"twin-{Path(art['file']).stem}"
+        twin.mkdir()
+        spec = manifest["config"]["target"]["tvm"]["gpu"]
+        tvm_build.run({"tflite": build_dir / art["source_tflite"]},
+                      tvm_build.Config(kind=art["kind"], file_name="twin.so", target=canonical_json(spec),
+                                       host=canonical_json({"kind": "llvm"}), host_cpu="", linker="native",
+                                       arch=platform.machine()), twin, Progress(quiet=True))
+        theirs = [(k, b) for k, b in library_modules(build_dir / art["file"]) if k != "_lib"]
+        ours = [(k, b) for k, b in library_modules(twin / "twin.so") if k != "_lib"]
+        row["identical_modules"] = [k for (k, b), (k2, b2) in zip(theirs, ours) if k == k2 and b == b2]
+        if [k for k, _ in theirs] != row["identical_modules"] or len(theirs) != len(ours):
+            problems.append(f"the x86-host twin differs in {sorted({k for k, _ in theirs} - set(row['identical_modules']))}")
+        # the twin on OpenCL, and LiteRT on the fp32 TFLite file it came from, on the same images
+        io = json.loads((twin / "tvm.json").read_text())["io"]
+        twin_art = art | {"file": str(twin / "twin.so"), "io": io,
+                          "opencl_runtime": {"file": str(sidecar_dir / opencl_runtime.FILE_NAME)}}
+        progress.log(f"  {art['file']}: running the twin on {SOFTWARE_OPENCL_PLATFORM} on {n} eval images")
+        code, stderr, seconds = _run(child_command(build_dir, twin_art, 1, ONE_PASS, n, work / "gpu.json",
+                                                   save_logits=work / "gpu.npy"), env)
+        row["emulated_seconds"] = round(seconds, 1)
+        litert = next((a for a in manifest["artifacts"] if a["file"] == art["source_tflite"]), None)
+        if code:
+            problems.append(f"OpenCL run failed: {_outcome(code, stderr)}")
+        elif litert is None:
+            problems.append(f"{art['source_tflite']} is not in the build: add tflite-fp32 to the artifacts")
+        else:
+            stats = json.loads((work / "gpu.json").read_text()).get("opencl") or {}
+            row["opencl"] = stats
+            code, stderr, _ = _run(child_command(build_dir, litert, 1, ONE_PASS, n, work / "litert.json",
+                                                 save_logits=work / "litert.npy"), env)
+            if code:
+                problems.append(f"LiteRT run failed: {_outcome(code, stderr)}")
+            else:
+                gpu_logits, lite = np.load(work / "gpu.npy"), np.load(work / "litert.npy")
+                relative = float(np.max(np.abs(gpu_logits - lite))) / max(float(np.max(np.abs(lite))), 1e-12)
+                agree = float(np.mean(np.argmax(gpu_logits, 1) == np.argmax(lite, 1)))
+                row |= {"max_difference": relative, "agreement_top1_litert": agree}
+                if relative > OPENCL_RELATIVE_TOLERANCE:
+                    problems.append(f"{relative:.2e} relative from LiteRT fp32 (tolerance {OPENCL_RELATIVE_TOLERANCE:.0e})")
+                if not stats.get("kernels_built") or not stats.get("launches"):
+                    problems.append("no OpenCL kernel ran")
+        detail = (f"x86-host twin: {', '.join(row['identical_modules']) or 'nothing'} byte-identical; on "
+                  f"{(row.get('opencl') or {}).get('device', '?')}: {(row.get('opencl') or {}).get('kernels_built', 0)} "
+                  f"kernels, {(row.get('opencl') or {}).get('launches', 0)} launches; relative <= "
+                  f"{OPENCL_RELATIVE_TOLERANCE:.0e} against LiteRT fp32, top-1 agreement "
+                  f"{row.get('agreement_top1_litert', 0):.3f}; {opencl_runtime.FILE_NAME} for {target.arch}")
+        if problems:
+            detail = "; ".join(problems) + " | " + detail
+        rows.append(row | {"match": not problems, "max_difference": row.get("max_difference"), "detail": detail})
+        progress.log(f"  {art['file']}: {'ok' if not problems else 'FAILED: ' + '; '.join(problems)}")
+    return rows

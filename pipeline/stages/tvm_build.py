@@ -12,6 +12,7 @@ and <stem>.cl for OpenCL builds.
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 import time
@@ -26,7 +27,7 @@ from pipeline.tvm.link import linker_options
 from pipeline.tvm.records import TUNING_FILES, estimate
 
 NAME = "tvm"
-VERSION = 13
+VERSION = 14
 TOOLS = ("apache-tvm", "apache-tvm-ffi", "tflite", "ziglang", "numpy")
 
 
@@ -91,7 +92,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     # built for the processor its kind names, checked on the built module: a GPU artifact holds OpenCL
     # kernels, a CPU artifact holds none (nothing is cached or shipped otherwise)
     source = _opencl_source(executable.mod)
-    kernels = source.count("__kernel void") if source else 0
+    kernels = opencl_kernel_count(source)
     if ARTIFACT_KINDS[config.kind][3] == "gpu":
         if not kernels:
             raise StageError(f"TVM built no OpenCL kernels for {config.file_name} (target {json.dumps(target_spec)}): "
@@ -169,6 +170,12 @@ def _io_quantization(model) -> dict:
                 "scale": scale, "zero_point": zero}
 
     return {"input": describe(graph.Inputs(0)), "output": describe(graph.Outputs(0))}
+
+
+def opencl_kernel_count(source: str) -> int:
+    """The kernels of TVM's OpenCL source: one `// Function: <name>` chunk each (every chunk also declares
+    all the others, so counting `__kernel void` would count them again per chunk)."""
+    return len(set(re.findall(r"^// Function: (\S+)", source, flags=re.M)))
 
 
 def _opencl_source(module) -> str:

@@ -71,7 +71,8 @@ def test_mali_library_has_an_opencl_module_and_its_source(build):
     assert art["device"] == "gpu" and art["tvm_target"]["kind"] == "opencl"
     assert art["opencl_kernels"] > 0
     source = (folder / art["opencl_source"]).read_text()
-    assert source.count("__kernel void") == art["opencl_kernels"]
+    assert source.startswith("// Function: ") and source.count("\n// Function: ") + 1 == art["opencl_kernels"]
+    assert source.count("__kernel void") > art["opencl_kernels"]       # each chunk declares every kernel again
     assert (folder / art["file"]).read_bytes()[18:20] == (183).to_bytes(2, "little")
 
 
