@@ -102,7 +102,11 @@ class TvmSession:
             raise RuntimeMissing("no TVM runtime: install apache-tvm") from None
         if opencl_runtime is None:
             return cls(tvm.runtime.load_module(str(path)), tvm.cpu(), io, f"tvm {tvm.__version__}")
-        ctypes.CDLL(str(opencl_runtime), mode=ctypes.RTLD_GLOBAL)      # registers device_api.opencl with TVM
+        try:
+            ctypes.CDLL(str(opencl_runtime), mode=ctypes.RTLD_GLOBAL)  # registers device_api.opencl with TVM
+        except OSError as exc:
+            raise RuntimeMissing(f"cannot load {opencl_runtime.name} (built for the board's architecture, with "
+                                 f"the OpenCL ICD loader libOpenCL.so.1): {exc}") from None
         device = tvm.opencl(0)
         if not device.exist:
             raise RuntimeMissing(f"no OpenCL device: install the board's OpenCL driver (an ICD in "

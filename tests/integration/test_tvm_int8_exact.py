@@ -3,7 +3,6 @@ random-weight models of Xception's operator kinds at several sizes and class cou
 misses fails the compile with one line and nothing is written."""
 from __future__ import annotations
 
-import json
 
 import pytest
 

@@ -1,0 +1,150 @@
+"""The GPU lane without a GPU: our TVM OpenCL runtime, the GPU library's x86-host twin on POCL (a CPU OpenCL),
+the runtime shipped for the board (tiny model, the shared mali build)."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pipeline.targets import load_target
+from tests.conftest import ROOT
+
+
+def _opencl_possible() -> str | None:
+    """Why the OpenCL set-up cannot be made here (the project installs POCL with apt as root), or None."""
+    if os.path.exists("/etc/OpenCL/vendors/pocl.icd"):
+        return None
+    if os.geteuid() != 0 or shutil.which("apt-get") is None:
+        return "POCL is not installed and this is not a root Debian machine that could install it"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_opencl_possible() is not None, reason=str(_opencl_possible()))
+
+
+@pytest.fixture(scope="module")
+def mali(tiny_build, stage_cache):
+    from pipeline.verify import verify_target
+
+    options, result = tiny_build("mali")
+    folder = options.out_dir / "mali"
+    report = verify_target(folder, load_target("mali"), stage_cache, n=8)
+    return folder, result.manifest, report
+
+
+def test_gpu_library_runs_on_opencl_and_matches_litert(mali):
+    folder, manifest, report = mali
+    art = next(a for a in manifest["artifacts"] if a["kind"] == "tvm-gpu-fp32")
+    row = next(r for r in report["rows"] if r["file"] == art["file"])
+    assert row["match"] and row["device"] == "gpu", row["detail"]
+    assert row["identical_modules"] == ["relax.VMExecutable", "opencl"]      # only the host code differs
+    assert row["max_difference"] <= 1e-4 and row["agreement_top1_litert"] == 1.0
+    stats = row["opencl"]
+    assert stats["platform"] == "Portable Computing Language" and stats["software"]
+    assert stats["kernels_built"] == art["opencl_kernels"] and stats["launches"] >= 8 * art["opencl_kernels"]
+    assert report["passed"] and [s["file"] for s in report["skipped"]] == ["tiny_fp16.tflite"]
+
+
+def test_the_runtime_shipped_for_the_board(mali):
+    from pipeline.tvm.library import elf_info
+
+    folder, manifest, _ = mali
+    art = next(a for a in manifest["artifacts"] if a["kind"] == "tvm-gpu-fp32")
+    shipped = art["opencl_runtime"]
+    info = elf_info(folder / shipped["file"])
+    assert info["arch"] == "aarch64" and {"libOpenCL.so.1", "libtvm_runtime.so", "libtvm_ffi.so"} <= set(info["needed"])
+    assert shipped["registers"] == ["device_api.opencl", "ffi.Module.load_from_bytes.opencl", "xception_edge.opencl.stats"]
+    text = (folder / shipped["file"]).read_bytes()
+    assert all(name.encode() in text for name in shipped["registers"])
+
+
+SMALL_LIBRARY = """
+import sys, tvm, tvm.relax as rx
+bb = rx.BlockBuilder()
+x = rx.Var("x", rx.TensorType((4, 8), "float32"))
+with bb.function("main", [x]):
+    with bb.dataflow():
+        y = bb.emit(rx.op.add(x, rx.const(1.0, "float32")))
+        s = bb.emit(rx.op.sum(y, axis=[1]))
+        z = bb.emit_output(rx.op.nn.relu(rx.op.multiply(y, y)))
+    bb.emit_func_output(rx.Tuple([z, s]))
+target = tvm.target.Target({"kind": "opencl"}, host={"kind": "llvm"})
+tvm.compile(bb.get(), target=target).export_library(sys.argv[1])
+"""
+
+RUN_SMALL = """
+import sys, json, numpy as np
+from pathlib import Path
+from benchmarks.runtimes import TvmSession, opencl_stats
+io = {"input": {"dtype": "float32", "shape": [4, 8]}, "output": {"dtype": "float32"}}
+session = TvmSession.load(Path(sys.argv[1]), 1, io, Path(sys.argv[2]))
+x = np.random.default_rng(0).standard_normal((4, 8)).astype("float32")
+out = session.main(session._tensor(x, device=session.device))
+z, s = out[0].numpy(), out[1].numpy()
+print(json.dumps({"relu_sq": float(np.abs(z - np.maximum((x + 1) ** 2, 0)).max()),
+                  "sum": float(np.abs(s - (x + 1).sum(1)).max()), "provider": session.provider,
+                  "stats": opencl_stats()}))
+"""
+
+
+@pytest.fixture(scope="module")
+def small_opencl(tmp_path_factory):
+    """A three-kernel OpenCL library with x86 host code and our runtime built for this machine."""
+    import platform
+
+    import tvm
+
+    from pipeline.progress import Progress
+    from pipeline.stages import opencl_runtime
+
+    folder = tmp_path_factory.mktemp("small-opencl")
+    subprocess.run([sys.executable, "-c", SMALL_LIBRARY, str(folder / "lib.so")], check=True, capture_output=True)
+    site = os.path.dirname(os.path.dirname(tvm.__file__))
+    (folder / "rt").mkdir()
+    opencl_runtime.run({"source": opencl_runtime.SOURCE,
+                        "libtvm_runtime": Path(site, "tvm", "lib", "libtvm_runtime.so"),
+                        "libtvm_ffi": Path(site, "tvm_ffi", "lib", "libtvm_ffi.so")},
+                       opencl_runtime.Config(arch=platform.machine(), compiler="g++"), folder / "rt", Progress(quiet=True))
+    return folder / "lib.so", folder / "rt" / opencl_runtime.FILE_NAME
+
+
+def test_tvm_cannot_load_a_gpu_library_without_our_runtime(small_opencl):
+    """The reason the runtime exists: pip TVM alone refuses the OpenCL module."""
+    from pipeline.tvm.library import library_modules
+
+    library, _ = small_opencl
+    loaded = subprocess.run([sys.executable, "-c", f"import tvm; tvm.runtime.load_module({str(library)!r})"],
+                            capture_output=True, text=True)
+    assert loaded.returncode != 0 and "ffi.Module.load_from_bytes.opencl" in loaded.stderr
+    assert [k for k, _ in library_modules(library)] == ["relax.VMExecutable", "_lib", "opencl"]
+
+
+def test_our_runtime_runs_kernels_on_opencl(small_opencl):
+    library, runtime = small_opencl
+    done = subprocess.run([sys.executable, "-c", RUN_SMALL, str(library), str(runtime)], cwd=ROOT,
+                          capture_output=True, text=True, env=os.environ | {"XC_OPENCL_PLATFORM": "Portable"})
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["relu_sq"] == 0.0 and result["sum"] < 1e-5          # element-wise exact; a reduction tree
+    assert "opencl" in result["provider"] and result["stats"]["kernels_built"] == 3
+    assert result["stats"]["launches"] == 3 and result["stats"]["software"]
+
+
+def test_no_opencl_device_is_one_clear_error(small_opencl):
+    library, runtime = small_opencl
+    done = subprocess.run([sys.executable, "-c", RUN_SMALL, str(library), str(runtime)], cwd=ROOT,
+                          capture_output=True, text=True, env=os.environ | {"XC_OPENCL_PLATFORM": "no such platform"})
+    assert done.returncode != 0 and "RuntimeMissing: no OpenCL device: install the board's OpenCL driver" in done.stderr
+
+
+def test_verify_json_is_written(mali):
+    folder, _, report = mali
+    saved = sorted((folder / "bench").glob("verify-*.json"))
+    assert saved and json.loads(saved[-1].read_text())["rows"] == json.loads(json.dumps(report["rows"]))
+    assert np.isfinite([r["max_difference"] for r in report["rows"] if r["max_difference"] is not None]).all()
