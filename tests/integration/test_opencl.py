@@ -29,7 +29,22 @@ pytestmark = pytest.mark.skipif(_opencl_possible() is not None, reason=str(_open
 
 
 @pytest.fixture(scope="module")
-def mali(tiny_build, stage_cache):
+def opencl_setup():
+    """What the project installs itself where it can (root, apt): POCL, the ICD loader, headers, g++."""
+    import platform
+
+    from pipeline.emulation import ensure_file, ensure_tool
+    from pipeline.progress import Progress
+
+    progress = Progress(quiet=True)
+    ensure_file(f"/usr/lib/{platform.machine()}-linux-gnu/libOpenCL.so.1", "ocl-icd-libopencl1", progress, "tests")
+    ensure_file("/etc/OpenCL/vendors/pocl.icd", "pocl-opencl-icd", progress, "tests")
+    ensure_file("/usr/include/CL/cl.h", "opencl-headers", progress, "tests")
+    ensure_tool("g++", "g++", progress)
+
+
+@pytest.fixture(scope="module")
+def mali(opencl_setup, tiny_build, stage_cache):
     from pipeline.verify import verify_target
 
     options, result = tiny_build("mali")
@@ -94,7 +109,7 @@ print(json.dumps({"relu_sq": float(np.abs(z - np.maximum((x + 1) ** 2, 0)).max()
 
 
 @pytest.fixture(scope="module")
-def small_opencl(tmp_path_factory):
+def small_opencl(opencl_setup, tmp_path_factory):
     """A three-kernel OpenCL library with x86 host code and our runtime built for this machine."""
     import platform
 
