@@ -214,11 +214,12 @@ class Compilation:
         target = self.target
         native = target.arch == platform.machine()
         spec, _ = target.tvm.target_for(device)
-        if native and isinstance(spec, dict) and target.cpu.cores == 0 and "num-cores" not in spec:
+        llvm = isinstance(spec, dict) and spec.get("kind") == "llvm"      # options below are the CPU target's
+        if native and llvm and target.cpu.cores == 0 and "num-cores" not in spec:
             spec = spec | {"num-cores": os.cpu_count() or 1}
-        if isinstance(spec, dict) and spec.get("kind") == "llvm" and "num-cores" not in spec and target.cpu.cores:
+        if llvm and "num-cores" not in spec and target.cpu.cores:
             spec = spec | {"num-cores": target.cpu.cores}          # MetaSchedule needs it
-        detect_cpu = native and isinstance(spec, dict) and "mcpu" not in spec and "mtriple" not in spec
+        detect_cpu = native and llvm and "mcpu" not in spec and "mtriple" not in spec
         return spec, detect_cpu
 
     def records_dir(self) -> Path | None:

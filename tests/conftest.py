@@ -230,13 +230,14 @@ class RpcFarm:
         return proc
 
     def add_board(self, key: str, python: list[str] | None = None, env: dict | None = None,
-                  timeout: float = 30) -> None:
+                  timeout: float = 30, load_library: str | None = None) -> None:
         """An RPC server under ``key``. With ``python`` (e.g. qemu + an aarch64 python) the server loop runs
         in that process: TVM's rpc_server would spawn its worker with sys.executable, which qemu-user
         cannot exec without binfmt_misc."""
         if python is None:
             proc = self._start([sys.executable, "-m", "tvm.exec.rpc_server", "--tracker", self.address, "--key", key,
-                                "--host", "127.0.0.1"])
+                                "--host", "127.0.0.1", *(["--load-library", load_library] if load_library else [])],
+                               env)
         else:
             code = ("import time\nfrom tvm.rpc import server\n"
                     f"server._popen_start_rpc_server('127.0.0.1', 9300, 9500, False, ('127.0.0.1', {self.port}), "

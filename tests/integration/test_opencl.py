@@ -163,3 +163,69 @@ def test_verify_json_is_written(mali):
     saved = sorted((folder / "bench").glob("verify-*.json"))
     assert saved and json.loads(saved[-1].read_text())["rows"] == json.loads(json.dumps(report["rows"]))
     assert np.isfinite([r["max_difference"] for r in report["rows"] if r["max_difference"] is not None]).all()
+
+
+X86_GPU = """description = "this machine's CPU OpenCL, as a GPU board (tests)"
+arch = "x86_64"
+artifacts = ["tflite-fp32", "tvm-gpu-fp32"]
+[cpu]
+core = "host"
+cores = 0
+[gpu]
+api = "opencl"
+name = "POCL"
+[bench]
+threads = 1
+[tvm]
+gpu = { kind = "opencl" }
+gpu_host = { kind = "llvm" }
+"""
+
+
+@pytest.fixture(scope="module")
+def x86_gpu_build(opencl_setup, tiny_model, stage_cache, tmp_path_factory):
+    """The tiny model as a GPU library with x86 host code and our runtime for x86: runnable here on POCL."""
+    from pipeline.compiler import CompileOptions, compile_target
+
+    root = tmp_path_factory.mktemp("x86gpu")
+    (root / "targets").mkdir()
+    (root / "targets" / "x86gpu.toml").write_text(X86_GPU)
+    options = CompileOptions(target="x86gpu", weights=str(tiny_model), out_dir=root / "build", cache_dir=stage_cache,
+                             calib_n=20, eval_n=40, targets_dir=root / "targets")
+    compile_target(options)
+    return root / "build" / "x86gpu"
+
+
+def test_runner_measures_a_gpu_library_on_opencl(x86_gpu_build, monkeypatch):
+    from benchmarks.run import Budget, run_build
+    from benchmarks.text import results_summary
+
+    monkeypatch.setenv("XC_OPENCL_PLATFORM", "Portable")
+    results = run_build(x86_gpu_build, threads=1, budget=Budget(warmup=0, min_runs=3, min_seconds=0.0, max_seconds=2.0,
+                                                                 accuracy_seconds=30.0), eval_n=8, log=lambda m: None)
+    gpu = next(r for r in results["results"] if r["device"] == "gpu")
+    assert gpu["accuracy"]["agreement_top1"] == 1.0 and gpu["accuracy"]["n"] == 8
+    assert gpu["opencl"]["kernels_built"] > 0 and gpu["opencl"]["software"] and "opencl" in gpu["provider"]
+    assert "a correctness run, not GPU speed" in results_summary(results, "r.json")
+
+
+def test_gpu_library_over_tvm_rpc(x86_gpu_build):
+    """A board's RPC server loads our runtime (--load-library); the harness measures on its opencl device."""
+    from benchmarks.rpc import run_over_rpc
+    from benchmarks.run import Budget
+    from tests.conftest import RpcFarm
+
+    manifest = json.loads((x86_gpu_build / "manifest.json").read_text())
+    runtime = next(a for a in manifest["artifacts"] if a["device"] == "gpu")["opencl_runtime"]["file"]
+    farm = RpcFarm()
+    try:
+        farm.add_board("clboard", load_library=str(x86_gpu_build / runtime),
+                       env=os.environ | {"XC_OPENCL_PLATFORM": "Portable"})
+        results = run_over_rpc(x86_gpu_build, farm.address, "clboard",
+                               Budget(warmup=0, min_runs=3, min_seconds=0.0, max_seconds=2.0, accuracy_seconds=30.0),
+                               eval_n=4, log=lambda m: None)
+    finally:
+        farm.stop()
+    assert not results["failed"], results["failed"]
+    [row] = results["results"]
+    assert row["device"] == "gpu" and row["accuracy"]["agreement_top1"] == 1.0 and row["latency_ms"]["n"] >= 3
