@@ -58,17 +58,34 @@ class Emulator:
             (cpu / name).write_text(f"0-{cores - 1}\n")
 
 
+APT_LOCK = Path(tempfile.gettempdir()) / "xception-edge-apt.lock"
+
+
+def apt_install(package: str, progress: Progress, why: str) -> None:
+    """apt-get install, as root on Debian only; one process at a time (parallel test workers, two compiles),
+    and waiting for dpkg's own lock rather than failing on it. Quiet; the caller checks what it needed."""
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        return
+    import fcntl
+
+    env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
+    wait = ["-o", "DPkg::Lock::Timeout=600"]
+    with open(APT_LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        progress.log(f"installing {package} (Debian) for {why}")
+        done = subprocess.run(["apt-get", *wait, "install", "-y", "-qq", package], capture_output=True, env=env)
+        if done.returncode:          # an old or missing package list: update once, then try again
+            subprocess.run(["apt-get", *wait, "update", "-qq"], capture_output=True, env=env)
+            subprocess.run(["apt-get", *wait, "install", "-y", "-qq", package], capture_output=True, env=env)
+
+
 def ensure_tool(name: str, package: str, progress: Progress) -> str:
     """The path of a Debian tool, installed with apt-get when missing and possible (root), else one clear error."""
     found = shutil.which(name)
     if found:
         return found
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        progress.log(f"installing {package} (Debian)")
-        env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", package], capture_output=True, env=env)
-        found = shutil.which(name)
+    apt_install(package, progress, name)
+    found = shutil.which(name)
     if not found:
         raise MissingDependencyError(f"{name} is not installed and could not be installed here; "
                                      f"run `apt-get install {package}` as root")
@@ -77,11 +94,8 @@ def ensure_tool(name: str, package: str, progress: Progress) -> str:
 
 def ensure_file(path: str, package: str, progress: Progress, why: str) -> Path:
     """A file a Debian package provides (headers, a library), installed with apt-get when missing and possible."""
-    if not Path(path).exists() and os.geteuid() == 0 and shutil.which("apt-get"):
-        progress.log(f"installing {package} (Debian) for {why}")
-        env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env)
-        subprocess.run(["apt-get", "install", "-y", "-qq", package], capture_output=True, env=env)
+    if not Path(path).exists():
+        apt_install(package, progress, why)
     if not Path(path).exists():
         raise MissingDependencyError(f"{path} is missing and could not be installed here ({why}); "
                                      f"run `apt-get install {package}` as root")
