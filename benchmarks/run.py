@@ -76,15 +76,16 @@ def _mb(kb: int | None) -> float | None:
 
 
 def measure(path: Path, runtime: str, io: dict | None, eval_file: Path, threads: int, budget: Budget,
-            eval_n: int, save_logits: Path | None = None, opencl_runtime: Path | None = None) -> dict:
-    from benchmarks.runtimes import open_session, opencl_stats, run_all
+            eval_n: int, save_logits: Path | None = None, opencl_runtime: Path | None = None,
+            device_kind: str = "cpu") -> dict:
+    from benchmarks.runtimes import open_session, opencl_stats, run_all, software_vulkan
 
     data = np.load(eval_file)
     inputs = data["inputs"] if not eval_n else data["inputs"][:eval_n]
     x = inputs[:1]
     rss_start = _status_kb("VmRSS")
     start = time.perf_counter()
-    session = open_session(path, runtime, threads, io, opencl_runtime)
+    session = open_session(path, runtime, threads, io, opencl_runtime, device_kind)
     init_ms = (time.perf_counter() - start) * 1e3
     start = time.perf_counter()
     session.run(x)
@@ -121,7 +122,9 @@ def measure(path: Path, runtime: str, io: dict | None, eval_file: Path, threads:
         **runtime_provenance(provider),
         "measured_on": device.this_cpu(),
         "cpus_allowed": sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-    } | ({"opencl": opencl_stats()} if opencl_runtime is not None else {})
+    } | ({"opencl": opencl_stats()} if opencl_runtime is not None else {}) | (
+        {"vulkan": {"fully_accelerated": session.accelerated, "software": software_vulkan()}}
+        if runtime == "litert" and device_kind == "gpu" else {})
 
 
 # make verify proves the TFLite artifacts bit-exact with ai-edge-litert (the compiler's LiteRT); tflite-runtime,
@@ -146,8 +149,10 @@ def skip_reason(art: dict) -> str | None:
 
     from benchmarks.runtimes import opencl_driver
 
-    if art["device"] == "gpu" and "opencl_runtime" not in art:
-        return "meant for the board's GPU (LiteRT's GPU accelerator); not run by this runner yet"
+    from benchmarks.runtimes import vulkan_driver
+
+    if art["device"] == "gpu" and art["runtime"] == "litert" and vulkan_driver():
+        return f"meant for LiteRT's GPU accelerator (WebGPU over Vulkan): {vulkan_driver()}"
     if art["format"] == "tvm" and art.get("arch") and art["arch"] != platform.machine():
         return f"built for {art['arch']}, this machine is {platform.machine()}"
     if art["device"] == "gpu" and opencl_driver():
@@ -165,6 +170,7 @@ def child_command(build_dir: Path, art: dict, threads: int, budget: Budget, eval
             "--budget", json.dumps(asdict(budget)), "--eval-n", str(eval_n), "--out", str(out),
             *(["--save-logits", str(save_logits)] if save_logits else []),
             *(["--opencl-runtime", str(build_dir / art["opencl_runtime"]["file"])] if "opencl_runtime" in art else []),
+            *(["--device", art["device"]] if art.get("device") == "gpu" else []),
             str(build_dir)]
 
 
@@ -292,11 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--budget", help=argparse.SUPPRESS)
     p.add_argument("--save-logits", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--opencl-runtime", type=Path, help=argparse.SUPPRESS)
+    p.add_argument("--device", default="cpu", help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     if args.child:
         result = measure(args.child, args.runtime, json.loads(args.io), args.build_dir / "eval" / "eval.npz",
                          args.threads, Budget(**json.loads(args.budget)), args.eval_n, args.save_logits,
-                         args.opencl_runtime)
+                         args.opencl_runtime, args.device)
         write_results(result, args.out)
         return 0
     try:

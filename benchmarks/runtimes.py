@@ -52,6 +52,40 @@ class LiteRTSession:
         return dequantize(self.interpreter.get_tensor(self.output["index"]), scale, zero)
 
 
+class LiteRTGpuSession:
+    """A float (fp16 / fp32) TFLite model on LiteRT's GPU accelerator (WebGPU over Vulkan), asked for alone: an
+    operator the GPU cannot run, or no usable GPU driver, is an error here rather than a quiet CPU fallback."""
+
+    def __init__(self, path: Path):
+        try:
+            from ai_edge_litert.compiled_model import CompiledModel
+            from ai_edge_litert.hardware_accelerator import HardwareAccelerator
+        except ImportError:
+            raise RuntimeMissing("LiteRT's GPU path needs ai-edge-litert (CompiledModel); tflite-runtime has none") from None
+        try:
+            self.model = CompiledModel.from_file(str(path), hardware_accel=HardwareAccelerator.GPU)
+        except Exception as exc:  # noqa: BLE001 - LiteRT raises plain RuntimeErrors with its own text
+            raise RuntimeMissing(f"LiteRT's GPU accelerator cannot run {path.name}: "
+                                 f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__} "
+                                 f"(a Vulkan driver is needed: the board's, or Mesa's lavapipe 25+)") from None
+        if not self.model.is_fully_accelerated():
+            raise RuntimeMissing(f"LiteRT's GPU accelerator does not run all of {path.name}; refusing a CPU fallback")
+        signature = next(iter(self.model.get_signature_list()))
+        details = self.model.get_input_tensor_details(signature)
+        self.input_shape = tuple(next(iter(details.values()))["shape"])
+        outputs = self.model.get_output_tensor_details(signature)
+        self.output_size = int(np.prod(next(iter(outputs.values()))["shape"]))
+        self.inputs = self.model.create_input_buffers(0)
+        self.outputs = self.model.create_output_buffers(0)
+        self.provider = "ai-edge-litert gpu (WebGPU)"
+        self.accelerated = True
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        self.inputs[0].write(np.ascontiguousarray(x, dtype=np.float32))
+        self.model.run_by_index(0, self.inputs, self.outputs)
+        return self.outputs[0].read(self.output_size, np.float32).reshape(1, -1)
+
+
 class OnnxSession:
     def __init__(self, path: Path, threads: int):
         try:
@@ -141,6 +175,22 @@ def opencl_stats() -> dict | None:
     return figures | {"software": figures["platform"] in SOFTWARE_OPENCL}
 
 
+def vulkan_driver() -> str | None:
+    """Why LiteRT's GPU accelerator cannot run here, or None: the Vulkan loader and at least one driver."""
+    if ctypes.util.find_library("vulkan") is None:
+        return "no Vulkan loader (libvulkan.so.1) on this machine"
+    icds = os.environ.get("VK_ICD_FILENAMES") or os.environ.get("VK_DRIVER_FILES")
+    if not icds and not any(Path(d).glob("*.json") for d in ("/usr/share/vulkan/icd.d", "/etc/vulkan/icd.d")):
+        return "no Vulkan driver registered (/usr/share/vulkan/icd.d)"
+    return None
+
+
+def software_vulkan() -> bool:
+    """Whether LiteRT's GPU path runs on Mesa's lavapipe (the CPU): a correctness run, not GPU speed."""
+    icds = os.environ.get("VK_ICD_FILENAMES") or os.environ.get("VK_DRIVER_FILES") or ""
+    return "lvp_icd" in icds
+
+
 def opencl_driver() -> str | None:
     """Why OpenCL cannot run here, or None: the ICD loader and at least one vendor driver file."""
     if ctypes.util.find_library("OpenCL") is None:
@@ -167,7 +217,9 @@ def dequantize(y: np.ndarray, scale, zero) -> np.ndarray:
 
 
 def open_session(path: Path, runtime: str, threads: int, io: dict | None = None,
-                 opencl_runtime: Path | None = None):
+                 opencl_runtime: Path | None = None, device: str = "cpu"):
+    if runtime == "litert" and device == "gpu":
+        return LiteRTGpuSession(path)
     if runtime == "litert":
         return LiteRTSession(path, threads)
     if runtime == "onnxruntime":

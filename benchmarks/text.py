@@ -32,6 +32,8 @@ def results_summary(results: dict, path) -> str:
     lines += [f"  NOTE {r['file']}: ran on {r['opencl']['device']} ({r['opencl']['platform']}), a software OpenCL on "
               f"the CPU: a correctness run, not GPU speed" for r in results["results"]
               if (r.get("opencl") or {}).get("software")]
+    lines += [f"  NOTE {r['file']}: ran on Mesa's lavapipe (Vulkan on the CPU): a correctness run, not GPU speed"
+              for r in results["results"] if (r.get("vulkan") or {}).get("software")]
     if results["device"]["throttled"]:
         lines.append(f"  THROTTLED run: {', '.join(results['device']['throttle_reasons'])}")
     return "\n".join(lines) + f"\n\nresults: {path}"

@@ -7,6 +7,7 @@ file exists there): without them XNNPACK silently disables itself, or crashes.
 """
 from __future__ import annotations
 
+import ctypes.util
 import os
 import shutil
 import subprocess
@@ -100,6 +101,44 @@ def ensure_file(path: str, package: str, progress: Progress, why: str) -> Path:
         raise MissingDependencyError(f"{path} is missing and could not be installed here ({why}); "
                                      f"run `apt-get install {package}` as root")
     return Path(path)
+
+
+LAVAPIPE_ICD = Path("/usr/share/vulkan/icd.d/lvp_icd.json")
+MESA_MIN_MAJOR = 25          # LiteRT's WebGPU (Dawn) rejects bookworm's Mesa 22.3 ("No adapters found")
+BACKPORTS = Path("/etc/apt/sources.list.d/xception-edge-backports.sources")
+
+
+def _mesa_major() -> int:
+    done = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "mesa-vulkan-drivers"], capture_output=True, text=True)
+    head = done.stdout.split(".")[0] if done.returncode == 0 else ""
+    return int(head) if head.isdigit() else 0
+
+
+def ensure_lavapipe(progress: Progress) -> Path:
+    """Mesa's software Vulkan (lavapipe) 25 or newer, for LiteRT's GPU accelerator without a GPU: on Debian 12
+    from bookworm-backports (the source is added, once), as root; else one line saying what is needed."""
+    if LAVAPIPE_ICD.is_file() and _mesa_major() >= MESA_MIN_MAJOR and ctypes.util.find_library("vulkan"):
+        return LAVAPIPE_ICD
+    release = Path("/etc/os-release").read_text() if Path("/etc/os-release").is_file() else ""
+    if os.geteuid() == 0 and shutil.which("apt-get") and "VERSION_CODENAME=bookworm" in release:
+        import fcntl
+
+        env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
+        wait = ["-o", "DPkg::Lock::Timeout=600"]
+        with open(APT_LOCK, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            progress.log("installing Mesa's lavapipe (mesa-vulkan-drivers from bookworm-backports) for LiteRT's GPU path")
+            if not BACKPORTS.is_file():
+                BACKPORTS.write_text("Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\n"
+                                     "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
+            subprocess.run(["apt-get", *wait, "update", "-qq"], capture_output=True, env=env)
+            subprocess.run(["apt-get", *wait, "install", "-y", "-qq", "-t", "bookworm-backports", "mesa-vulkan-drivers",
+                            "libvulkan1"], capture_output=True, env=env)
+    if LAVAPIPE_ICD.is_file() and _mesa_major() >= MESA_MIN_MAJOR and ctypes.util.find_library("vulkan"):
+        return LAVAPIPE_ICD
+    raise MissingDependencyError(f"LiteRT's GPU accelerator needs Mesa's lavapipe {MESA_MIN_MAJOR} or newer and the "
+                                 f"Vulkan loader (found Mesa {_mesa_major() or 'none'}); on Debian 12 as root: "
+                                 f"`apt-get install -t bookworm-backports mesa-vulkan-drivers libvulkan1`")
 
 
 def ensure_emulator(cache_dir: Path, progress: Progress) -> Emulator:
