@@ -160,7 +160,6 @@ class TvmSession:
 
 
 OPENCL_STATS = "xception_edge.opencl.stats"
-SOFTWARE_OPENCL = ("Portable Computing Language", "Intel(R) CPU Runtime for OpenCL(TM) Applications")
 
 
 def opencl_stats() -> dict | None:
@@ -172,7 +171,7 @@ def opencl_stats() -> dict | None:
         return None
     figures = json.loads(stats())
     # a CPU OpenCL (POCL, Intel's CPU runtime): proof that the kernels are right, not a GPU's speed
-    return figures | {"software": figures["platform"] in SOFTWARE_OPENCL}
+    return figures | {"software": figures["device_type"] == "cpu"}
 
 
 def vulkan_driver() -> str | None:

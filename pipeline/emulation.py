@@ -141,6 +141,54 @@ def ensure_lavapipe(progress: Progress) -> Path:
                                  f"`apt-get install -t bookworm-backports mesa-vulkan-drivers libvulkan1`")
 
 
+# Intel's CPU OpenCL runtime from PyPI: a CPU OpenCL with cl_khr_fp16 (POCL has none), for fp16 GPU kernels.
+# It runs on AMD CPUs too. Pinned; unpacked once into the cache, never into the venv.
+INTEL_OPENCL = (("intel-opencl-rt", "2026.2.0"), ("intel-cmplr-lib-rt", "2026.2.0"), ("tbb", "2023.2.0"))
+INTEL_OPENCL_PLATFORM = "Intel(R) OpenCL"
+
+
+def ensure_intel_opencl(cache_dir: Path, progress: Progress) -> dict[str, str]:
+    """The environment that makes Intel's CPU OpenCL the OpenCL platform of a process (OCL_ICD_VENDORS, the
+    libraries on LD_LIBRARY_PATH, XC_OPENCL_PLATFORM for our runtime)."""
+    import platform
+    import zipfile
+
+    if platform.machine() != "x86_64":
+        raise MissingDependencyError(f"Intel's CPU OpenCL runtime is for x86-64; this machine is {platform.machine()}")
+    root = cache_dir / "intel-opencl" / "-".join(f"{n}{v}" for n, v in INTEL_OPENCL)
+    if not (root / ".complete").is_file():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
+        try:
+            pins = [f"{n}=={v}" for n, v in INTEL_OPENCL]
+            progress.log(f"downloading Intel's CPU OpenCL runtime (fp16 kernels): {' '.join(pins)} (once, cached in {root})")
+            done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                                   "--no-deps", "--only-binary=:all:", "-d", str(tmp / "wheels"), *pins],
+                                  capture_output=True, text=True)
+            if done.returncode:
+                tail = " | ".join(done.stderr.strip().splitlines()[-2:])
+                raise MissingDependencyError(f"cannot download Intel's CPU OpenCL runtime ({' '.join(pins)}): {tail}")
+            lib = tmp / "root" / "lib"
+            lib.mkdir(parents=True)
+            for wheel in (tmp / "wheels").glob("*.whl"):
+                with zipfile.ZipFile(wheel) as z:
+                    for member in z.infolist():
+                        parts = member.filename.split("/")
+                        if len(parts) == 4 and parts[0].endswith(".data") and parts[1:3] == ["data", "lib"] and parts[3]:
+                            target = lib / parts[3]
+                            target.write_bytes(z.read(member))
+                            target.chmod(0o755)
+            vendors = tmp / "root" / "vendors"
+            vendors.mkdir()
+            (vendors / "intel-cpu.icd").write_text(f"{root / 'lib' / 'libintelocl.so'}\n")
+            (tmp / "root" / ".complete").write_text(" ".join(pins) + "\n")
+            os.replace(tmp / "root", root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {"OCL_ICD_VENDORS": str(root / "vendors"), "XC_OPENCL_PLATFORM": INTEL_OPENCL_PLATFORM,
+            "LD_LIBRARY_PATH": ":".join(p for p in (str(root / "lib"), os.environ.get("LD_LIBRARY_PATH", "")) if p)}
+
+
 def ensure_emulator(cache_dir: Path, progress: Progress) -> Emulator:
     qemu = ensure_tool("qemu-aarch64", "qemu-user", progress)
     versions = tool_versions()

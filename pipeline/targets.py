@@ -26,6 +26,7 @@ ARTIFACT_KINDS: dict[str, tuple[str, str, str, str]] = {
     "tvm-fp32": ("tvm", "fp32", "tvm", "cpu"),
     "tvm-int8": ("tvm", "int8", "tvm", "cpu"),
     "tvm-gpu-fp32": ("tvm", "fp32", "tvm", "gpu"),
+    "tvm-gpu-fp16": ("tvm", "fp16", "tvm", "gpu"),      # fp16 compute, fp32 input and output
 }
 ARCHES = ("aarch64", "x86_64")
 GPU_APIS = ("opencl",)

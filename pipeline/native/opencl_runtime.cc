@@ -112,6 +112,11 @@ class Workspace final : public tvm::runtime::DeviceAPI {
     return queues_[id];
   }
   std::string DeviceName(int id) { return Info(Device(id), CL_DEVICE_NAME); }
+  std::string DeviceType(int id) {
+    cl_device_type type = 0;
+    XC_CL_CHECK(clGetDeviceInfo(Device(id), CL_DEVICE_TYPE, sizeof(type), &type, nullptr));
+    return (type & CL_DEVICE_TYPE_GPU) ? "gpu" : (type & CL_DEVICE_TYPE_CPU) ? "cpu" : "other";
+  }
   std::string Platform() { return platform_ ? PlatformName(platform_) : ""; }
 
   void SetDevice(DLDevice dev) final { current_device_ = dev.device_id; }
@@ -477,7 +482,8 @@ TVM_FFI_STATIC_INIT_BLOCK() {
         std::ostringstream out;
         std::lock_guard<std::mutex> lock(GlobalStats().mu);
         out << "{\"platform\": \"" << (ws->Exists(0) ? ws->Platform() : "") << "\", \"device\": \""
-            << (ws->Exists(0) ? ws->DeviceName(0) : "") << "\", \"kernels_built\": " << GlobalStats().kernels_built
+            << (ws->Exists(0) ? ws->DeviceName(0) : "") << "\", \"device_type\": \""
+            << (ws->Exists(0) ? ws->DeviceType(0) : "") << "\", \"kernels_built\": " << GlobalStats().kernels_built
             << ", \"launches\": " << GlobalStats().launches << "}";
         return tvm::ffi::String(out.str());
       });

@@ -25,7 +25,7 @@ from pipeline.progress import Progress
 from pipeline.tvm.library import elf_info
 
 NAME = "opencl_runtime"
-VERSION = 1
+VERSION = 2
 TOOLS = ("apache-tvm", "apache-tvm-ffi")
 FILE_NAME = "libtvm_runtime_opencl.so"
 SOURCE = Path(__file__).resolve().parent.parent / "native" / "opencl_runtime.cc"

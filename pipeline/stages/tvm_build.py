@@ -25,13 +25,13 @@ from pipeline.tvm.link import linker_options
 from pipeline.tvm.records import TUNING_FILES, estimate
 
 NAME = "tvm"
-VERSION = 14
+VERSION = 15
 TOOLS = ("apache-tvm", "apache-tvm-ffi", "tflite", "ziglang", "numpy")
 
 
 @dataclass(frozen=True)
 class Config:
-    kind: str                 # tvm-fp32 | tvm-int8 | tvm-gpu-fp32
+    kind: str                 # tvm-fp32 | tvm-int8 | tvm-gpu-fp32 | tvm-gpu-fp16
     file_name: str            # e.g. xception_int8.so
     target: str               # JSON of the TVM target (dict or tag), as the target file gives it
     host: str                 # JSON of the host target for GPU builds, or "null"
@@ -61,6 +61,12 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     started = time.monotonic()
     progress.log(f"  importing {inputs['tflite'].name} into Relax")
     mod = import_model(model)
+    if config.kind == "tvm-gpu-fp16":
+        from tvm import relax
+
+        # mobile GPUs run fp16 at about twice their fp32 rate: fp16 compute and storage inside, fp32 at the edges
+        mod = relax.transform.ToMixedPrecision(out_dtype="float16")(mod)
+        progress.log("  fp16 compute (Relax ToMixedPrecision), fp32 input and output")
     if rewrites(mod):
         progress.log(f"  {rewrites(mod)} int8 convolutions / products in integer arithmetic as LiteRT computes them "
                      f"({float_exact(mod)} accumulated exactly in float32, the others in int32)")

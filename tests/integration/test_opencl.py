@@ -74,6 +74,20 @@ def test_fp16_runs_on_litert_gpu_accelerator_alone(mali):
     assert row["agreement_top1_float"] == 1.0 and 0 < row["max_difference"] < 0.05     # fp16, not bit-exact
 
 
+def test_fp16_library_runs_on_an_opencl_with_fp16(mali):
+    """fp16 kernels need cl_khr_fp16: the twin runs on Intel's CPU OpenCL (PyPI), within the fp16 tolerance."""
+    folder, manifest, report = mali
+    art = next(a for a in manifest["artifacts"] if a["kind"] == "tvm-gpu-fp16")
+    source = (folder / art["opencl_source"]).read_text()
+    assert "cl_khr_fp16" in source and "half" in source
+    row = next(r for r in report["rows"] if r["file"] == art["file"])
+    assert row["match"], row["detail"]
+    assert row["identical_modules"] == ["relax.VMExecutable", "opencl"]
+    assert row["opencl"]["platform"] == "Intel(R) OpenCL" and row["opencl"]["device_type"] == "cpu"
+    assert row["opencl"]["kernels_built"] == art["opencl_kernels"]
+    assert 0 < row["max_difference"] <= 1e-2 and row["agreement_top1_litert"] >= 0.99   # fp16: close, not exact
+
+
 def test_the_runtime_shipped_for_the_board(mali):
     from pipeline.tvm.library import elf_info
 
