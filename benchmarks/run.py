@@ -145,11 +145,7 @@ def runtime_provenance(provider: str) -> dict:
 
 # -- the whole build folder (parent process) ----------------------------------------------------------
 def skip_reason(art: dict) -> str | None:
-    from benchmarks.runtimes import runtime_available
-
-    from benchmarks.runtimes import opencl_driver
-
-    from benchmarks.runtimes import vulkan_driver
+    from benchmarks.runtimes import opencl_driver, runtime_available, vulkan_driver
 
     if art["device"] == "gpu" and art["runtime"] == "litert" and vulkan_driver():
         return f"meant for LiteRT's GPU accelerator (WebGPU over Vulkan): {vulkan_driver()}"

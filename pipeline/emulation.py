@@ -62,22 +62,29 @@ class Emulator:
 APT_LOCK = Path(tempfile.gettempdir()) / "xception-edge-apt.lock"
 
 
-def apt_install(package: str, progress: Progress, why: str) -> None:
-    """apt-get install, as root on Debian only; one process at a time (parallel test workers, two compiles),
-    and waiting for dpkg's own lock rather than failing on it. Quiet; the caller checks what it needed."""
+def apt_install(package: str, progress: Progress, why: str, extra: tuple[str, ...] = (),
+                before=None) -> None:
+    """apt-get install (``extra``: more packages and options), as root on Debian only; one process at a time
+    (parallel test workers, two compiles), waiting for dpkg's own lock rather than failing on it. ``before``
+    runs under the lock first (e.g. adding a package source, which then needs an update). Quiet; the caller
+    checks what it needed."""
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         return
     import fcntl
 
     env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
     wait = ["-o", "DPkg::Lock::Timeout=600"]
+    install = ["apt-get", *wait, "install", "-y", "-qq", package, *extra]
     with open(APT_LOCK, "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         progress.log(f"installing {package} (Debian) for {why}")
-        done = subprocess.run(["apt-get", *wait, "install", "-y", "-qq", package], capture_output=True, env=env)
-        if done.returncode:          # an old or missing package list: update once, then try again
+        updated = before is not None and before()
+        if updated:
             subprocess.run(["apt-get", *wait, "update", "-qq"], capture_output=True, env=env)
-            subprocess.run(["apt-get", *wait, "install", "-y", "-qq", package], capture_output=True, env=env)
+        done = subprocess.run(install, capture_output=True, env=env)
+        if done.returncode and not updated:    # an old or missing package list: update once, then try again
+            subprocess.run(["apt-get", *wait, "update", "-qq"], capture_output=True, env=env)
+            subprocess.run(install, capture_output=True, env=env)
 
 
 def ensure_tool(name: str, package: str, progress: Progress) -> str:
@@ -120,20 +127,15 @@ def ensure_lavapipe(progress: Progress) -> Path:
     if LAVAPIPE_ICD.is_file() and _mesa_major() >= MESA_MIN_MAJOR and ctypes.util.find_library("vulkan"):
         return LAVAPIPE_ICD
     release = Path("/etc/os-release").read_text() if Path("/etc/os-release").is_file() else ""
-    if os.geteuid() == 0 and shutil.which("apt-get") and "VERSION_CODENAME=bookworm" in release:
-        import fcntl
-
-        env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-        wait = ["-o", "DPkg::Lock::Timeout=600"]
-        with open(APT_LOCK, "w") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            progress.log("installing Mesa's lavapipe (mesa-vulkan-drivers from bookworm-backports) for LiteRT's GPU path")
+    if "VERSION_CODENAME=bookworm" in release:
+        def add_backports() -> bool:
             if not BACKPORTS.is_file():
                 BACKPORTS.write_text("Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\n"
                                      "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
-            subprocess.run(["apt-get", *wait, "update", "-qq"], capture_output=True, env=env)
-            subprocess.run(["apt-get", *wait, "install", "-y", "-qq", "-t", "bookworm-backports", "mesa-vulkan-drivers",
-                            "libvulkan1"], capture_output=True, env=env)
+            return True                    # the backports package list may be old or missing: update first
+
+        apt_install("mesa-vulkan-drivers", progress, "LiteRT's GPU path (lavapipe, from bookworm-backports)",
+                    extra=("libvulkan1", "-t", "bookworm-backports"), before=add_backports)
     if LAVAPIPE_ICD.is_file() and _mesa_major() >= MESA_MIN_MAJOR and ctypes.util.find_library("vulkan"):
         return LAVAPIPE_ICD
     raise MissingDependencyError(f"LiteRT's GPU accelerator needs Mesa's lavapipe {MESA_MIN_MAJOR} or newer and the "
