@@ -25,7 +25,7 @@ from pipeline.tvm.link import linker_options
 from pipeline.tvm.records import TUNING_FILES, estimate
 
 NAME = "tvm"
-VERSION = 15
+VERSION = 16
 TOOLS = ("apache-tvm", "apache-tvm-ffi", "tflite", "ziglang", "numpy")
 
 
@@ -45,6 +45,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     import tflite
     import tvm
 
+    from pipeline.tvm import adreno
     from pipeline.tvm.int8 import float_exact, import_model, integer_adds, rewrites
 
     from tvm.target.codegen import llvm_get_system_cpu
@@ -61,6 +62,16 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     started = time.monotonic()
     progress.log(f"  importing {inputs['tflite'].name} into Relax")
     mod = import_model(model)
+    adreno_layout = None
+    if adreno.is_adreno(target):
+        why_not = adreno.unsupported(mod)
+        if why_not:
+            progress.warn(f"this model has {why_not}: TVM's Adreno convolution schedules need the NCHW4c layout; "
+                          f"built with TVM's plain Adreno pipeline instead")
+        else:
+            mod = adreno.prepare(mod)
+            adreno_layout = f"NCHW{adreno.BLOCK}c"
+            progress.log(f"  Adreno: NCHW{adreno.BLOCK}c layout, TVM's {' and '.join(adreno.RULES)} schedule rules")
     if config.kind == "tvm-gpu-fp16":
         from tvm import relax
 
@@ -89,6 +100,8 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
                 progress.warn(f"{len(tuning['replay_failed'])} functions have a record that TVM could not replay "
                               f"on them; they keep the default schedules: {', '.join(tuning['replay_failed'][:5])}"
                               + (" ..." if len(tuning["replay_failed"]) > 5 else ""))
+    elif adreno_layout:
+        executable = tvm.compile(mod, target=target, relax_pipeline=adreno.pipeline(target))
     else:
         executable = tvm.compile(mod, target=target)
     compile_seconds = time.monotonic() - started
@@ -116,7 +129,9 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
         "io": io,
         "linker": config.linker,
         "schedules": (("tuned + default" if tuning and tuning["applied"] else config.schedules)
-                      if target.kind.name == "llvm" else "tvm default (GPU)"),
+                      if target.kind.name == "llvm"
+                      else f"adreno ({adreno_layout}; {', '.join(adreno.RULES)}) + tvm default (GPU)" if adreno_layout
+                      else "tvm default (GPU)"),
         "tuning": tuning,
         "int8_integer_chains": rewrites(mod), "int8_float_exact": float_exact(mod),
         "int8_integer_adds": integer_adds(mod),
