@@ -5,6 +5,10 @@ TARGET     ?= host
 WEIGHTS    ?= auto
 CALIB      ?=
 CALIB_N    ?= 100
+CALIB_METHOD ?= minmax
+RECOVER    ?= 1
+RECOVER_CAP ?= 8
+ANALYZE_N  ?= 16
 EVAL       ?=
 EVAL_N     ?= 0
 INPUT_SIZE ?= 299
@@ -51,7 +55,7 @@ TUNE_TIMEOUT ?= 60
 
 TUNING = $(if $(call set,TUNING_DIR),--tuning-dir=$(call q,TUNING_DIR))
 
-VERBS = compile tune bench report verify gate baseline peers profile targets test test-slow clean clean-cache
+VERBS = compile tune bench report analyze verify gate baseline peers profile targets test test-slow clean clean-cache
 .PHONY: help setup $(VERBS) $(addprefix .run-,$(VERBS))
 
 # `make <verb>` exits with the program's own code (0 ok, 1 gate failed, 2 bad input, 3, 4, 5, 130, 143; pytest's
@@ -74,6 +78,7 @@ help:
 	@echo "make tune TARGET=host [TRIALS=n] [RPC=host:port KEY=k]   MetaSchedule tuning; records in targets/tuning/"
 	@echo "make bench TARGET=rpi4 [DEVICE=user@host | RPC=host:port KEY=k]   benchmark the artifacts"
 	@echo "make report TARGET=rpi4          Markdown, plots and HTML from the newest results"
+	@echo "make analyze TARGET=host         int8 per-layer error and sensitivity (table, JSON, plot in OUT/TARGET/analysis)"
 	@echo "make verify TARGET=rpi4          run the ARM CPU artifacts under qemu and compare with the host"
 	@echo "make gate TARGET=host            int8 accuracy/size/speed gates; exit 1 on failure; JUnit in OUT/<t>/gate/"
 	@echo "make baseline TARGET=host MSG=.. record the current int8 figures as the committed baseline"
@@ -101,7 +106,8 @@ compile: .run-compile ; $(PASS_EXIT)
 	$(PYQ) -m pipeline compile --target=$(call q,TARGET) --weights=$(call q,WEIGHTS) \
 	  $(if $(call set,CALIB),--calib=$(call q,CALIB)) --calib-n=$(call q,CALIB_N) \
 	  $(if $(call set,EVAL),--eval=$(call q,EVAL)) --eval-n=$(call q,EVAL_N) \
-	  --input-size=$(call q,INPUT_SIZE) --classes=$(call q,CLASSES) $(TUNING) $(if $(filter 0,$(value TUNED)),--no-tuning) $(COMMON)
+	  --input-size=$(call q,INPUT_SIZE) --classes=$(call q,CLASSES) --calib-method=$(call q,CALIB_METHOD) \
+	  --recover=$(call q,RECOVER) --recover-cap=$(call q,RECOVER_CAP) $(TUNING) $(if $(filter 0,$(value TUNED)),--no-tuning) $(COMMON)
 
 tune: .run-tune ; $(PASS_EXIT)
 .run-tune: setup
@@ -125,6 +131,14 @@ peers: .run-peers ; $(PASS_EXIT)
 profile: .run-profile ; $(PASS_EXIT)
 .run-profile: setup
 	$(PYQ) -m benchmarks.profile $(call qs,$(value OUT)/$(value TARGET)) --threads=$(call q,THREADS)
+
+analyze: .run-analyze ; $(PASS_EXIT)
+.run-analyze: setup
+	$(PYQ) -m pipeline analyze --target=$(call q,TARGET) --weights=$(call q,WEIGHTS) \
+	  $(if $(call set,CALIB),--calib=$(call q,CALIB)) --calib-n=$(call q,CALIB_N) \
+	  $(if $(call set,EVAL),--eval=$(call q,EVAL)) --eval-n=$(call q,EVAL_N) \
+	  --input-size=$(call q,INPUT_SIZE) --classes=$(call q,CLASSES) --calib-method=$(call q,CALIB_METHOD) \
+	  --analyze-n=$(call q,ANALYZE_N) $(COMMON)
 
 verify: .run-verify ; $(PASS_EXIT)
 .run-verify: setup

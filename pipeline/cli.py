@@ -27,6 +27,7 @@ MAKE_VARIABLES = {
     "--rpc": "RPC", "--key": "KEY", "--threads": "THREADS", "--min-runs": "MIN_RUNS",
     "--min-seconds": "MIN_SECONDS", "--max-seconds": "MAX_SECONDS", "--accuracy-seconds": "ACC_SECONDS",
     "--trials": "TRIALS", "--timeout": "TUNE_TIMEOUT", "--n": "VERIFY_N", "--msg": "MSG",
+    "--calib-method": "CALIB_METHOD", "--analyze-n": "ANALYZE_N", "--recover": "RECOVER", "--recover-cap": "RECOVER_CAP",
 }
 
 
@@ -40,6 +41,16 @@ class _Parser(argparse.ArgumentParser):
         if found and found.group(1) in MAKE_VARIABLES:
             message = f"{MAKE_VARIABLES[found.group(1)]}= ({found.group(1)}): {found.group(2)}"
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
+
+
+def _quantization_options(parser) -> None:
+    from pipeline.quantization import CALIB_METHODS, DEFAULT_CALIB_METHOD
+
+    parser.add_argument("--calib-method", choices=CALIB_METHODS, default=DEFAULT_CALIB_METHOD,
+                        help=f"int8 activation ranges (default {DEFAULT_CALIB_METHOD})")
+    parser.add_argument("--recover", choices=("0", "1"), default="1",
+                        help="1 (default): int8 below the gate's agreement budget keeps its most damaging layers float")
+    parser.add_argument("--recover-cap", type=_int, default=8, help="at most this many float layers (default 8)")
 
 
 def _int(text: str) -> int:
@@ -67,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
     comp.add_argument("--eval-n", type=_int, default=0, help="evaluation images to use (default 0 = all)")
     comp.add_argument("--input-size", type=_int, default=299, help="input size for --weights random")
     comp.add_argument("--classes", type=_int, default=1000, help="class count for --weights random")
+    _quantization_options(comp)
     _tuning_dir(comp)
     comp.add_argument("--no-tuning", action="store_true", help="do not apply tuning records (default schedules)")
     _common(comp, default_cache_dir())
@@ -118,6 +130,20 @@ def _parser() -> argparse.ArgumentParser:
     bl.add_argument("--out", type=Path, default=Path("build"), help="output folder (default build)")
     bl.add_argument("--msg", default="", help="why the baseline changes (required)")
     bl.add_argument("--baselines", type=Path, help="baselines folder (default benchmarks/baselines)")
+
+    an = verbs.add_parser("analyze", help="int8 per-layer error and sensitivity: table, JSON, plot (make analyze)")
+    an.add_argument("--target", required=True)
+    an.add_argument("--weights", default="auto", help="as for compile")
+    an.add_argument("--calib", type=Path, help="folder of calibration images (default: reference split)")
+    an.add_argument("--calib-n", type=_int, default=100, help="calibration images to use (default 100)")
+    an.add_argument("--eval", type=Path, help="as for compile (the model's build stage)")
+    an.add_argument("--eval-n", type=_int, default=0, help="as for compile")
+    an.add_argument("--input-size", type=_int, default=299, help="input size for --weights random")
+    an.add_argument("--classes", type=_int, default=1000, help="class count for --weights random")
+    an.add_argument("--analyze-n", type=_int, default=16,
+                    help="layers whose sensitivity is measured, those losing the most SQNR (default 16; 0 = all)")
+    _quantization_options(an)
+    _common(an, default_cache_dir())
 
     ve = verbs.add_parser("verify", help="run the ARM CPU artifacts under qemu and compare with the host (make verify)")
     ve.add_argument("--target", required=True)
@@ -175,7 +201,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = {signum: signal.signal(signum, on_signal) for signum in EXIT_INTERRUPTED}
     try:
         verb = {"compile": _compile, "bench": _bench, "report": _report, "gate": _gate, "baseline": _baseline,
-                "verify": _verify, "peers": _peers, "tune": _tune, "targets": _targets, "clean": _clean, "test": _test}[args.verb]
+                "verify": _verify, "analyze": _analyze, "peers": _peers, "tune": _tune, "targets": _targets, "clean": _clean, "test": _test}[args.verb]
         return verb(args)
     except PipelineError as exc:
         if received:
@@ -208,7 +234,8 @@ def _compile(args) -> int:
         target=args.target, weights=args.weights, calib_dir=args.calib, calib_n=args.calib_n,
         eval_dir=args.eval, eval_n=args.eval_n, input_size=args.input_size, num_classes=args.classes,
         out_dir=args.out, cache_dir=args.cache_dir, reference_dir=args.reference_dir,
-        targets_dir=args.targets_dir or TARGETS_DIR, tuning_dir=None if args.no_tuning else args.tuning_dir)
+        targets_dir=args.targets_dir or TARGETS_DIR, tuning_dir=None if args.no_tuning else args.tuning_dir,
+        calib_method=args.calib_method, recover=args.recover == "1", recover_cap=args.recover_cap)
     result = compile_target(options, Progress(quiet=args.quiet))
     print(compile_table(result.manifest))
     ran = sum(not r.cached for r in result.runs)
@@ -285,6 +312,28 @@ def _baseline(args) -> int:
     from benchmarks import gate
 
     print(f"baseline written: {gate.make_baseline(args.out / args.target, args.msg, args.baselines or gate.BASELINES_DIR)}")
+    return 0
+
+
+def _analyze(args) -> int:
+    from pipeline.analysis import analyze_target, table
+    from pipeline.compiler import CompileOptions
+    from pipeline.progress import Progress
+    from pipeline.targets import TARGETS_DIR
+
+    options = CompileOptions(
+        target=args.target, weights=args.weights, calib_dir=args.calib, calib_n=args.calib_n, eval_dir=args.eval,
+        eval_n=args.eval_n, input_size=args.input_size, num_classes=args.classes, out_dir=args.out,
+        cache_dir=args.cache_dir, reference_dir=args.reference_dir, targets_dir=args.targets_dir or TARGETS_DIR,
+        calib_method=args.calib_method)
+    result, folder = analyze_target(options, args.analyze_n, Progress(quiet=args.quiet))
+    o = result["overall"]
+    print(f"TFLite int8 ({result['calib_method']}) against float on {result['calibration_images']} calibration "
+          f"images: top-1 agreement {o['agreement_top1']:.3f}, logit SQNR {o['sqnr_db']:.1f} dB; "
+          f"{result['sensitivity_measured']} of {result['quantized_ops']} layers measured alone "
+          f"({result['seconds']:.0f} s)")
+    print(table(result))
+    print(f"\nanalysis.json, analysis.md and sqnr_by_layer.png in {folder}/")
     return 0
 
 

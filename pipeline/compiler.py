@@ -62,6 +62,9 @@ class CompileOptions:
     seed: int = 0
     tuning_dir: Path | None = TUNING_DIR  # MetaSchedule records (make tune); None = do not apply them
     records_target: str = ""              # look records up under this target's name (default: the target's)
+    calib_method: str = "minmax"          # int8 calibration: minmax | percentile | entropy
+    recover: bool = True                  # int8 below the gate's agreement budget: keep damaging layers float
+    recover_cap: int = 8                  # at most this many float layers
 
 
 MANIFEST_SCHEMA = Path(__file__).resolve().parent.parent / "benchmarks" / "manifest.schema.json"
@@ -105,6 +108,13 @@ def validate_options(options: CompileOptions) -> None:
         raise InputError(f"CALIB_N={options.calib_n} must be a positive number of images")
     if options.eval_n < 0:
         raise InputError(f"EVAL_N={options.eval_n} must be 0 (all) or a positive number of images")
+    from pipeline.quantization import CALIB_METHODS
+
+    if options.calib_method not in CALIB_METHODS:
+        raise InputError(f"CALIB_METHOD={options.calib_method!r} is not a calibration method; "
+                         f"valid: {', '.join(CALIB_METHODS)}")
+    if options.recover_cap < 1:
+        raise InputError(f"RECOVER_CAP={options.recover_cap} must be a positive number of layers")
     if options.weights == "random":
         check_size(options.input_size)
         if options.num_classes < 2:
@@ -168,7 +178,30 @@ class Compilation:
         if kind in convert.NEEDS_CALIBRATION:
             inputs["calib"] = self.calibrated.file("calib.npz")
         scheme = self.onnx_int8_scheme()[0] if kind == "onnx-int8" else ""
-        return self.stage(convert, convert.Config(kind, file_name, scheme), inputs, f"convert {kind}"), file_name
+        config = convert.Config(kind, file_name, scheme)
+        if kind in convert.NEEDS_CALIBRATION:
+            config = dataclasses.replace(config, calib_method=self.options.calib_method)
+        if kind == "tflite-int8" and self.options.recover:
+            budget = self.recovery_budget()
+            config = dataclasses.replace(config, recover_budget=budget.min_agreement_top1,
+                                         recover_max_drop=budget.max_top1_drop_points,
+                                         recover_cap=self.options.recover_cap)
+            inputs["eval"] = self.built.file("eval.npz")
+        if kind == "onnx-int8" and self.options.recover:
+            # ONNX Runtime's quantizer recalibrates on every call: too slow to search; it keeps float the
+            # Keras layers that the TFLite recovery found (same model, same calibration images)
+            tflite, tflite_file = self.converted("tflite-int8")
+            recovery = json.loads(tflite.file("convert.json").read_text())["quantization"]["recovery"]
+            if recovery.get("status") == "recovered":
+                layers = dict.fromkeys(l for ls in recovery.get("float_keras_layers", []) for l in ls)
+                config = dataclasses.replace(config, float_layers=tuple(layers))
+        return self.stage(convert, config, inputs, f"convert {kind}"), file_name
+
+    def recovery_budget(self):
+        """What int8 recovery aims at: the gate's thresholds for this model and target."""
+        from benchmarks.gate import GATES_FILE, load_thresholds
+
+        return load_thresholds(GATES_FILE, f"{self.model_name}-{self.source_kind}", self.target.name)
 
     def onnx_int8_scheme(self) -> tuple[str, str]:
         """The ONNX int8 scheme for this target's CPU, and why."""
@@ -259,6 +292,10 @@ class Compilation:
                   "int8_float_exact": info.get("int8_float_exact", 0),
                   "int8_integer_adds": info.get("int8_integer_adds", 0),
                   "source_tflite": source_file, "accuracy": None}
+        if precision == "int8":
+            recovery = json.loads(source.file("convert.json").read_text())["quantization"]["recovery"]
+            if recovery.get("status") == "recovered":
+                record["float_layers"] = recovery["float_layers"]      # from the recovered TFLite file
         if device == "gpu":
             record["opencl_source"] = Path(file_name).stem + ".cl"
             record["opencl_kernels"] = info["opencl_kernels"]
@@ -281,6 +318,17 @@ class Compilation:
                 "sha256": runtime.files[name]}
             extra = {record["opencl_source"]: made.file(record["opencl_source"]), name: runtime.file(name)}
         return MadeArtifact(record, made.file(file_name), extra)
+
+    def _say_recovery(self, file_name: str, recovery: dict) -> None:
+        if recovery["status"] == "recovered":
+            self.progress.log(
+                f"{file_name}: recovered: {len(recovery['float_layers'])} layers kept float "
+                f"({', '.join(recovery['float_layers'])}); on the eval images "
+                f"{recovery['before']['why']} -> {recovery['after']['why']}; size x{recovery['size_bytes']['recovered'] / recovery['size_bytes']['int8']:.2f}, "
+                f"latency here x{recovery['latency_ms_here']['recovered'] / max(recovery['latency_ms_here']['int8'], 1e-9):.2f}")
+        elif recovery["status"] in ("cap reached", "not met"):
+            self.progress.warn(f"{file_name}: int8 recovery failed ({recovery['status']}, cap {recovery['cap_layers']} "
+                               f"float layers): {recovery['after']['why']} on the eval images; the gate will fail")
 
     def opencl_runtime(self) -> CacheEntry:
         """Our TVM OpenCL runtime for the target's architecture: shipped beside GPU artifacts, so that a board
@@ -358,6 +406,9 @@ class Compilation:
                 if kind == "onnx-int8":
                     details = json.loads(made.file("convert.json").read_text())
                     entry["quantization"] = details["quantization"] | {"why": self.onnx_int8_scheme()[1]}
+                if kind == "tflite-int8":
+                    entry["quantization"] = json.loads(made.file("convert.json").read_text())["quantization"]
+                    self._say_recovery(file_name, entry["quantization"]["recovery"])
                 made_artifact = MadeArtifact(entry, made.file(file_name))
             artifacts.append(made_artifact)
         return self._package(source, artifacts)
@@ -405,6 +456,7 @@ class Compilation:
             self.calibrated = self.stage(calibrate, calibrate.Config(calib_source, opts.calib_n, opts.seed),
                                          calib_inputs, "calibrate")
         self.built, self.model_name, self.info = built, model_name, info
+        self.source_kind = source.kind
         return source
 
     def _carry_results(self, staging: Path, final: Path, listed: list[Artifact]) -> None:
@@ -482,7 +534,7 @@ class Compilation:
         return CompileResult(path, manifest, self.runs)
 
 
-RESULT_FOLDERS = ("bench", "report", "gate")      # what make bench / report / verify / gate add to a build
+RESULT_FOLDERS = ("bench", "report", "gate", "analysis")      # what make bench / report / verify / gate add to a build
 
 
 def validate_manifest(manifest: Manifest) -> None:

@@ -50,9 +50,16 @@ def compile_table(manifest: dict) -> str:
             notes.append(f"{a['file']}: accuracy measured as the board runs it: {where['cpu_model']}")
         elif where.get("computes_as_target") is False:
             notes.append(f"{a['file']}: WARNING: this accuracy describes this machine, not the target: {where['why']}")
-        if a.get("quantization"):
-            q = a["quantization"]
-            notes.append(f"{a['file']}: {q['description']} ({q['why']})")
+        q = a.get("quantization") or {}
+        if "description" in q:
+            notes.append(f"{a['file']}: {q['description']} ({q['why']}); {q['calib_method']} calibration")
+            if q.get("float_layers"):
+                notes.append(f"{a['file']}: kept float as TFLite recovery found: {', '.join(q['float_layers'])} "
+                             f"({len(q['excluded_nodes'])} ONNX nodes)")
+        elif q:
+            notes.append(f"{a['file']}: {recovery_note(q)}")
+        if a.get("float_layers"):
+            notes.append(f"{a['file']}: built from the recovered TFLite file: {', '.join(a['float_layers'])} float")
         if "vs_litert" in acc:
             v = acc["vs_litert"]
             diff = (f"max {v['max_quant_steps']} quantization step(s)" if "max_quant_steps" in v
@@ -62,6 +69,20 @@ def compile_table(manifest: dict) -> str:
             notes.append(f"{a['file']}: against LiteRT on the same TFLite model: {diff} ({verdict}), "
                          f"top-1 agreement {v['agreement_top1'] * 100:.1f}%")
     return head + "\n\n" + format_table(rows) + "".join(f"\n  {n}" for n in notes)
+
+
+def recovery_note(q: dict) -> str:
+    """One line on a TFLite int8 artifact's calibration and recovery."""
+    r = q.get("recovery") or {"status": "off"}
+    head = f"{q['calib_method']} calibration; top-1 agreement with float on the calibration images " \
+           f"{q['calibration_agreement_top1']:.1%}"
+    if r["status"] == "recovered":
+        return (f"{head}; RECOVERED: {len(r['float_layers'])} layers float ({', '.join(r['float_layers'])}), "
+                f"eval top-1 agreement {r['before']['agreement_top1']:.1%} -> {r['after']['agreement_top1']:.1%} "
+                f"(budget {r['budget']:.1%}), size x{r['size_bytes']['recovered'] / r['size_bytes']['int8']:.2f}")
+    if r["status"] in ("cap reached", "not met"):
+        return f"{head}; recovery FAILED ({r['status']}, cap {r['cap_layers']} layers): plain int8 kept"
+    return f"{head}; recovery {r['status']}"
 
 
 def _size(n: int) -> str:

@@ -160,6 +160,31 @@ def make_trained_tiny_model(path: Path, size: int = 32, epochs: int = 8) -> Path
     return path
 
 
+def make_outlier_model(path: Path, size: int = 32, factor: float = 1000.0, seed: int = 2, epochs: int = 25) -> Path:
+    """A small net trained on the digits whose conv_a channel 0 is scaled up by ``factor`` and conv_b's weights
+    for it down (models/outlier.py): float unchanged, per-tensor int8 of conv_a's output ruined."""
+    import keras
+
+    from models import digits
+    from models.outlier import inject
+    from models.preprocessing import preprocess
+
+    keras.utils.set_random_seed(seed)
+    inp = keras.Input((size, size, 3))
+    x = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="conv_a")(inp)
+    x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", name="conv_b")(x)
+    x = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv_c")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    model = keras.Model(inp, keras.layers.Dense(10, name="logits")(x))
+    x_train, y_train = digits.load_split("train", size, size)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(preprocess(x_train), y_train, epochs=epochs, batch_size=32, verbose=0)
+    inject(model, "conv_a", 0, factor)
+    model.save(path)
+    return path
+
+
 def labelled_digits(folder: Path, n: int = 120, size: int = 32) -> Path:
     """The first ``n`` images of the digits test split as an EVAL= folder (one sub-folder per label)."""
     from PIL import Image

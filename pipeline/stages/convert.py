@@ -1,7 +1,9 @@
 """convert: one deployable artifact from the Keras model (and calibration data for int8).
 
 tflite-fp32      TFLite, float32
-tflite-int8      TFLite full-integer: int8 weights (per-channel) and activations, int8 input/output
+tflite-int8      TFLite full-integer: int8 weights (per-channel) and activations, int8 input/output; calibrated by
+                 CALIB_METHOD (pipeline/quantization.py); when its top-1 agreement with float on the calibration
+                 images is below the gate's budget, the most damaging layers are kept float (recovery)
 tflite-fp16      TFLite with float16 weights (for GPU delegates)
 tflite-dynamic   TFLite dynamic-range: int8 weights, float activations
 onnx-fp32        ONNX via tf2onnx
@@ -22,7 +24,7 @@ import numpy as np
 from pipeline.progress import Progress
 
 NAME = "convert"
-VERSION = 2
+VERSION = 3
 TOOLS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy")
 ONNX_OPSET = 17
 NEEDS_CALIBRATION = ("tflite-int8", "onnx-int8")
@@ -56,6 +58,14 @@ class Config:
     kind: str             # an ARTIFACT_KINDS key
     file_name: str        # the artifact's file name, e.g. xception_int8.tflite
     onnx_scheme: str = "" # onnx-int8 only: an ONNX_INT8_SCHEMES key
+    calib_method: str = "minmax"    # int8 kinds: minmax | percentile | entropy
+    recover_budget: float = 0.0     # tflite-int8: top-1 agreement with float to reach by recovery (0: off)
+    recover_max_drop: float = 1.0   # and, where the eval images have labels, the largest top-1 drop in points
+    recover_cap: int = 8            # at most this many float layers
+    sensitivity_n: int = 16         # ops whose end-to-end sensitivity is measured when recovering
+    float_layers: tuple[str, ...] = ()   # onnx-int8: Keras layers kept float (those TFLite recovery kept float)
+
+ONNX_CALIBRATION = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
 
 def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progress) -> None:
@@ -64,10 +74,15 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     started = time.monotonic()
     model = keras.saving.load_model(inputs["model"], compile=False)
     calib = np.load(inputs["calib"])["inputs"] if config.kind in NEEDS_CALIBRATION else None
+    evaluation = dict(np.load(inputs["eval"])) if "eval" in inputs else None
     target = out / config.file_name
     work = out / ".work"          # scratch space, removed before the entry is published
     work.mkdir()
-    if config.kind.startswith("tflite-"):
+    quantization = None
+    if config.kind == "tflite-int8":
+        data, quantization = _tflite_int8(model, calib, evaluation, work, progress, config)
+        target.write_bytes(data)
+    elif config.kind.startswith("tflite-"):
         target.write_bytes(_tflite(model, config.kind, calib, work, progress))
     elif config.kind == "onnx-fp32":
         _onnx_fp32(model, target)
@@ -75,7 +90,8 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
         if config.onnx_scheme not in ONNX_INT8_SCHEMES:
             raise ValueError(f"convert: onnx-int8 scheme {config.onnx_scheme!r} is not one of "
                              f"{', '.join(ONNX_INT8_SCHEMES)}")
-        _onnx_int8(model, calib, work, target, progress, config.onnx_scheme)
+        excluded = _onnx_int8(model, calib, work, target, progress, config.onnx_scheme, config.calib_method,
+                              config.float_layers)
     else:
         raise ValueError(f"convert: unknown artifact kind {config.kind!r}")
     shutil.rmtree(work)
@@ -85,7 +101,11 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
         activations, weights, reduce_range, what = ONNX_INT8_SCHEMES[config.onnx_scheme]
         details["quantization"] = {"scheme": config.onnx_scheme, "activations": activations, "weights": weights,
                                    "per_channel": True, "reduce_range": reduce_range, "format": "QDQ",
-                                   "calibration": "MinMax", "description": what}
+                                   "calibration": ONNX_CALIBRATION[config.calib_method],
+                                   "calib_method": config.calib_method, "description": what,
+                                   "float_layers": list(config.float_layers), "excluded_nodes": excluded}
+    if quantization is not None:
+        details["quantization"] = quantization
     (out / "convert.json").write_text(json.dumps(details, indent=1))
 
 
@@ -98,14 +118,85 @@ def _serving_function(model):
     return fn, spec
 
 
-def _tflite(model, kind: str, calib, work: Path, progress: Progress) -> bytes:
-    import tensorflow as tf
-
+def _saved_model(model, work: Path) -> Path:
     # Through a SavedModel with a batch-1 signature: converting a concrete function directly leaves
     # resource-variable reads in the graph, which the int8 calibrator cannot run.
     _, spec = _serving_function(model)
     saved = work / "saved_model"
     model.export(str(saved), format="tf_saved_model", input_signature=[spec], verbose=False)
+    return saved
+
+
+def _tflite_int8(model, calib, evaluation, work: Path, progress: Progress, config: Config) -> tuple[bytes, dict]:
+    """TFLite's calibration, the activation ranges of the calibration method, quantization; then, when the
+    int8 model misses the gate's budget on the eval images (as the gate will judge it), float fallback of the
+    layers that cost most (sensitivity measured on the calibration images)."""
+    from pipeline import quantization as q
+
+    saved = _saved_model(model, work)
+    bar = progress.bar("calibrating (TFLite)", len(calib))
+    try:
+        calibrated = q.calibrated(saved, calib, bar)
+    finally:
+        bar.close()
+    if config.calib_method != "minmax":
+        progress.log(f"  activation ranges by {config.calib_method} (calibration images)")
+        calibrated = q.with_ranges(calibrated, q.ranges(calibrated, calib, config.calib_method))
+    plain = q.quantize(calibrated)
+    reference = q.outputs(calibrated, calib)
+    before = q.compare(reference, q.outputs(plain, calib))
+    info = {"calib_method": config.calib_method, "calibration_images": int(len(calib)),
+            "calibration_agreement_top1": round(before["agreement_top1"], 4),
+            "calibration_sqnr_db": before["sqnr_db"], "recovery": None}
+    if not config.recover_budget or evaluation is None:
+        return plain, info | {"recovery": {"status": "off"}}
+    budget = q.Budget(config.recover_budget, config.recover_max_drop, evaluation["logits"],
+                      evaluation.get("labels"))
+    judged = budget.judge(q.outputs(plain, evaluation["inputs"]))
+    if judged["met"]:
+        return plain, info | {"recovery": {"status": "not needed", "budget": config.recover_budget,
+                                           "eval": judged}}
+    started = time.monotonic()
+    progress.log(f"  int8 misses the gate's budget on the {len(evaluation['inputs'])} eval images ({judged['why']}): "
+                 f"measuring which layers cost it")
+    ops = q.model_ops(plain, [layer.name for layer in model.layers])
+    errors = q.layer_errors(calibrated, plain, calib[:q.ERROR_IMAGES], ops)
+    measured = q.candidates(ops, errors, config.sensitivity_n)
+    bar = progress.bar("sensitivity (one layer quantized at a time)", len(measured))
+    try:
+        sens = q.sensitivity(calibrated, reference[:q.SENSITIVITY_IMAGES], calib[:q.SENSITIVITY_IMAGES], ops,
+                             measured, bar.update)
+    finally:
+        bar.close()
+    ranked = q.ranking(sens)
+    result = q.recover(calibrated, plain, budget, evaluation["inputs"], ops, ranked, config.recover_cap,
+                       progress.log)
+    plain_ms, recovered_ms = q.median_ms(plain, calib[0]), q.median_ms(result.model, calib[0])
+    recovery = {
+        "status": "recovered" if result.met else ("cap reached" if result.capped else "not met"),
+        "budget": config.recover_budget, "budget_max_top1_drop_points": config.recover_max_drop,
+        "judged_on": f"{len(evaluation['inputs'])} eval images", "cap_layers": config.recover_cap,
+        "float_layers": [op.layer for op in result.float_ops],
+        "float_tensors": [op.tensor for op in result.float_ops],
+        "float_keras_layers": [op.layers for op in result.float_ops],
+        "before": result.before, "after": result.after, "steps": result.steps,
+        "ranking": [{"layer": next(o.layer for o in ops if o.tensor == name), **sens[name]} for name in ranked],
+        "size_bytes": {"int8": len(plain), "recovered": len(result.model)},
+        "latency_ms_here": {"int8": plain_ms, "recovered": recovered_ms},
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    if not result.met:
+        progress.warn(f"int8 recovery stopped ({recovery['status']}: {len(result.float_ops)} float layers, cap "
+                      f"{config.recover_cap}) at top-1 agreement {result.after['agreement_top1']:.1%} on the "
+                      f"eval images ({result.after['why']}); the plain int8 model is kept")
+        return plain, info | {"recovery": recovery}
+    return result.model, info | {"recovery": recovery}
+
+
+def _tflite(model, kind: str, calib, work: Path, progress: Progress) -> bytes:
+    import tensorflow as tf
+
+    saved = _saved_model(model, work)
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
     if kind == "tflite-fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -140,7 +231,14 @@ def _onnx_fp32(model, target: Path) -> None:
     target.write_bytes(proto.SerializeToString())
 
 
-def _onnx_int8(model, calib, work: Path, target: Path, progress: Progress, scheme: str) -> None:
+def _onnx_int8(model, calib, work: Path, target: Path, progress: Progress, scheme: str,
+               calib_method: str = "minmax", float_layers: tuple[str, ...] = ()) -> list[str]:
+    """The QDQ model; nodes of the Keras layers in ``float_layers`` are excluded from quantization (their
+    tensors between excluded nodes stay float). Returns the excluded node names."""
+    import onnx
+
+    from pipeline.quantization import keras_layers_in
+
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                           QuantType, quantize_static)
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -149,6 +247,11 @@ def _onnx_int8(model, calib, work: Path, target: Path, progress: Progress, schem
     prepared = work / "prepared.onnx"
     _onnx_fp32(model, fp32)
     quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+    wanted = set(float_layers)
+    excluded = [node.name for node in onnx.load(str(prepared), load_external_data=False).graph.node
+                if wanted and set(keras_layers_in(node.name, wanted))]
+    if float_layers:
+        progress.log(f"  {len(excluded)} ONNX nodes of {len(float_layers)} float layers excluded from quantization")
     bar = progress.bar("calibrating (ONNX Runtime)", len(calib))
 
     class Reader(CalibrationDataReader):
@@ -168,6 +271,8 @@ def _onnx_int8(model, calib, work: Path, target: Path, progress: Progress, schem
     try:
         quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=types[activations], weight_type=types[weights], reduce_range=reduce_range,
-                        calibrate_method=CalibrationMethod.MinMax)
+                        calibrate_method=getattr(CalibrationMethod, ONNX_CALIBRATION[calib_method]),
+                        nodes_to_exclude=excluded)
     finally:
         bar.close()
+    return excluded

@@ -1,0 +1,114 @@
+"""analyze: where int8 loses accuracy, layer by layer (make analyze).
+
+For the TFLite int8 model as the compile makes it before any recovery (same calibration images and method):
+- every op's output tensor against the float model's same tensor: SQNR (dB) and relative RMSE, on
+  ``ERROR_IMAGES`` calibration images (the error accumulated up to that layer);
+- the ``n`` ops that lose the most SQNR themselves: the end-to-end logit error and top-1 agreement with float
+  when only that op is quantized (pipeline/quantization.py says why this form), on ``SENSITIVITY_IMAGES``;
+- the order in which recovery would keep them float.
+
+Outputs: analysis.json.
+"""
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Mapping
+
+import numpy as np
+
+from pipeline.progress import Progress
+
+NAME = "analyze"
+VERSION = 1
+TOOLS = ("tensorflow", "keras", "ai-edge-litert", "numpy")
+
+
+@dataclass(frozen=True)
+class Config:
+    calib_method: str = "minmax"
+    n: int = 16            # ops whose sensitivity is measured (0: every quantized op)
+
+
+def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progress) -> None:
+    import keras
+
+    from pipeline import quantization as q
+    from pipeline.stages.convert import _saved_model
+
+    started = time.monotonic()
+    model = keras.saving.load_model(inputs["model"], compile=False)
+    calib = np.load(inputs["calib"])["inputs"]
+    work = out / ".work"
+    work.mkdir()
+    bar = progress.bar("calibrating (TFLite)", len(calib))
+    try:
+        calibrated = q.calibrated(_saved_model(model, work), calib, bar)
+    finally:
+        bar.close()
+    if config.calib_method != "minmax":
+        calibrated = q.with_ranges(calibrated, q.ranges(calibrated, calib, config.calib_method))
+    int8 = q.quantize(calibrated)
+    reference = q.outputs(calibrated, calib)
+    overall = q.compare(reference, q.outputs(int8, calib))
+    ops = q.model_ops(int8, [layer.name for layer in model.layers])
+    progress.log(f"  per-layer error of {len(ops)} ops on {min(len(calib), q.ERROR_IMAGES)} calibration images")
+    errors = q.layer_errors(calibrated, int8, calib[:q.ERROR_IMAGES], ops)
+    quantized = [op for op in ops if op.kind in q.QUANTIZED_OPS]
+    measured = q.candidates(ops, errors, config.n or len(quantized))
+    bar = progress.bar("sensitivity (one layer quantized at a time)", len(measured))
+    try:
+        sens = q.sensitivity(calibrated, reference[:q.SENSITIVITY_IMAGES], calib[:q.SENSITIVITY_IMAGES], ops,
+                             measured, bar.update)
+    finally:
+        bar.close()
+    ranked = q.ranking(sens)
+    rank = {name: i + 1 for i, name in enumerate(ranked)}
+    layers = []
+    for op in ops:
+        if op.kind not in q.QUANTIZED_OPS:
+            continue
+        row = {"index": op.index, "op": op.kind, "layer": op.layer, "keras_layers": op.layers, "tensor": op.tensor,
+               "flow": flow(op.layer), **errors.get(op.tensor, {"sqnr_db": None, "relative_rmse": None})}
+        if op.tensor in sens:
+            row["sensitivity"] = sens[op.tensor]
+            row["rank"] = rank.get(op.tensor)
+        layers.append(row)
+    _fill_flow(layers)
+    (out / "analysis.json").write_text(json.dumps({
+        "artifact": "tflite-int8", "calib_method": config.calib_method, "calibration_images": int(len(calib)),
+        "error_images": int(min(len(calib), q.ERROR_IMAGES)),
+        "sensitivity_images": int(min(len(calib), q.SENSITIVITY_IMAGES)),
+        "sensitivity_measured": len(measured), "quantized_ops": len(quantized),
+        "sensitivity_form": "end-to-end outputs against float with only this op quantized",
+        "overall": overall, "layers": layers,
+        "recovery_order": [next(r["layer"] for r in layers if r["tensor"] == name) for name in ranked],
+        "seconds": round(time.monotonic() - started, 1)}, indent=1))
+    import shutil
+
+    shutil.rmtree(work)
+
+
+def flow(layer: str) -> str | None:
+    """Xception's parts by block number: entry flow (blocks 1-4), middle flow (5-12), exit flow (13-14)."""
+    import re
+
+    found = re.match(r"block(\d+)_", layer)
+    if not found:
+        return None
+    block = int(found.group(1))
+    return "entry" if block <= 4 else "middle" if block <= 12 else "exit"
+
+
+def _fill_flow(layers: list[dict]) -> None:
+    """Ops outside a named block (shortcut convolutions, adds, the classifier) belong to the part before them;
+    a model without Xception's block names is one part, "network"."""
+    if not any(r["flow"] for r in layers):
+        for r in layers:
+            r["flow"] = "network"
+        return
+    current = "entry"
+    for r in layers:
+        current = r["flow"] = r["flow"] or current
