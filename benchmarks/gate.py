@@ -188,11 +188,24 @@ def evaluate(build_dir: Path, gates: Path = GATES_FILE, baselines: Path = BASELI
                                        f"TVM int8 against LiteRT int8 on {vs['n']} images"))
     failed = [c for c in checks if c.status == "fail"]
     return {"target": target, "model": model, "accuracy_source": acc_source, "gates": str(gates),
+            "recovered": recovered(arts),
             # False: a user's model compiled without EVAL=, its figures measured on the digits
             "eval_representative": manifest["eval"].get("representative", True),
             "thresholds": asdict(t), "baseline": str(base_file), "passed": not failed,
             "checks": [asdict(c) | {"message": c.message()} for c in checks],
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def recovered(artifacts: list[dict]) -> dict[str, list[str]]:
+    """int8 artifacts whose compile kept layers float to meet the accuracy budget: file -> those layers."""
+    found = {}
+    for art in artifacts:
+        q = art.get("quantization") or {}
+        layers = ((q.get("recovery") or {}).get("float_layers") if (q.get("recovery") or {}).get("status") == "recovered"
+                  else q.get("float_layers") or art.get("float_layers"))
+        if art["precision"] == "int8" and layers:
+            found[art["file"]] = list(layers)
+    return found
 
 
 def _measured_on(a: dict | None, bench_result: dict | None) -> dict:
@@ -291,6 +304,9 @@ def run_gate(build_dir: Path, gates: Path = GATES_FILE, baselines: Path = BASELI
     report = evaluate(build_dir, gates, baselines)
     folder = write_outputs(report, build_dir)
     lines = [f"gate {report['model']} on {report['target']}; accuracy from {report['accuracy_source']}", table(report)]
+    lines += [f"RECOVERED: {name} was compiled with {len(layers)} layers kept float to meet the accuracy budget "
+              f"({', '.join(layers)}); these figures are the recovered artifact's"
+              for name, layers in report.get("recovered", {}).items()]
     if not report["eval_representative"]:
         lines.append("WARNING: these accuracy figures come from the digits test split, not from this model's own "
                      "images (compiled without EVAL=): they show int8 against float on digits only")

@@ -347,7 +347,7 @@ class Budget:
                                - np.mean(logits.argmax(-1) == self.labels))
             result["top1_drop_points"] = round(drop, 2)
             why.append(f"top-1 drop {drop:.2f} points (budget {self.max_drop:g})")
-            met = met and drop <= self.max_drop
+            met = met and round(drop, 9) <= self.max_drop
         return result | {"met": bool(met), "why": ", ".join(why)}
 
 

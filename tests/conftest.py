@@ -110,6 +110,8 @@ def cli(capsys):
         capsys.readouterr()                     # what an earlier call printed before it raised is not this call's
         try:
             code = main([str(a) for a in args])
+        except SystemExit as exc:                # argparse's own errors (an invalid choice) exit from parse_args
+            code = exc.code
         finally:
             signal.signal(signal.SIGTERM, previous)
         out, err = capsys.readouterr()

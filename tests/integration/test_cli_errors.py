@@ -21,6 +21,11 @@ from benchmarks.run import Budget
     ("gate", ["--target", "host", "--out", "{empty}"], r"has no manifest.json"),
     ("baseline", ["--target", "host", "--out", "{empty}", "--msg", " "], r"a baseline needs a reason"),
     ("peers", ["--out", "{empty}", "--max-seconds", "0"], r"MAX_SECONDS / --max-seconds = 0"),
+    ("compile", ["--target", "host", "--calib-method", "kl"], r"CALIB_METHOD= \(--calib-method\): invalid choice: 'kl'"),
+    ("compile", ["--target", "host", "--recover", "yes"], r"RECOVER= \(--recover\): invalid choice: 'yes'"),
+    ("compile", ["--target", "host", "--recover-cap", "0"], r"RECOVER_CAP=0 must be a positive number of layers"),
+    ("analyze", ["--target", "no-such-board"], r"unknown target 'no-such-board'"),
+    ("analyze", ["--target", "host", "--analyze-n", "-1"], r"ANALYZE_N=-1 must be 0"),
 ])
 def test_bad_input_is_one_line_and_exit_2(cli, tmp_path, verb, args, message):
     import re
