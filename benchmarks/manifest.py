@@ -48,7 +48,9 @@ class Artifact(TypedDict):
     bytes: int
     accuracy: Accuracy | None
     accuracy_note: NotRequired[str]
-    quantization: NotRequired[dict[str, Any]]      # onnx-int8: scheme, activations, weights, reduce_range, why
+    quantization: NotRequired[dict[str, Any]]      # int8: calib_method; onnx: scheme, activations, weights,
+    #                                                reduce_range, why, float_layers; tflite: recovery
+    float_layers: NotRequired[list[str]]           # tvm-int8 built from a recovered TFLite file: its float layers
     arch: NotRequired[Literal["aarch64", "x86_64"]]
     io: NotRequired[dict[str, Any]]
     source_tflite: NotRequired[str]

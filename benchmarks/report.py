@@ -10,6 +10,7 @@ import base64
 import html
 import json
 import os
+import shutil
 import sys
 from pathlib import Path
 
@@ -157,6 +158,14 @@ def render(build_dir: Path, results_file: Path | None = None) -> dict[str, Path]
     folder.mkdir(parents=True, exist_ok=True)
     md = markdown(results)
     images = plots(results, folder)
+    analysis = build_dir / "analysis" / "sqnr_by_layer.png"
+    if analysis.is_file():              # make analyze ran: its per-layer int8 plot joins the report
+        shutil.copyfile(analysis, folder / ".int8_sqnr_by_layer.png.tmp")
+        os.replace(folder / ".int8_sqnr_by_layer.png.tmp", folder / "int8_sqnr_by_layer.png")
+        images["int8_sqnr_by_layer"] = folder / "int8_sqnr_by_layer.png"
+        md += ("\n## int8 per layer (make analyze)\n\nSQNR of each int8 layer against float, in network order; "
+               "the table and sensitivity ranking are in ../analysis/analysis.md.\n\n"
+               "![int8 SQNR by layer](int8_sqnr_by_layer.png)\n")
     out = {"markdown": folder / "report.md", "html": folder / "report.html"} | images
     write_text_atomic(out["markdown"], md)
     write_text_atomic(out["html"], html_page(results, md, images))

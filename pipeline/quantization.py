@@ -96,29 +96,34 @@ def keras_layers_in(tensor: str, layer_names: set[str]) -> list[str]:
 
 
 def model_ops(model: bytes, layer_order: Sequence[str]) -> list[Op]:
-    """Every op of the model with the Keras layers it computes (layer_order: the Keras model's layer names)."""
-    from ai_edge_litert.interpreter import Interpreter
+    """Every op of the model with the Keras layers it computes (layer_order: the Keras model's layer names),
+    read from the flatbuffer (TensorFlow's public object API)."""
+    from tensorflow.lite.python import schema_py_generated as schema
+    from tensorflow.lite.tools import flatbuffer_utils
 
-    interpreter = Interpreter(model_content=model)
-    names = {t["index"]: t["name"] for t in interpreter.get_tensor_details()}
+    codes = {v: k for k, v in vars(schema.BuiltinOperator).items() if not k.startswith("__")}
+    parsed = flatbuffer_utils.convert_bytearray_to_object(bytearray(model))
+    graph = parsed.subgraphs[0]
+    names = {i: t.name.decode() for i, t in enumerate(graph.tensors)}
     position = {name: i for i, name in enumerate(layer_order)}
-    outputs_ = {d["index"] for d in interpreter.get_output_details()}
+    graph_outputs = set(int(i) for i in graph.outputs)
     ops = []
-    for detail in interpreter._get_ops_details():          # pylint: disable=protected-access
-        if not len(detail["outputs"]):
+    for index, op in enumerate(graph.operators):
+        if op.outputs is None or not len(op.outputs):
             continue
-        tensor = names[detail["outputs"][0]]
+        kind = codes.get(parsed.operatorCodes[op.opcodeIndex].builtinCode, "CUSTOM")
+        tensor = names[int(op.outputs[0])]
         layers = sorted(keras_layers_in(tensor, set(position)), key=position.get)
-        if not layers and detail["outputs"][0] in outputs_ and layer_order:
+        if not layers and int(op.outputs[0]) in graph_outputs and layer_order:
             layers = [layer_order[-1]]                 # the model's output op: named by the signature
         main = layers[-1] if layers else tensor.split(";")[0]
         weighted = [n for n in layers if re.search(r"conv|dense|sepconv|predictions|fc", n)]
         if weighted:
             main = weighted[0]
-        if detail["op_name"] == "DEPTHWISE_CONV_2D" and "separable_conv2d" in tensor:
+        if kind == "DEPTHWISE_CONV_2D" and "separable_conv2d" in tensor:
             main += " (depthwise)"
-        ops.append(Op(int(detail["index"]), detail["op_name"], tensor,
-                      [names[i] for i in detail["inputs"] if i >= 0], main, layers))
+        ops.append(Op(index, kind, tensor, [names[int(i)] for i in (op.inputs if op.inputs is not None else [])
+                                           if int(i) >= 0], main, layers))
     return ops
 
 

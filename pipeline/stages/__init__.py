@@ -2,6 +2,6 @@
 dataclass and ``run(inputs, config, out, progress)``: inputs are files, outputs go to ``out``
 (a fresh folder). Stages never read argv, environment variables or globals.
 """
-from pipeline.stages import build, calibrate, check, convert, opencl_runtime, tvm_build
+from pipeline.stages import analyze, build, calibrate, check, convert, opencl_runtime, tvm_build
 
-STAGES = (build, calibrate, convert, tvm_build, opencl_runtime, check)
+STAGES = (build, calibrate, convert, tvm_build, opencl_runtime, check, analyze)

@@ -36,7 +36,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     import keras
 
     from pipeline import quantization as q
-    from pipeline.stages.convert import _saved_model
+    from pipeline.stages.convert import saved_model
 
     started = time.monotonic()
     model = keras.saving.load_model(inputs["model"], compile=False)
@@ -45,7 +45,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     work.mkdir()
     bar = progress.bar("calibrating (TFLite)", len(calib))
     try:
-        calibrated = q.calibrated(_saved_model(model, work), calib, bar)
+        calibrated = q.calibrated(saved_model(model, work), calib, bar)
     finally:
         bar.close()
     if config.calib_method != "minmax":

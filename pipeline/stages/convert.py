@@ -24,7 +24,7 @@ import numpy as np
 from pipeline.progress import Progress
 
 NAME = "convert"
-VERSION = 3
+VERSION = 4
 TOOLS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy")
 ONNX_OPSET = 17
 NEEDS_CALIBRATION = ("tflite-int8", "onnx-int8")
@@ -118,7 +118,7 @@ def _serving_function(model):
     return fn, spec
 
 
-def _saved_model(model, work: Path) -> Path:
+def saved_model(model, work: Path) -> Path:
     # Through a SavedModel with a batch-1 signature: converting a concrete function directly leaves
     # resource-variable reads in the graph, which the int8 calibrator cannot run.
     _, spec = _serving_function(model)
@@ -133,7 +133,7 @@ def _tflite_int8(model, calib, evaluation, work: Path, progress: Progress, confi
     layers that cost most (sensitivity measured on the calibration images)."""
     from pipeline import quantization as q
 
-    saved = _saved_model(model, work)
+    saved = saved_model(model, work)
     bar = progress.bar("calibrating (TFLite)", len(calib))
     try:
         calibrated = q.calibrated(saved, calib, bar)
@@ -196,7 +196,7 @@ def _tflite_int8(model, calib, evaluation, work: Path, progress: Progress, confi
 def _tflite(model, kind: str, calib, work: Path, progress: Progress) -> bytes:
     import tensorflow as tf
 
-    saved = _saved_model(model, work)
+    saved = saved_model(model, work)
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
     if kind == "tflite-fp16":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]

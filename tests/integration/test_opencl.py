@@ -245,7 +245,8 @@ def test_gpu_library_over_tvm_rpc(x86_gpu_build):
         farm.add_board("clboard", load_library=str(x86_gpu_build / runtime), timeout=120,
                        env=os.environ | {"XC_OPENCL_PLATFORM": "Portable"})
         results = run_over_rpc(x86_gpu_build, farm.address, "clboard",
-                               Budget(warmup=0, min_runs=3, min_seconds=0.0, max_seconds=2.0, accuracy_seconds=30.0),
+                               # max_seconds: the 3 runs must fit on a loaded 2-core machine (POCL runs on the CPU)
+                               Budget(warmup=0, min_runs=3, min_seconds=0.0, max_seconds=60.0, accuracy_seconds=30.0),
                                eval_n=4, log=lambda m: None)
     finally:
         farm.stop()
@@ -331,7 +332,6 @@ def test_tvms_adreno_pool_rule_is_wrong_on_a_pooling_fused_with_an_add(x86_adren
 
 
 def test_a_model_the_adreno_layout_cannot_take_is_named():
-    import tvm
     from tvm import relax
 
     from pipeline.tvm import adreno

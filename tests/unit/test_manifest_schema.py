@@ -22,7 +22,7 @@ SAMPLE = {
          "accuracy": {"n": 8, "agreement_top1": 1.0, "top1": None, "top5": None, "mean_abs_logit_delta": 0.01,
                       "measured_on": CPU | {"computes_as_target": True, "why": "same"}},
          "quantization": {"scheme": "u8s8-reduce-range", "activations": "uint8", "weights": "int8",
-                          "reduce_range": True, "why": "no VNNI"}},
+                          "reduce_range": True, "why": "no VNNI", "calib_method": "minmax"}},
         {"kind": "tvm-int8", "format": "tvm", "precision": "int8", "runtime": "tvm", "device": "cpu",
          "file": "tiny_int8.so", "sha256": "1" * 64, "bytes": 100, "accuracy": None, "accuracy_note": "not run",
          "arch": "aarch64", "io": {"input": {}, "output": {}}, "tvm_target": {"kind": "llvm"},
