@@ -2,6 +2,7 @@
 OUT/<target>/analysis/ (the analyze stage computes it; this module runs it and presents it)."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import shutil
 from pathlib import Path
@@ -32,11 +33,15 @@ def analyze_target(options, n: int = 16, progress: Progress | None = None) -> tu
                          f"{', '.join(int8) or 'none'}); analyze a target that lists tflite-int8, e.g. host")
     ensure_writable(options.out_dir)
     with TargetLock(options.out_dir, target.name):
-        comp = Compilation(options, target, progress, dict(tool_versions()))
+        # the int8 models as quantized before any recovery: the analysis shows what int8 does to each layer
+        comp = Compilation(dataclasses.replace(options, recover=False), target, progress, dict(tool_versions()))
         comp.prepare()
-        entry = comp.stage(analyze, analyze.Config(options.calib_method, n),
-                           {"model": comp.built.file("model.keras"), "calib": comp.calibrated.file("calib.npz")},
-                           "analyze tflite-int8")
+        inputs = {"model": comp.built.file("model.keras"), "calib": comp.calibrated.file("calib.npz")}
+        if "onnx-int8" in target.artifacts:
+            int8, int8_file = comp.converted("onnx-int8")
+            fp32, fp32_file = comp.converted("onnx-fp32")
+            inputs |= {"onnx_int8": int8.file(int8_file), "onnx_fp32": fp32.file(fp32_file)}
+        entry = comp.stage(analyze, analyze.Config(options.calib_method, n), inputs, "analyze int8")
         result = json.loads(entry.file("analysis.json").read_text())
         result["model"] = f"{comp.model_name}-{comp.source_kind}"
         result["target"] = target.name
@@ -82,7 +87,17 @@ def markdown(result: dict) -> str:
              f"{result['quantized_ops']} ops measured: those that lose the most SQNR themselves; "
              f"{result['sensitivity_images']} images).", "", "```", table(result, 15), "```", "",
              "![SQNR by layer](sqnr_by_layer.png)", ""]
+    if result.get("onnx_layers"):
+        lines += ["## ONNX int8", "", "Each quantized activation against the float ONNX model's (lowest SQNR first):",
+                  "", "```", onnx_table(result), "```", ""]
     return "\n".join(lines)
+
+
+def onnx_table(result: dict, limit: int = 10) -> str:
+    rows = [("layer", "op", "flow", "SQNR dB", "rel. RMSE")]
+    for r in sorted(result.get("onnx_layers") or [], key=lambda r: r["sqnr_db"])[:limit]:
+        rows.append((r["layer"], r["op"], r["flow"] or "", f"{r['sqnr_db']:.1f}", f"{r['relative_rmse']:.4f}"))
+    return format_table(rows)
 
 
 def plot(result: dict, path: Path) -> None:

@@ -333,6 +333,11 @@ def _analyze(args) -> int:
           f"{result['sensitivity_measured']} of {result['quantized_ops']} layers measured alone "
           f"({result['seconds']:.0f} s)")
     print(table(result))
+    if result.get("onnx_layers"):
+        from pipeline.analysis import onnx_table
+
+        print("\nONNX int8, lowest SQNR first:")
+        print(onnx_table(result, 5))
     print(f"\nanalysis.json, analysis.md and sqnr_by_layer.png in {folder}/")
     return 0
 

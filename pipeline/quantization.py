@@ -409,3 +409,55 @@ def median_ms(model: bytes, x: np.ndarray, runs: int = 15) -> float:
         interpreter.invoke()
         times.append((time.perf_counter() - started) * 1000)
     return round(float(np.median(times)), 3)
+
+
+def onnx_layer_errors(fp32_model: Path, int8_model: Path, images: np.ndarray,
+                      layer_order: Sequence[str]) -> list[dict]:
+    """The ONNX int8 (QDQ) model's activations against the float ONNX model's, per quantized tensor: the
+    tensor X after its QuantizeLinear/DequantizeLinear pair (``X_DequantizeLinear_Output``) against X in the float
+    model. Rows in the float model's node order, named by the Keras layer of the node that computes X."""
+    import onnx
+    import onnxruntime as ort
+
+    float_graph = onnx.load(str(fp32_model))
+    int8_graph = onnx.load(str(int8_model))
+    producer = {out: node for node in float_graph.graph.node for out in node.output}
+    order = {out: i for i, node in enumerate(float_graph.graph.node) for out in node.output}
+    suffix = "_DequantizeLinear_Output"
+    pairs = {}
+    for node in int8_graph.graph.node:
+        if node.op_type == "DequantizeLinear" and node.output[0].endswith(suffix):
+            name = node.output[0][:-len(suffix)]
+            if name in producer:                      # an activation (weights are initializers, not node outputs)
+                pairs[name] = node.output[0]
+    names = sorted(pairs, key=order.get)
+    if not names:
+        return []
+
+    def session(graph, outputs):
+        del graph.graph.output[:]
+        graph.graph.output.extend(onnx.helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None)
+                                  for n in outputs)
+        options = ort.SessionOptions()
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL   # keep every tensor
+        options.intra_op_num_threads = 2
+        return ort.InferenceSession(graph.SerializeToString(), options, providers=["CPUExecutionProvider"])
+
+    f_session = session(float_graph, names)
+    q_session = session(int8_graph, [pairs[n] for n in names])
+    f_input, q_input = f_session.get_inputs()[0].name, q_session.get_inputs()[0].name
+    signal, noise = np.zeros(len(names)), np.zeros(len(names))
+    for x in images:
+        refs = f_session.run(None, {f_input: x[None].astype(np.float32)})
+        gots = q_session.run(None, {q_input: x[None].astype(np.float32)})
+        for i, (ref, got) in enumerate(zip(refs, gots)):
+            signal[i] += float(np.sum(ref.astype(np.float64) ** 2))
+            noise[i] += float(np.sum((got.astype(np.float64) - ref) ** 2))
+    layers = set(layer_order)
+    rows = []
+    for i, name in enumerate(names):
+        found = keras_layers_in(producer[name].name, layers)
+        relative = noise[i] / max(signal[i], 1e-30)
+        rows.append({"tensor": name, "op": producer[name].op_type, "layer": found[0] if found else producer[name].name,
+                     "sqnr_db": _db(relative), "relative_rmse": round(float(np.sqrt(relative)), 6)})
+    return rows

@@ -7,6 +7,9 @@ For the TFLite int8 model as the compile makes it before any recovery (same cali
   when only that op is quantized (pipeline/quantization.py says why this form), on ``SENSITIVITY_IMAGES``;
 - the order in which recovery would keep them float.
 
+With the target's ONNX int8 model (inputs onnx_int8, onnx_fp32): every quantized activation of it against the float
+ONNX model's, the same way (no sensitivity: ONNX Runtime's quantizer recalibrates on every call).
+
 Outputs: analysis.json.
 """
 from __future__ import annotations
@@ -22,7 +25,7 @@ import numpy as np
 from pipeline.progress import Progress
 
 NAME = "analyze"
-VERSION = 1
+VERSION = 2
 TOOLS = ("tensorflow", "keras", "ai-edge-litert", "numpy")
 
 
@@ -77,13 +80,21 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
             row["rank"] = rank.get(op.tensor)
         layers.append(row)
     _fill_flow(layers)
+    onnx_rows = None
+    if "onnx_int8" in inputs:
+        progress.log("  per-layer error of the ONNX int8 model")
+        onnx_rows = q.onnx_layer_errors(inputs["onnx_fp32"], inputs["onnx_int8"], calib[:q.ERROR_IMAGES],
+                                        [layer.name for layer in model.layers])
+        for row in onnx_rows:
+            row["flow"] = flow(row["layer"])
+        _fill_flow(onnx_rows)
     (out / "analysis.json").write_text(json.dumps({
         "artifact": "tflite-int8", "calib_method": config.calib_method, "calibration_images": int(len(calib)),
         "error_images": int(min(len(calib), q.ERROR_IMAGES)),
         "sensitivity_images": int(min(len(calib), q.SENSITIVITY_IMAGES)),
         "sensitivity_measured": len(measured), "quantized_ops": len(quantized),
         "sensitivity_form": "end-to-end outputs against float with only this op quantized",
-        "overall": overall, "layers": layers,
+        "overall": overall, "layers": layers, "onnx_layers": onnx_rows,
         "recovery_order": [next(r["layer"] for r in layers if r["tensor"] == name) for name in ranked],
         "seconds": round(time.monotonic() - started, 1)}, indent=1))
     import shutil

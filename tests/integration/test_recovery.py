@@ -93,6 +93,8 @@ def test_the_analysis_names_the_damaged_layer_first(outlier):
     assert rows["conv_b"]["sqnr_db"] < 10 < rows["conv_a"]["sqnr_db"]
     assert rows["conv_a"]["sensitivity"]["agreement_top1"] < 0.5 < 0.95 < rows["conv_c"]["sensitivity"]["agreement_top1"]
     assert "conv_a" in table(result)
+    onnx = {r["layer"]: r for r in result["onnx_layers"]}           # ONNX int8 (plain, no recovery) per layer
+    assert {"conv_a", "conv_b", "conv_c"} <= set(onnx) and onnx["conv_b"]["sqnr_db"] < 10 < onnx["conv_a"]["sqnr_db"]
     saved = json.loads((folder / "analysis.json").read_text())
     assert saved["recovery_order"] == result["recovery_order"]
     assert (folder / "sqnr_by_layer.png").stat().st_size > 1000 and "conv_a" in (folder / "analysis.md").read_text()
