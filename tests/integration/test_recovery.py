@@ -80,6 +80,26 @@ def test_the_gate_passes_the_recovered_build_and_fails_without_recovery(outlier,
     assert "FAILED: outlier_int8.tflite: agreement_top1 = 0.1" in out and "RECOVERED" not in out
 
 
+def test_a_cap_reached_first_is_said_and_the_gate_fails(outlier, capsys):
+    """RECOVER_CAP=1: one float layer cannot keep conv_a's output out of int8 (it takes two), so recovery stops,
+    the compile warns, the plain int8 model ships, and the gate fails."""
+    import dataclasses
+
+    from pipeline.progress import Progress
+
+    root = outlier["root"]
+    options = dataclasses.replace(outlier["options"](True, "capped"), recover_cap=1)
+    manifest = compile_target(options, Progress()).manifest
+    err = capsys.readouterr().err
+    recovery = _art(manifest, "tflite-int8")["quantization"]["recovery"]
+    assert recovery["status"] == "cap reached" and len(recovery["float_layers"]) <= 1
+    assert "outlier_int8.tflite: int8 recovery failed (cap reached, cap 1 float layers)" in err
+    assert _art(manifest, "tflite-int8")["accuracy"]["agreement_top1"] < 0.5            # the plain model shipped
+    args = ["--gates", str(root / "gates.toml"), "--baselines", str(root / "baselines-capped")]
+    assert gate.main([str(root / "recovered" / "rec"), *args, "--write-baseline", "recovered outlier model"]) == 0
+    assert gate.main([str(root / "capped" / "rec"), *args]) == 1
+
+
 def test_the_analysis_names_the_damaged_layer_first(outlier):
     from pipeline.analysis import analyze_target, table, worst
 
