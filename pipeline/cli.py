@@ -43,6 +43,19 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"error: {message} (see `{self.prog} --help`)\n")
 
 
+def _model_options(parser) -> None:
+    """The target and the model as compile takes them (analyze runs the same stages up to calibration)."""
+    parser.add_argument("--target", required=True, help="a file name in targets/ without .toml (e.g. rpi4)")
+    parser.add_argument("--weights", default="auto",
+                        help="auto (default), imagenet, reference, random, or a path to a .keras/.h5 model")
+    parser.add_argument("--calib", type=Path, help="folder of calibration images (default: reference split)")
+    parser.add_argument("--calib-n", type=_int, default=100, help="calibration images to use (default 100)")
+    parser.add_argument("--eval", type=Path, help="folder of evaluation images (default: reference test split)")
+    parser.add_argument("--eval-n", type=_int, default=0, help="evaluation images to use (default 0 = all)")
+    parser.add_argument("--input-size", type=_int, default=299, help="input size for --weights random")
+    parser.add_argument("--classes", type=_int, default=1000, help="class count for --weights random")
+
+
 def _quantization_options(parser) -> None:
     from pipeline.quantization import CALIB_METHODS, DEFAULT_CALIB_METHOD
 
@@ -69,15 +82,7 @@ def _parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", required=True, metavar="VERB")
 
     comp = verbs.add_parser("compile", help="compile a target into OUT/<target>/ (make compile)")
-    comp.add_argument("--target", required=True, help="a file name in targets/ without .toml (e.g. rpi4)")
-    comp.add_argument("--weights", default="auto",
-                      help="auto (default), imagenet, reference, random, or a path to a .keras/.h5 model")
-    comp.add_argument("--calib", type=Path, help="folder of calibration images (default: reference split)")
-    comp.add_argument("--calib-n", type=_int, default=100, help="calibration images to use (default 100)")
-    comp.add_argument("--eval", type=Path, help="folder of evaluation images (default: reference test split)")
-    comp.add_argument("--eval-n", type=_int, default=0, help="evaluation images to use (default 0 = all)")
-    comp.add_argument("--input-size", type=_int, default=299, help="input size for --weights random")
-    comp.add_argument("--classes", type=_int, default=1000, help="class count for --weights random")
+    _model_options(comp)
     _quantization_options(comp)
     _tuning_dir(comp)
     comp.add_argument("--no-tuning", action="store_true", help="do not apply tuning records (default schedules)")
@@ -132,14 +137,7 @@ def _parser() -> argparse.ArgumentParser:
     bl.add_argument("--baselines", type=Path, help="baselines folder (default benchmarks/baselines)")
 
     an = verbs.add_parser("analyze", help="int8 per-layer error and sensitivity: table, JSON, plot (make analyze)")
-    an.add_argument("--target", required=True)
-    an.add_argument("--weights", default="auto", help="as for compile")
-    an.add_argument("--calib", type=Path, help="folder of calibration images (default: reference split)")
-    an.add_argument("--calib-n", type=_int, default=100, help="calibration images to use (default 100)")
-    an.add_argument("--eval", type=Path, help="as for compile (the model's build stage)")
-    an.add_argument("--eval-n", type=_int, default=0, help="as for compile")
-    an.add_argument("--input-size", type=_int, default=299, help="input size for --weights random")
-    an.add_argument("--classes", type=_int, default=1000, help="class count for --weights random")
+    _model_options(an)
     an.add_argument("--analyze-n", type=_int, default=16,
                     help="layers whose sensitivity is measured, those losing the most SQNR (default 16; 0 = all)")
     _quantization_options(an)

@@ -328,6 +328,29 @@ def sensitivity(calibrated_model: bytes, reference: np.ndarray, images: np.ndarr
     return result
 
 
+@dataclass
+class Measured:
+    errors: dict[str, dict]       # per op tensor: SQNR, relative RMSE
+    measured: list[Op]            # the ops whose sensitivity was measured
+    sensitivities: dict[str, dict]
+    ranked: list[str]             # op tensors, most damaging first
+
+
+def measure(calibrated_model: bytes, int8_model: bytes, reference: np.ndarray, calib: np.ndarray, ops: list[Op],
+            n: int, progress) -> Measured:
+    """Per-layer error on ERROR_IMAGES calibration images, then the sensitivity of the n ops that lose the most
+    SQNR themselves on SENSITIVITY_IMAGES, ranked (what make analyze shows and recovery follows)."""
+    errors = layer_errors(calibrated_model, int8_model, calib[:ERROR_IMAGES], ops)
+    measured = candidates(ops, errors, n)
+    bar = progress.bar("sensitivity (one layer quantized at a time)", len(measured))
+    try:
+        sens = sensitivity(calibrated_model, reference[:SENSITIVITY_IMAGES], calib[:SENSITIVITY_IMAGES], ops,
+                           measured, bar.update)
+    finally:
+        bar.close()
+    return Measured(errors, measured, sens, ranking(sens))
+
+
 def ranking(sensitivities: dict[str, dict]) -> list[str]:
     """Op tensor names, most damaging first (largest end-to-end logit error when quantized alone)."""
     ranked = [(v["relative_mse"], name) for name, v in sensitivities.items() if "relative_mse" in v]

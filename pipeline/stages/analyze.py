@@ -58,16 +58,9 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     overall = q.compare(reference, q.outputs(int8, calib))
     ops = q.model_ops(int8, [layer.name for layer in model.layers])
     progress.log(f"  per-layer error of {len(ops)} ops on {min(len(calib), q.ERROR_IMAGES)} calibration images")
-    errors = q.layer_errors(calibrated, int8, calib[:q.ERROR_IMAGES], ops)
     quantized = [op for op in ops if op.kind in q.QUANTIZED_OPS]
-    measured = q.candidates(ops, errors, config.n or len(quantized))
-    bar = progress.bar("sensitivity (one layer quantized at a time)", len(measured))
-    try:
-        sens = q.sensitivity(calibrated, reference[:q.SENSITIVITY_IMAGES], calib[:q.SENSITIVITY_IMAGES], ops,
-                             measured, bar.update)
-    finally:
-        bar.close()
-    ranked = q.ranking(sens)
+    found = q.measure(calibrated, int8, reference, calib, ops, config.n or len(quantized), progress)
+    errors, measured, sens, ranked = found.errors, found.measured, found.sensitivities, found.ranked
     rank = {name: i + 1 for i, name in enumerate(ranked)}
     layers = []
     for op in ops:

@@ -160,15 +160,8 @@ def _tflite_int8(model, calib, evaluation, work: Path, progress: Progress, confi
     progress.log(f"  int8 misses the gate's budget on the {len(evaluation['inputs'])} eval images ({judged['why']}): "
                  f"measuring which layers cost it")
     ops = q.model_ops(plain, [layer.name for layer in model.layers])
-    errors = q.layer_errors(calibrated, plain, calib[:q.ERROR_IMAGES], ops)
-    measured = q.candidates(ops, errors, config.sensitivity_n)
-    bar = progress.bar("sensitivity (one layer quantized at a time)", len(measured))
-    try:
-        sens = q.sensitivity(calibrated, reference[:q.SENSITIVITY_IMAGES], calib[:q.SENSITIVITY_IMAGES], ops,
-                             measured, bar.update)
-    finally:
-        bar.close()
-    ranked = q.ranking(sens)
+    found = q.measure(calibrated, plain, reference, calib, ops, config.sensitivity_n, progress)
+    sens, ranked = found.sensitivities, found.ranked
     result = q.recover(calibrated, plain, budget, evaluation["inputs"], ops, ranked, config.recover_cap,
                        progress.log)
     plain_ms, recovered_ms = q.median_ms(plain, calib[0]), q.median_ms(result.model, calib[0])
