@@ -74,8 +74,7 @@ def compile_table(manifest: dict) -> str:
 def recovery_note(q: dict) -> str:
     """One line on a TFLite int8 artifact's calibration and recovery."""
     r = q.get("recovery") or {"status": "off"}
-    head = f"{q['calib_method']} calibration; top-1 agreement with float on the calibration images " \
-           f"{q['calibration_agreement_top1']:.1%}"
+    head = f"{q['calib_method']} calibration ({q['calibration_images']} images)"
     if r["status"] == "recovered":
         return (f"{head}; RECOVERED: {len(r['float_layers'])} layers float ({', '.join(r['float_layers'])}), "
                 f"eval top-1 agreement {r['before']['agreement_top1']:.1%} -> {r['after']['agreement_top1']:.1%} "

@@ -24,7 +24,7 @@ import numpy as np
 from pipeline.progress import Progress
 
 NAME = "convert"
-VERSION = 4
+VERSION = 5
 TOOLS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy")
 ONNX_OPSET = 17
 NEEDS_CALIBRATION = ("tflite-int8", "onnx-int8")
@@ -143,11 +143,7 @@ def _tflite_int8(model, calib, evaluation, work: Path, progress: Progress, confi
         progress.log(f"  activation ranges by {config.calib_method} (calibration images)")
         calibrated = q.with_ranges(calibrated, q.ranges(calibrated, calib, config.calib_method))
     plain = q.quantize(calibrated)
-    reference = q.outputs(calibrated, calib)
-    before = q.compare(reference, q.outputs(plain, calib))
-    info = {"calib_method": config.calib_method, "calibration_images": int(len(calib)),
-            "calibration_agreement_top1": round(before["agreement_top1"], 4),
-            "calibration_sqnr_db": before["sqnr_db"], "recovery": None}
+    info = {"calib_method": config.calib_method, "calibration_images": int(len(calib)), "recovery": None}
     if not config.recover_budget or evaluation is None:
         return plain, info | {"recovery": {"status": "off"}}
     budget = q.Budget(config.recover_budget, config.recover_max_drop, evaluation["logits"],
@@ -159,6 +155,7 @@ def _tflite_int8(model, calib, evaluation, work: Path, progress: Progress, confi
     started = time.monotonic()
     progress.log(f"  int8 misses the gate's budget on the {len(evaluation['inputs'])} eval images ({judged['why']}): "
                  f"measuring which layers cost it")
+    reference = q.outputs(calibrated, calib)          # the float model on the calibration images
     ops = q.model_ops(plain, [layer.name for layer in model.layers])
     found = q.measure(calibrated, plain, reference, calib, ops, config.sensitivity_n, progress)
     sens, ranked = found.sensitivities, found.ranked
