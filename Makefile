@@ -43,6 +43,11 @@ set = $(strip $(value $(1)))
 $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(eval unexport $(v))))
 PYQ = $(call qs,$(value VENV)/bin/python)
 
+# the target and model as compile and analyze take them
+MODEL_ARGS = --target=$(call q,TARGET) --weights=$(call q,WEIGHTS) \
+  $(if $(call set,CALIB),--calib=$(call q,CALIB)) --calib-n=$(call q,CALIB_N) \
+  $(if $(call set,EVAL),--eval=$(call q,EVAL)) --eval-n=$(call q,EVAL_N) \
+  --input-size=$(call q,INPUT_SIZE) --classes=$(call q,CLASSES) --calib-method=$(call q,CALIB_METHOD)
 COMMON = --out=$(call q,OUT) $(if $(call set,CACHE_DIR),--cache-dir=$(call q,CACHE_DIR)) \
          $(if $(call set,REFERENCE_DIR),--reference-dir=$(call q,REFERENCE_DIR))
 
@@ -103,11 +108,7 @@ setup:
 
 compile: .run-compile ; $(PASS_EXIT)
 .run-compile: setup
-	$(PYQ) -m pipeline compile --target=$(call q,TARGET) --weights=$(call q,WEIGHTS) \
-	  $(if $(call set,CALIB),--calib=$(call q,CALIB)) --calib-n=$(call q,CALIB_N) \
-	  $(if $(call set,EVAL),--eval=$(call q,EVAL)) --eval-n=$(call q,EVAL_N) \
-	  --input-size=$(call q,INPUT_SIZE) --classes=$(call q,CLASSES) --calib-method=$(call q,CALIB_METHOD) \
-	  --recover=$(call q,RECOVER) --recover-cap=$(call q,RECOVER_CAP) $(TUNING) $(if $(filter 0,$(value TUNED)),--no-tuning) $(COMMON)
+	$(PYQ) -m pipeline compile $(MODEL_ARGS) --recover=$(call q,RECOVER) --recover-cap=$(call q,RECOVER_CAP) $(TUNING) $(if $(filter 0,$(value TUNED)),--no-tuning) $(COMMON)
 
 tune: .run-tune ; $(PASS_EXIT)
 .run-tune: setup
@@ -134,11 +135,7 @@ profile: .run-profile ; $(PASS_EXIT)
 
 analyze: .run-analyze ; $(PASS_EXIT)
 .run-analyze: setup
-	$(PYQ) -m pipeline analyze --target=$(call q,TARGET) --weights=$(call q,WEIGHTS) \
-	  $(if $(call set,CALIB),--calib=$(call q,CALIB)) --calib-n=$(call q,CALIB_N) \
-	  $(if $(call set,EVAL),--eval=$(call q,EVAL)) --eval-n=$(call q,EVAL_N) \
-	  --input-size=$(call q,INPUT_SIZE) --classes=$(call q,CLASSES) --calib-method=$(call q,CALIB_METHOD) \
-	  --analyze-n=$(call q,ANALYZE_N) $(COMMON)
+	$(PYQ) -m pipeline analyze $(MODEL_ARGS) --analyze-n=$(call q,ANALYZE_N) $(COMMON)
 
 verify: .run-verify ; $(PASS_EXIT)
 .run-verify: setup

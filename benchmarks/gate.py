@@ -201,7 +201,8 @@ def recovered(artifacts: list[dict]) -> dict[str, list[str]]:
     found = {}
     for art in artifacts:
         q = art.get("quantization") or {}
-        layers = ((q.get("recovery") or {}).get("float_layers") if (q.get("recovery") or {}).get("status") == "recovered"
+        recovery = q.get("recovery") or {}                 # tflite-int8; onnx-int8 and tvm-int8 list float_layers
+        layers = (recovery.get("float_layers") if recovery.get("status") == "recovered"
                   else q.get("float_layers") or art.get("float_layers"))
         if art["precision"] == "int8" and layers:
             found[art["file"]] = list(layers)

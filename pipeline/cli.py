@@ -56,11 +56,14 @@ def _model_options(parser) -> None:
     parser.add_argument("--classes", type=_int, default=1000, help="class count for --weights random")
 
 
-def _quantization_options(parser) -> None:
+def _calib_method_option(parser) -> None:
     from pipeline.quantization import CALIB_METHODS, DEFAULT_CALIB_METHOD
 
     parser.add_argument("--calib-method", choices=CALIB_METHODS, default=DEFAULT_CALIB_METHOD,
                         help=f"int8 activation ranges (default {DEFAULT_CALIB_METHOD})")
+
+
+def _recovery_options(parser) -> None:
     parser.add_argument("--recover", choices=("0", "1"), default="1",
                         help="1 (default): int8 below the gate's agreement budget keeps its most damaging layers float")
     parser.add_argument("--recover-cap", type=_int, default=8, help="at most this many float layers (default 8)")
@@ -83,7 +86,8 @@ def _parser() -> argparse.ArgumentParser:
 
     comp = verbs.add_parser("compile", help="compile a target into OUT/<target>/ (make compile)")
     _model_options(comp)
-    _quantization_options(comp)
+    _calib_method_option(comp)
+    _recovery_options(comp)
     _tuning_dir(comp)
     comp.add_argument("--no-tuning", action="store_true", help="do not apply tuning records (default schedules)")
     _common(comp, default_cache_dir())
@@ -140,7 +144,7 @@ def _parser() -> argparse.ArgumentParser:
     _model_options(an)
     an.add_argument("--analyze-n", type=_int, default=16,
                     help="layers whose sensitivity is measured, those losing the most SQNR (default 16; 0 = all)")
-    _quantization_options(an)
+    _calib_method_option(an)                 # analysed before recovery: no recovery options
     _common(an, default_cache_dir())
 
     ve = verbs.add_parser("verify", help="run the ARM CPU artifacts under qemu and compare with the host (make verify)")
@@ -222,18 +226,25 @@ def _interrupted(signum: int) -> int:
     return EXIT_INTERRUPTED[signum]
 
 
-def _compile(args) -> int:
-    from pipeline.compiler import CompileOptions, compile_target
-    from pipeline.tables import compile_table
-    from pipeline.progress import Progress
+def _compile_options(args, **extra):
+    """CompileOptions from the options ``_model_options``, ``_calib_method_option`` and ``_common`` added."""
+    from pipeline.compiler import CompileOptions
     from pipeline.targets import TARGETS_DIR
 
-    options = CompileOptions(
+    return CompileOptions(
         target=args.target, weights=args.weights, calib_dir=args.calib, calib_n=args.calib_n,
         eval_dir=args.eval, eval_n=args.eval_n, input_size=args.input_size, num_classes=args.classes,
         out_dir=args.out, cache_dir=args.cache_dir, reference_dir=args.reference_dir,
-        targets_dir=args.targets_dir or TARGETS_DIR, tuning_dir=None if args.no_tuning else args.tuning_dir,
-        calib_method=args.calib_method, recover=args.recover == "1", recover_cap=args.recover_cap)
+        targets_dir=args.targets_dir or TARGETS_DIR, calib_method=args.calib_method, **extra)
+
+
+def _compile(args) -> int:
+    from pipeline.compiler import compile_target
+    from pipeline.tables import compile_table
+    from pipeline.progress import Progress
+
+    options = _compile_options(args, tuning_dir=None if args.no_tuning else args.tuning_dir,
+                               recover=args.recover == "1", recover_cap=args.recover_cap)
     result = compile_target(options, Progress(quiet=args.quiet))
     print(compile_table(result.manifest))
     ran = sum(not r.cached for r in result.runs)
@@ -315,15 +326,9 @@ def _baseline(args) -> int:
 
 def _analyze(args) -> int:
     from pipeline.analysis import analyze_target, table
-    from pipeline.compiler import CompileOptions
     from pipeline.progress import Progress
-    from pipeline.targets import TARGETS_DIR
 
-    options = CompileOptions(
-        target=args.target, weights=args.weights, calib_dir=args.calib, calib_n=args.calib_n, eval_dir=args.eval,
-        eval_n=args.eval_n, input_size=args.input_size, num_classes=args.classes, out_dir=args.out,
-        cache_dir=args.cache_dir, reference_dir=args.reference_dir, targets_dir=args.targets_dir or TARGETS_DIR,
-        calib_method=args.calib_method)
+    options = _compile_options(args)
     result, folder = analyze_target(options, args.analyze_n, Progress(quiet=args.quiet))
     o = result["overall"]
     print(f"TFLite int8 ({result['calib_method']}) against float on {result['calibration_images']} calibration "

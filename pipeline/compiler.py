@@ -190,8 +190,7 @@ class Compilation:
         if kind == "onnx-int8" and self.options.recover:
             # ONNX Runtime's quantizer recalibrates on every call: too slow to search; it keeps float the
             # Keras layers that the TFLite recovery found (same model, same calibration images)
-            tflite, tflite_file = self.converted("tflite-int8")
-            recovery = json.loads(tflite.file("convert.json").read_text())["quantization"]["recovery"]
+            recovery = tflite_recovery(self.converted("tflite-int8")[0])
             if recovery.get("status") == "recovered":
                 layers = dict.fromkeys(l for ls in recovery.get("float_keras_layers", []) for l in ls)
                 config = dataclasses.replace(config, float_layers=tuple(layers))
@@ -293,7 +292,7 @@ class Compilation:
                   "int8_integer_adds": info.get("int8_integer_adds", 0),
                   "source_tflite": source_file, "accuracy": None}
         if precision == "int8":
-            recovery = json.loads(source.file("convert.json").read_text())["quantization"]["recovery"]
+            recovery = tflite_recovery(source)
             if recovery.get("status") == "recovered":
                 record["float_layers"] = recovery["float_layers"]      # from the recovered TFLite file
         if device == "gpu":
@@ -534,7 +533,12 @@ class Compilation:
         return CompileResult(path, manifest, self.runs)
 
 
-RESULT_FOLDERS = ("bench", "report", "gate", "analysis")      # what make bench / report / verify / gate add to a build
+RESULT_FOLDERS = ("bench", "report", "gate", "analysis")   # what make bench / report / verify / gate / analyze add
+
+
+def tflite_recovery(converted: CacheEntry) -> dict:
+    """The int8 recovery record of a tflite-int8 convert stage entry (its status, float layers, ...)."""
+    return json.loads(converted.file("convert.json").read_text())["quantization"]["recovery"]
 
 
 def validate_manifest(manifest: Manifest) -> None:

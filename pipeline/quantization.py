@@ -28,6 +28,8 @@ from typing import Callable, Sequence
 
 import numpy as np
 
+from benchmarks.runtimes import dequantize, quantize as quantize_input
+
 CALIB_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_CALIB_METHOD = "minmax"
 PERCENTILE = 99.99           # two-sided: 0.005% of the values clipped at each end
@@ -59,6 +61,19 @@ def calibrated(saved_model: Path, calib: np.ndarray, progress_bar=None) -> bytes
     converter.inference_output_type = tf.int8
     converter._experimental_calibrate_only = True          # pylint: disable=protected-access
     return converter.convert()
+
+
+def calibrate(saved_model: Path, calib: np.ndarray, method: str, progress) -> bytes:
+    """TFLite's calibration with a progress bar, then the method's activation ranges (minmax: TFLite's own)."""
+    bar = progress.bar("calibrating (TFLite)", len(calib))
+    try:
+        model = calibrated(saved_model, calib, bar)
+    finally:
+        bar.close()
+    if method == "minmax":
+        return model
+    progress.log(f"  activation ranges by {method} (calibration images)")
+    return with_ranges(model, ranges(model, calib, method))
 
 
 def quantize(calibrated_model: bytes, float_nodes: Sequence[str] = ()) -> bytes:
@@ -147,17 +162,12 @@ def _interpreter(model: bytes, preserve: bool = False):
 
 def _set_input(interpreter, x: np.ndarray) -> None:
     detail = interpreter.get_input_details()[0]
-    scale, zero = detail["quantization"]
-    if detail["dtype"] == np.int8:
-        x = np.clip(np.round(x / scale + zero), -128, 127).astype(np.int8)
-    interpreter.set_tensor(detail["index"], x[None].astype(detail["dtype"]))
+    interpreter.set_tensor(detail["index"], quantize_input(x[None], detail["dtype"], *detail["quantization"]))
 
 
 def _output(interpreter) -> np.ndarray:
     detail = interpreter.get_output_details()[0]
-    y = interpreter.get_tensor(detail["index"])
-    scale, zero = detail["quantization"]
-    return (y.astype(np.float32) - zero) * scale if detail["dtype"] == np.int8 else y.astype(np.float32)
+    return dequantize(interpreter.get_tensor(detail["index"]), *detail["quantization"])
 
 
 def outputs(model: bytes, images: np.ndarray) -> np.ndarray:
@@ -283,10 +293,7 @@ def layer_errors(float_model: bytes, int8_model: bytes, images: np.ndarray, ops:
         for name in wanted:
             ref = f_int.get_tensor(f_index[name]).astype(np.float64)
             detail = q_details[name]
-            got = q_int.get_tensor(detail["index"])
-            if got.dtype == np.int8:
-                scale, zero = detail["quantization"]
-                got = (got.astype(np.float64) - zero) * scale
+            got = dequantize(q_int.get_tensor(detail["index"]), *detail["quantization"]).astype(np.float64)
             if got.shape != ref.shape:
                 continue
             signal[name] += float(np.sum(ref ** 2))
@@ -383,11 +390,14 @@ class Budget:
 class Recovery:
     float_ops: list[Op]
     before: dict
-    after: dict
+    after: dict          # Budget.judge of the model below
     steps: list[dict]
-    met: bool
     capped: bool
     model: bytes
+
+    @property
+    def met(self) -> bool:
+        return self.after["met"]
 
 
 def recover(calibrated_model: bytes, int8_model: bytes, budget: Budget, images: np.ndarray, ops: list[Op],
@@ -401,22 +411,21 @@ def recover(calibrated_model: bytes, int8_model: bytes, budget: Budget, images: 
     for name in ranked:
         if now["met"]:
             break
+        groups = [floating + [o for o in g if o not in floating] for g in closures(by_tensor[name], ops)]
+        fitting = [g for g in groups if len(g) <= cap and g != floating]
+        if not fitting:
+            if any(len(g) > cap for g in groups):
+                return Recovery(floating, before, now, steps, True, model)
+            continue
         tried = []
-        for group in closures(by_tensor[name], ops):
-            grown = floating + [o for o in group if o not in floating]
-            if len(grown) > cap or grown == floating:
-                continue
+        for grown in fitting:
             candidate = quantize(calibrated_model, [o.tensor for o in grown])
             tried.append((budget.judge(outputs(candidate, images)), len(grown), grown, candidate))
-        if not tried:
-            if any(len(floating + [o for o in g if o not in floating]) > cap for g in closures(by_tensor[name], ops)):
-                return Recovery(floating, before, now, steps, False, True, model)
-            continue
         now, _, floating, model = max(tried, key=lambda t: (t[0]["met"], t[0]["agreement_top1"],
                                                             -t[0]["relative_mse"], -t[1]))
         steps.append({"float": [o.layer for o in floating], **now})
         log(f"  {len(floating)} float layers ({', '.join(o.layer for o in floating)}): {now['why']}")
-    return Recovery(floating, before, now, steps, now["met"], False, model)
+    return Recovery(floating, before, now, steps, False, model)
 
 
 def median_ms(model: bytes, x: np.ndarray, runs: int = 15) -> float:

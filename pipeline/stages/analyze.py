@@ -15,6 +15,8 @@ Outputs: analysis.json.
 from __future__ import annotations
 
 import json
+import re
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -46,13 +48,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     calib = np.load(inputs["calib"])["inputs"]
     work = out / ".work"
     work.mkdir()
-    bar = progress.bar("calibrating (TFLite)", len(calib))
-    try:
-        calibrated = q.calibrated(saved_model(model, work), calib, bar)
-    finally:
-        bar.close()
-    if config.calib_method != "minmax":
-        calibrated = q.with_ranges(calibrated, q.ranges(calibrated, calib, config.calib_method))
+    calibrated = q.calibrate(saved_model(model, work), calib, config.calib_method, progress)
     int8 = q.quantize(calibrated)
     reference = q.outputs(calibrated, calib)
     overall = q.compare(reference, q.outputs(int8, calib))
@@ -62,6 +58,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     found = q.measure(calibrated, int8, reference, calib, ops, config.n or len(quantized), progress)
     errors, measured, sens, ranked = found.errors, found.measured, found.sensitivities, found.ranked
     rank = {name: i + 1 for i, name in enumerate(ranked)}
+    layer_of = {op.tensor: op.layer for op in ops}
     layers = []
     for op in ops:
         if op.kind not in q.QUANTIZED_OPS:
@@ -88,17 +85,13 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
         "sensitivity_measured": len(measured), "quantized_ops": len(quantized),
         "sensitivity_form": "end-to-end outputs against float with only this op quantized",
         "overall": overall, "layers": layers, "onnx_layers": onnx_rows,
-        "recovery_order": [next(r["layer"] for r in layers if r["tensor"] == name) for name in ranked],
+        "recovery_order": [layer_of[name] for name in ranked],
         "seconds": round(time.monotonic() - started, 1)}, indent=1))
-    import shutil
-
     shutil.rmtree(work)
 
 
 def flow(layer: str) -> str | None:
     """Xception's parts by block number: entry flow (blocks 1-4), middle flow (5-12), exit flow (13-14)."""
-    import re
-
     found = re.match(r"block(\d+)_", layer)
     if not found:
         return None

@@ -2,8 +2,8 @@
 
 tflite-fp32      TFLite, float32
 tflite-int8      TFLite full-integer: int8 weights (per-channel) and activations, int8 input/output; calibrated by
-                 CALIB_METHOD (pipeline/quantization.py); when its top-1 agreement with float on the calibration
-                 images is below the gate's budget, the most damaging layers are kept float (recovery)
+                 CALIB_METHOD (pipeline/quantization.py); when it misses the gate's accuracy budget on the eval
+                 images, the most damaging layers are kept float (recovery)
 tflite-fp16      TFLite with float16 weights (for GPU delegates)
 tflite-dynamic   TFLite dynamic-range: int8 weights, float activations
 onnx-fp32        ONNX via tf2onnx
@@ -83,7 +83,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
         data, quantization = _tflite_int8(model, calib, evaluation, work, progress, config)
         target.write_bytes(data)
     elif config.kind.startswith("tflite-"):
-        target.write_bytes(_tflite(model, config.kind, calib, work, progress))
+        target.write_bytes(_tflite(model, config.kind, work))
     elif config.kind == "onnx-fp32":
         _onnx_fp32(model, target)
     elif config.kind == "onnx-int8":
@@ -133,17 +133,9 @@ def _tflite_int8(model, calib, evaluation, work: Path, progress: Progress, confi
     layers that cost most (sensitivity measured on the calibration images)."""
     from pipeline import quantization as q
 
-    saved = saved_model(model, work)
-    bar = progress.bar("calibrating (TFLite)", len(calib))
-    try:
-        calibrated = q.calibrated(saved, calib, bar)
-    finally:
-        bar.close()
-    if config.calib_method != "minmax":
-        progress.log(f"  activation ranges by {config.calib_method} (calibration images)")
-        calibrated = q.with_ranges(calibrated, q.ranges(calibrated, calib, config.calib_method))
+    calibrated = q.calibrate(saved_model(model, work), calib, config.calib_method, progress)
     plain = q.quantize(calibrated)
-    info = {"calib_method": config.calib_method, "calibration_images": int(len(calib)), "recovery": None}
+    info = {"calib_method": config.calib_method, "calibration_images": int(len(calib))}
     if not config.recover_budget or evaluation is None:
         return plain, info | {"recovery": {"status": "off"}}
     budget = q.Budget(config.recover_budget, config.recover_max_drop, evaluation["logits"],
@@ -155,13 +147,14 @@ def _tflite_int8(model, calib, evaluation, work: Path, progress: Progress, confi
     started = time.monotonic()
     progress.log(f"  int8 misses the gate's budget on the {len(evaluation['inputs'])} eval images ({judged['why']}): "
                  f"measuring which layers cost it")
-    reference = q.outputs(calibrated, calib)          # the float model on the calibration images
+    reference = q.outputs(calibrated, calib[:q.SENSITIVITY_IMAGES])    # float, on the sensitivity images
     ops = q.model_ops(plain, [layer.name for layer in model.layers])
     found = q.measure(calibrated, plain, reference, calib, ops, config.sensitivity_n, progress)
     sens, ranked = found.sensitivities, found.ranked
     result = q.recover(calibrated, plain, budget, evaluation["inputs"], ops, ranked, config.recover_cap,
                        progress.log)
     plain_ms, recovered_ms = q.median_ms(plain, calib[0]), q.median_ms(result.model, calib[0])
+    layer_of = {op.tensor: op.layer for op in ops}
     recovery = {
         "status": "recovered" if result.met else ("cap reached" if result.capped else "not met"),
         "budget": config.recover_budget, "budget_max_top1_drop_points": config.recover_max_drop,
@@ -170,20 +163,17 @@ def _tflite_int8(model, calib, evaluation, work: Path, progress: Progress, confi
         "float_tensors": [op.tensor for op in result.float_ops],
         "float_keras_layers": [op.layers for op in result.float_ops],
         "before": result.before, "after": result.after, "steps": result.steps,
-        "ranking": [{"layer": next(o.layer for o in ops if o.tensor == name), **sens[name]} for name in ranked],
+        "ranking": [{"layer": layer_of[name], **sens[name]} for name in ranked],
         "size_bytes": {"int8": len(plain), "recovered": len(result.model)},
         "latency_ms_here": {"int8": plain_ms, "recovered": recovered_ms},
         "seconds": round(time.monotonic() - started, 1),
     }
-    if not result.met:
-        progress.warn(f"int8 recovery stopped ({recovery['status']}: {len(result.float_ops)} float layers, cap "
-                      f"{config.recover_cap}) at top-1 agreement {result.after['agreement_top1']:.1%} on the "
-                      f"eval images ({result.after['why']}); the plain int8 model is kept")
-        return plain, info | {"recovery": recovery}
-    return result.model, info | {"recovery": recovery}
+    # a failed recovery ships the plain model; the compile says so (cached or not) and the gate fails
+    return (result.model if result.met else plain), info | {"recovery": recovery}
 
 
-def _tflite(model, kind: str, calib, work: Path, progress: Progress) -> bytes:
+def _tflite(model, kind: str, work: Path) -> bytes:
+    """A float TFLite model: fp32, fp16 weights or dynamic-range int8 weights (tflite-int8: ``_tflite_int8``)."""
     import tensorflow as tf
 
     saved = saved_model(model, work)
@@ -193,23 +183,6 @@ def _tflite(model, kind: str, calib, work: Path, progress: Progress) -> bytes:
         converter.target_spec.supported_types = [tf.float16]
     elif kind == "tflite-dynamic":
         converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    elif kind == "tflite-int8":
-        bar = progress.bar("calibrating (TFLite)", len(calib))
-
-        def representative():
-            for i in range(len(calib)):
-                bar.update()
-                yield [calib[i:i + 1]]
-
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        converter.representative_dataset = representative
-        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-        converter.inference_input_type = tf.int8
-        converter.inference_output_type = tf.int8
-        try:
-            return converter.convert()
-        finally:
-            bar.close()
     return converter.convert()
 
 
