@@ -25,7 +25,7 @@ from pipeline.tvm.link import linker_options
 from pipeline.tvm.records import TUNING_FILES, estimate
 
 NAME = "tvm"
-VERSION = 16
+VERSION = 17
 TOOLS = ("apache-tvm", "apache-tvm-ffi", "tflite", "ziglang", "numpy")
 
 
@@ -46,7 +46,8 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     import tvm
 
     from pipeline.tvm import adreno
-    from pipeline.tvm.int8 import float_exact, import_model, integer_adds, rewrites
+    from pipeline.tvm.dot import isa_for
+    from pipeline.tvm.int8 import dot_products, float_exact, import_model, integer_adds, rewrites
 
     from tvm.target.codegen import llvm_get_system_cpu
 
@@ -61,7 +62,10 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     io = _io_quantization(model)
     started = time.monotonic()
     progress.log(f"  importing {inputs['tflite'].name} into Relax")
-    mod = import_model(model)
+    # the target's int8 dot-product instructions, for CPU builds with our schedules ("none": TVM's bare output)
+    isa = isa_for(target) if target.kind.name == "llvm" and config.schedules == "default" else None
+    mod = import_model(model, isa)
+    dot_isa, dotted = dot_products(mod)
     adreno_layout = None
     if adreno.is_adreno(target):
         why_not = adreno.unsupported(mod)
@@ -78,7 +82,11 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
         # mobile GPUs run fp16 at about twice their fp32 rate: fp16 compute and storage inside, fp32 at the edges
         mod = relax.transform.ToMixedPrecision(out_dtype="float16")(mod)
         progress.log("  fp16 compute (Relax ToMixedPrecision), fp32 input and output")
-    if rewrites(mod):
+    if dotted:
+        progress.log(f"  {rewrites(mod)} int8 convolutions / products in integer arithmetic as LiteRT computes them: "
+                     f"{dotted} as int8 x int8 -> int32 on {dot_isa} ({isa.instruction}; depthwise: int16 products "
+                     f"widened into int32), weights packed at compile time")
+    elif rewrites(mod):
         progress.log(f"  {rewrites(mod)} int8 convolutions / products in integer arithmetic as LiteRT computes them "
                      f"({float_exact(mod)} accumulated exactly in float32, the others in int32)")
     progress.log(f"  compiling for {json.dumps(target_spec)} ({config.schedules} CPU schedules)"
@@ -135,6 +143,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
         "tuning": tuning,
         "int8_integer_chains": rewrites(mod), "int8_float_exact": float_exact(mod),
         "int8_integer_adds": integer_adds(mod),
+        "int8_dot": {"isa": dot_isa, "instruction": isa.instruction, "functions": dotted} if dotted else None,
         "opencl_kernels": kernels,
         "compile_seconds": round(compile_seconds, 1),
         "total_seconds": round(time.monotonic() - started, 1),

@@ -45,33 +45,40 @@ BIAS_SCALE_RTOL = 1e-5       # TFLite requires bias_scale == input_scale * weigh
 FLOAT_EXACT = 2 ** 24        # float32 holds every integer below this exactly
 
 
-def import_tflite(tflite_path: Path) -> tvm.IRModule:
+def import_tflite(tflite_path: Path, isa=None) -> tvm.IRModule:
     """A TFLite file as a Relax module, int8 chains in integer arithmetic: what the compile stage
-    builds and the tuner extracts tasks from."""
+    builds and the tuner extracts tasks from. ``isa``: a ``pipeline.tvm.dot.DotIsa`` (the target's
+    int8 dot-product instructions), or None for the portable form."""
     import tflite
 
-    return import_model(tflite.Model.GetRootAsModel(Path(tflite_path).read_bytes(), 0))
+    return import_model(tflite.Model.GetRootAsModel(Path(tflite_path).read_bytes(), 0), isa)
 
 
-def import_model(model) -> tvm.IRModule:
+def import_model(model, isa=None) -> tvm.IRModule:
     """``import_tflite`` for an already parsed ``tflite.Model``."""
     from tvm.relax.frontend.tflite import from_tflite
 
     mod = from_tflite(model)
-    return integer_arithmetic(mod[0] if isinstance(mod, tuple) else mod)
+    return integer_arithmetic(mod[0] if isinstance(mod, tuple) else mod, isa)
 
 
-def integer_arithmetic(mod: tvm.IRModule) -> tvm.IRModule:
+def integer_arithmetic(mod: tvm.IRModule, isa=None) -> tvm.IRModule:
     """``mod`` with every recognised int8 dequantize -> conv2d/matmul -> quantize chain in LiteRT's
-    integer arithmetic."""
-    rewriter, adds = _Rewriter(), _AddRewriter()
+    integer arithmetic; with ``isa``, as scheduled int8 x int8 -> int32 functions on its dot-product
+    instructions (pipeline/tvm/dot.py)."""
+    rewriter, adds = _Rewriter(isa), _AddRewriter()
     result = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs, global_infos=mod.global_infos)
     for gvar, func in mod.functions_items():
         if isinstance(func, relax.Function):
             func = rewrite_call(rewriter.pattern, rewriter, func)
             func = rewrite_call(adds.pattern, adds, func)
             result[gvar] = func
+    for gvar, func in rewriter.builder.get().functions_items():
+        result[gvar] = func
     result = relax.transform.DeadCodeElimination()(result)
+    if rewriter.dotted:
+        result = result.with_attr("xception_edge.int8_dot", isa.name)
+        result = result.with_attr("xception_edge.int8_dot_functions", rewriter.dotted)
     if rewriter.count:
         result = result.with_attr("xception_edge.int8_rewrites", rewriter.count)
         result = result.with_attr("xception_edge.int8_float_exact", rewriter.float_accumulated)
@@ -88,6 +95,13 @@ def rewrites(mod: tvm.IRModule) -> int:
 def integer_adds(mod: tvm.IRModule) -> int:
     """How many residual adds ``integer_arithmetic`` wrote in XNNPACK's fixed-point form."""
     return _attr(mod, "xception_edge.int8_adds")
+
+
+def dot_products(mod: tvm.IRModule) -> tuple[str, int]:
+    """(the dot-product ISA, how many convolutions / products run on it) of a rewritten module."""
+    if not mod.attrs or "xception_edge.int8_dot" not in mod.attrs:
+        return "", 0
+    return str(mod.attrs["xception_edge.int8_dot"]), _attr(mod, "xception_edge.int8_dot_functions")
 
 
 def float_exact(mod: tvm.IRModule) -> int:
@@ -125,7 +139,10 @@ class _Rewrite:
 
 
 class _Rewriter(_Rewrite):
-    def __init__(self):
+    def __init__(self, isa=None):
+        self.isa = isa
+        self.builder = relax.BlockBuilder()    # holds the dot-product functions (shared by equal shapes)
+        self.dotted = 0
         self.float_accumulated = 0
         self.x = wildcard()
         self.x_scale, self.x_zero = is_const(), is_const()
@@ -182,6 +199,10 @@ class _Rewriter(_Rewrite):
         scale = (np.float32(x_scale.reshape(())) * w_scale).astype(np.float32) / np.float32(y_scale.reshape(()))
         info = np.iinfo(out_dtype)
 
+        if self.isa is not None:
+            dotted = self._dot(x, product, weights, bias, scale, x_zero, y_zero, out_dtype, self.conv in m)
+            if dotted is not None:
+                return dotted
         # The largest |partial sum| any input can reach, per output channel. Below 2**24 every partial
         # sum is an integer that float32 holds exactly, in any summation order: the product can then
         # run on float32 arithmetic (the fp32 convolution's speed and tuning records) and still give
@@ -209,6 +230,51 @@ class _Rewriter(_Rewrite):
         y = relax.op.multiply(acc if in_float else relax.op.astype(acc, "float32"), relax.const(scale, "float32"))
         y = relax.op.clip(y, float(info.min - y_zero), float(info.max - y_zero))
         return relax.op.astype(relax.op.add(_round_half_even(y), relax.const(float(y_zero), "float32")), out_dtype)
+
+
+    def _dot(self, x, product, weights, bias, scale, x_zero, y_zero, out_dtype, is_conv):
+        """The chain as one scheduled dot-product function (pipeline/tvm/dot.py), or None when its form
+        is not one it takes (layouts other than NHWC/HWIO, grouped but not depthwise, uint8)."""
+        from pipeline.tvm import dot
+
+        if out_dtype != "int8":
+            return None
+        shape_in = [int(d) for d in x.ty.shape]
+        if is_conv:
+            a = product.attrs
+            if str(a.data_layout) != "NHWC" or str(a.out_layout) not in ("NHWC", ""):
+                return None
+            layout = str(a.kernel_layout)
+            w_hwio = np.transpose(weights, [layout.index(ch) for ch in "HWIO"])
+            groups, channels = int(a.groups), shape_in[3]
+            conv = dot.ConvShape(tuple(shape_in), w_hwio.shape[:2], int(w_hwio.shape[3]),
+                                 tuple(int(v) for v in a.strides), tuple(int(v) for v in a.padding),
+                                 tuple(int(v) for v in a.dilation))
+            x_in, reshape_out = x, None
+        else:
+            if len(shape_in) != 2 or weights.ndim != 2:
+                return None
+            groups, channels = 1, shape_in[1]
+            w_hwio = weights.reshape(1, 1, *weights.shape)
+            conv = dot.ConvShape((shape_in[0], 1, 1, shape_in[1]), (1, 1), int(weights.shape[1]))
+            x_in, reshape_out = relax.op.reshape(x, conv.x), (shape_in[0], int(weights.shape[1]))
+        if groups == 1:
+            func = dot.conv_function(conv, self.isa, y_zero, x_zero)
+            args = [dot.pack_weights(w_hwio, self.isa), dot.corrected_bias(w_hwio, bias, x_zero, self.isa.offset)]
+            name = "int8_dot_conv"
+        elif groups == channels == conv.out_channels and w_hwio.shape[2] == 1:
+            func = dot.depthwise_function(conv, y_zero, x_zero)
+            depthwise = np.ascontiguousarray(w_hwio[:, :, 0, :])
+            args = [depthwise, dot.corrected_bias(w_hwio, bias, x_zero, 0)]
+            name = "int8_depthwise"
+        else:
+            return None
+        gvar = self.builder.add_func(func, name)
+        self.dotted += 1
+        call = relax.call_tir(gvar, [x_in, relax.const(args[0], "int8"), relax.const(args[1], "int32"),
+                                     relax.const(scale.astype(np.float32), "float32")],
+                              relax.TensorType(conv.out, out_dtype))
+        return relax.op.reshape(call, reshape_out) if reshape_out else call
 
 
 def _round_half_even(y):

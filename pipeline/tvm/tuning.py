@@ -31,6 +31,7 @@ from tvm.s_tir import meta_schedule as ms
 
 from benchmarks.files import write_text_atomic
 from pipeline.errors import InputError
+from pipeline.tvm.dot import isa_for
 from pipeline.tvm.int8 import import_tflite
 from pipeline.tvm.link import linker_options
 from pipeline.tvm.records import MIN_GAIN, TUNING_FILES, Task, allocate, uses_tuned
@@ -84,7 +85,7 @@ def extract(tflite_path: Path, target, precision: str) -> list[Task]:
     from tvm.s_tir.analysis import estimate_tir_flops
 
     with target:
-        fused = tvm.transform.Sequential(fusion_passes(target))(import_tflite(tflite_path))
+        fused = tvm.transform.Sequential(fusion_passes(target))(import_tflite(tflite_path, isa_for(target)))
     keys = ms.database.MemoryDatabase(module_equality=MODULE_EQUALITY)
     tasks = []
     for extracted in ms.relax_integration.extract_tasks(fused, target, module_equality=MODULE_EQUALITY):

@@ -1,0 +1,337 @@
+"""Int8 convolutions and products on the CPU's integer dot-product instructions.
+
+``pipeline/tvm/int8.py`` writes each int8 convolution in LiteRT's arithmetic. With a dot-product ISA
+(``isa_for(target)``) the convolution (groups = 1) and the classifier become one TIR function each:
+
+    pad    x (NHWC int8) padded with the input zero point (+128 where the instruction takes uint8
+           data), its channels to a multiple of K: per inference, activations only
+    acc    int32 sum of data x weights, the weights packed at compile time as [O/L, KH, KW, C/K, L, K]
+           (zero-filled), so that every inner step is one instruction: L output channels x K input
+           channels -> L int32 sums (sdot: 4x4, VNNI: 16x4, AVX2 VPMADDWD: 8x2, NEON SMULL+SADDLP: 4x4)
+    out    (acc + bias') in float32 x scale, clamped, rounded half to even, + output zero point
+
+    bias' = bias - (zero point [+128]) x sum(W[., o]): sum((x - zp) W) = sum(x W) - zp sum(W), padded
+    taps included (they hold zp). Integer sums are exact in any order: the result is LiteRT's, bit for bit.
+
+Depthwise convolutions (no reduction over channels: nothing for a dot product) get the same form with
+int8 x int8 -> int16 products widened into int32 sums, vectorized over channels (NEON's widening
+multiply-accumulate, AVX2's VPMULLW): no float, no per-inference weight cast.
+
+The functions are scheduled here (register tile of WIDTH_TILE pixels x a few channel blocks, the
+dot-product instruction innermost via ``tensorize``) and marked scheduled, so the default schedules and
+tuning records leave them alone. This module imports TVM.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from tvm import s_tir, te, tirx
+from tvm.script import tirx as T
+
+from tvm.s_tir.tensor_intrin import arm_cpu  # registers TVM's ARM intrinsics
+
+
+@dataclass(frozen=True)
+class DotIsa:
+    name: str                 # sdot | neon | avx512-vnni | avx-vnni | avx2
+    intrin: str               # the registered tensor intrinsic
+    lanes: int                # L: output channels per instruction
+    k: int                    # K: input channels per lane per instruction
+    offset: int = 0           # added to the data: 128 where the instruction takes uint8 data (x86 VNNI)
+    channel_tile: int = 2     # channel blocks per register tile
+    instruction: str = ""     # what a disassembly of the library shows
+
+    @property
+    def data_dtype(self) -> str:
+        return "uint8" if self.offset else "int8"
+
+
+WIDTH_TILE = (4, 3, 2, 1)     # pixels per register tile: the first that divides the output width
+
+AVX2_INTRIN = "xception_edge_dot_8x2_i8i8i32_avx2"
+AVX512_VNNI_INTRIN = "xception_edge_dot_16x4_u8i8i32_avx512vnni"
+AVX_VNNI_INTRIN = "xception_edge_dot_8x4_u8i8i32_avxvnni"
+
+ISAS = {
+    "sdot": DotIsa("sdot", arm_cpu.ARM_DOT_4x4_i8_SDOT_INTRIN, 4, 4, channel_tile=4, instruction="sdot"),
+    "neon": DotIsa("neon", arm_cpu.ARM_DOT_4x4_i8_NEON_INTRIN, 4, 4, channel_tile=2, instruction="smull"),
+    "avx512-vnni": DotIsa("avx512-vnni", AVX512_VNNI_INTRIN, 16, 4, offset=128, instruction="vpdpbusd"),
+    "avx-vnni": DotIsa("avx-vnni", AVX_VNNI_INTRIN, 8, 4, offset=128, instruction="vpdpbusd"),
+    "avx2": DotIsa("avx2", AVX2_INTRIN, 8, 2, instruction="vpmaddwd"),
+}
+
+
+def isa_for(target) -> DotIsa | None:
+    """The dot-product form for an llvm target, from the features LLVM gives its mcpu and mattr; None
+    where there is none (plain x86-64, other architectures): the int8 rewrite then keeps its portable form."""
+    from tvm.target.codegen import target_has_features
+
+    if target.kind.name != "llvm":
+        return None
+    triple = str(target.attrs.get("mtriple", "")) or _host_triple()
+    with target:
+        if triple.startswith("aarch64"):
+            return ISAS["sdot"] if target_has_features("dotprod") else ISAS["neon"]
+        if triple.startswith("x86_64"):
+            if target_has_features("avx512vnni") and target_has_features("avx512bw"):
+                return ISAS["avx512-vnni"]
+            if target_has_features("avxvnni"):
+                return ISAS["avx-vnni"]
+            if target_has_features("avx2"):
+                return ISAS["avx2"]
+    return None
+
+
+def _host_triple() -> str:
+    from tvm.target.codegen import llvm_get_system_triple
+
+    return str(llvm_get_system_triple())
+
+
+# --- our intrinsics: the same description as TVM's (C[i] += A[k] * B[i, k]) ------------------------------
+
+def _desc(lanes: int, k: int, a_dtype: str):
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (k,), a_dtype, offset_factor=1)
+        B = T.match_buffer(b, (lanes, k), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:k], B[0:lanes, 0:k])
+            T.writes(C[0:lanes])
+            for i, j in T.grid(lanes, k):
+                with T.sblock("update"):
+                    vi, vj = T.axis.remap("SR", [i, j])
+                    C[vi] = C[vi] + T.cast(A[vj], "int32") * T.cast(B[vi, vj], "int32")
+    return desc
+
+
+@T.prim_func(s_tir=True)
+def _avx2_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+    # VPMADDWD: int16 x int16 products summed in pairs into int32, never saturating for int8 inputs
+    # (unlike VPMADDUBSW's int16 sums): both operands sign-extended from int8 in registers.
+    A = T.match_buffer(a, (2,), "int8", offset_factor=1)
+    B = T.match_buffer(b, (8, 2), "int8", offset_factor=1)
+    C = T.match_buffer(c, (8,), "int32", offset_factor=1)
+    with T.sblock("root"):
+        T.reads(C[0:8], A[0:2], B[0:8, 0:2])
+        T.writes(C[0:8])
+        a_pair = T.reinterpret(T.Cast("int16x2", A.vload([0], "int8x2")), dtype="int32")
+        a16 = T.reinterpret(T.broadcast(a_pair, 8), dtype="int16x16")
+        b16 = T.Cast("int16x16", B.vload([0, 0], "int8x16"))
+        C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], "int32x8") + T.call_llvm_pure_intrin(
+            "int32x8", "llvm.x86.avx2.pmadd.wd", b16, a16)
+
+
+def _vnni_impl(lanes: int):
+    # VPDPBUSD: uint8 x int8, 4 products per int32 lane, summed without saturation. 512-bit registers
+    # (AVX512-VNNI) or 256-bit (AVX-VNNI, or AVX512-VNNI with AVX512VL). TVM's own VNNI intrinsic passes
+    # int32 vectors, which the wheel's LLVM rejects (its vpdpbusd takes i8 vectors).
+    width = lanes * 32
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            a32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                f"int32x{lanes}", f"llvm.x86.avx512.vpdpbusd.{width}", C.vload([0], f"int32x{lanes}"),
+                T.reinterpret(T.broadcast(a32, lanes), dtype=f"uint8x{lanes * 4}"),
+                B.vload([0, 0], f"int8x{lanes * 4}"))
+    return impl
+
+
+def _register():
+    from tvm.s_tir import TensorIntrin
+
+    for name, desc, impl in ((AVX2_INTRIN, _desc(8, 2, "int8"), _avx2_impl),
+                             (AVX512_VNNI_INTRIN, _desc(16, 4, "uint8"), _vnni_impl(16)),
+                             (AVX_VNNI_INTRIN, _desc(8, 4, "uint8"), _vnni_impl(8))):
+        try:
+            TensorIntrin.get(name, allow_missing=False)
+        except Exception:  # noqa: BLE001 - TVM raises ValueError/TVMError when it is not registered yet
+            TensorIntrin.register(name, desc, impl)
+
+
+_register()
+
+
+# --- packing (compile time) ---------------------------------------------------------------------------
+
+def pack_weights(weights_hwio: np.ndarray, isa: DotIsa) -> np.ndarray:
+    """HWIO int8 weights as [O/L, KH, KW, C/K, L, K], zero-filled to whole blocks."""
+    kh, kw, c, o = weights_hwio.shape
+    cb, ob = -(-c // isa.k), -(-o // isa.lanes)
+    padded = np.zeros((kh, kw, cb * isa.k, ob * isa.lanes), np.int8)
+    padded[:, :, :c, :o] = weights_hwio
+    return np.ascontiguousarray(padded.reshape(kh, kw, cb, isa.k, ob, isa.lanes).transpose(4, 0, 1, 2, 5, 3))
+
+
+def corrected_bias(weights_hwio: np.ndarray, bias: np.ndarray, x_zero: int, offset: int) -> np.ndarray:
+    """bias - (x_zero + offset) * sum(W[..., o]): the zero point taken out of the integer sum."""
+    sums = weights_hwio.astype(np.int64).sum(axis=(0, 1, 2))
+    corrected = bias.astype(np.int64) - (x_zero + offset) * sums
+    if np.abs(corrected).max(initial=0) >= 2 ** 31:
+        raise OverflowError("corrected bias out of int32")
+    return corrected.astype(np.int32)
+
+
+# --- the functions ------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ConvShape:
+    x: tuple[int, int, int, int]              # NHWC
+    kernel: tuple[int, int]
+    out_channels: int
+    strides: tuple[int, int] = (1, 1)
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)     # top, left, bottom, right
+    dilation: tuple[int, int] = (1, 1)
+
+    @property
+    def out(self) -> tuple[int, int, int, int]:
+        n, h, w, _ = self.x
+        (kh, kw), (sh, sw), (dh, dw) = self.kernel, self.strides, self.dilation
+        pt, pl, pb, pr = self.padding
+        return (n, (h + pt + pb - dh * (kh - 1) - 1) // sh + 1, (w + pl + pr - dw * (kw - 1) - 1) // sw + 1,
+                self.out_channels)
+
+
+def _requantize(acc_value, scale, y_zero: int, out_dtype: str):
+    """float32(acc) * scale, clamped, rounded half to even, + zero point: int8.py's epilogue, in TIR."""
+    info = np.iinfo(out_dtype)
+    y = acc_value.astype("float32") * scale
+    y = tirx.max(tirx.min(y, tirx.const(float(info.max - y_zero), "float32")),
+                 tirx.const(float(info.min - y_zero), "float32"))
+    r = tirx.floor(y + tirx.const(0.5, "float32"))
+    tie = tirx.all(r - y == tirx.const(0.5, "float32"),
+                   r - tirx.floor(r * tirx.const(0.5, "float32")) * tirx.const(2.0, "float32")
+                   == tirx.const(1.0, "float32"))                      # r is odd (r is a whole number)
+    r = tirx.Select(tie, r - tirx.const(1.0, "float32"), r)
+    return (r + tirx.const(float(y_zero), "float32")).astype(out_dtype)
+
+
+def _padded(x, shape: ConvShape, channels: int, fill: int, offset: int, dtype: str):
+    n, h, w, c = shape.x
+    pt, pl, pb, pr = shape.padding
+    if not (pt or pl or pb or pr or offset or channels != c):
+        return x
+
+    def value(i, y, z, ch):
+        inside = tirx.all(y >= pt, y < pt + h, z >= pl, z < pl + w, ch < c)
+        shifted = (x[i, y - pt, z - pl, ch].astype("int32") + offset).astype(dtype)
+        return tirx.if_then_else(inside, shifted, tirx.const(fill, dtype))
+
+    return te.compute((n, h + pt + pb, w + pl + pr, channels), value, name="pad")
+
+
+def conv_function(shape: ConvShape, isa: DotIsa, y_zero: int, x_zero: int, out_dtype: str = "int8"):
+    """The scheduled PrimFunc (x, packed weights, bias', scale) -> int8 output of one convolution."""
+    n, _, _, c = shape.x
+    kh, kw = shape.kernel
+    lanes, k = isa.lanes, isa.k
+    cb, ob = -(-c // k), -(-shape.out_channels // lanes)
+    _, oh, ow, o = shape.out
+    (sh, sw), (dh, dw) = shape.strides, shape.dilation
+    x = te.placeholder(shape.x, "int8", name="x")
+    w = te.placeholder((ob, kh, kw, cb, lanes, k), "int8", name="w")
+    bias = te.placeholder((o,), "int32", name="bias")
+    scale = te.placeholder((o,), "float32", name="scale")
+    data = _padded(x, shape, cb * k, x_zero + isa.offset, isa.offset, isa.data_dtype)
+    rh, rw = te.reduce_axis((0, kh), name="rh"), te.reduce_axis((0, kw), name="rw")
+    rc, rk = te.reduce_axis((0, cb), name="rc"), te.reduce_axis((0, k), name="rk")
+    acc = te.compute(
+        (n, oh, ow, ob, lanes),
+        lambda i, y, z, b, lane: te.sum(
+            data[i, y * sh + rh * dh, z * sw + rw * dw, rc * k + rk].astype("int32")
+            * w[b, rh, rw, rc, lane, rk].astype("int32"), axis=[rh, rw, rc, rk]),
+        name="acc")
+    out = te.compute((n, oh, ow, o), lambda i, y, z, ch: _requantize(
+        acc[i, y, z, ch // lanes, ch % lanes] + bias[ch], scale[ch], y_zero, out_dtype), name="out")
+    func = te.create_prim_func([x, w, bias, scale, out])
+    return _schedule_conv(func, isa, ow, ob, data is not x)
+
+
+def _schedule_conv(func, isa: DotIsa, ow: int, ob: int, padded: bool):
+    sch = s_tir.Schedule(func)
+    acc = sch.get_sblock("acc")
+    i, y, z, b, lane, rh, rw, rc, rk = sch.get_loops(acc)
+    wt = next(t for t in WIDTH_TILE if ow % t == 0)
+    ct = next(t for t in (isa.channel_tile, 2, 1) if ob % t == 0)
+    zo, zi = sch.split(z, factors=[None, wt])
+    bo, bi = sch.split(b, factors=[None, ct])
+    sch.reorder(i, y, zo, bo, rh, rw, rc, zi, bi, lane, rk)
+    rows = sch.fuse(i, y)
+    sch.parallel(rows)
+    out = sch.get_sblock("out")
+    sch.reverse_compute_at(out, bo)
+    init = sch.decompose_reduction(acc, rh)
+    sch.vectorize(sch.get_loops(init)[-1])
+    sch.tensorize(lane, isa.intrin)
+    sch.unroll(zi)
+    sch.unroll(bi)
+    inner = sch.get_loops(out)[-1]
+    sch.vectorize(inner)
+    if padded:
+        pad = sch.get_sblock("pad")
+        pi, py, pz, pc = sch.get_loops(pad)
+        sch.parallel(sch.fuse(pi, py))
+        sch.vectorize(pc if sch.get(pc).extent.value <= 64 else sch.split(pc, factors=[None, 16])[1])
+    return _scheduled(sch.mod["main"])
+
+
+def depthwise_function(shape: ConvShape, y_zero: int, x_zero: int, out_dtype: str = "int8", lanes: int = 16):
+    """Depthwise (channel multiplier 1) convolution: int8 x int8 -> int16 products widened into int32 sums,
+    vectorized over channels. Weights [KH, KW, C] int8 as they are; bias' corrected like conv_function's."""
+    n, _, _, c = shape.x
+    kh, kw = shape.kernel
+    _, oh, ow, _ = shape.out
+    (sh, sw), (dh, dw) = shape.strides, shape.dilation
+    x = te.placeholder(shape.x, "int8", name="x")
+    w = te.placeholder((kh, kw, c), "int8", name="w")
+    bias = te.placeholder((c,), "int32", name="bias")
+    scale = te.placeholder((c,), "float32", name="scale")
+    data = _padded(x, shape, c, x_zero, 0, "int8")
+    rh, rw = te.reduce_axis((0, kh), name="rh"), te.reduce_axis((0, kw), name="rw")
+    acc = te.compute(
+        (n, oh, ow, c),
+        lambda i, y, z, ch: te.sum(
+            (data[i, y * sh + rh * dh, z * sw + rw * dw, ch].astype("int16")
+             * w[rh, rw, ch].astype("int16")).astype("int32"), axis=[rh, rw]),
+        name="acc")
+    out = te.compute((n, oh, ow, c), lambda i, y, z, ch: _requantize(
+        acc[i, y, z, ch] + bias[ch], scale[ch], y_zero, out_dtype), name="out")
+    func = te.create_prim_func([x, w, bias, scale, out])
+    sch = s_tir.Schedule(func)
+    acc_block = sch.get_sblock("acc")
+    i, y, z, ch, rh_, rw_ = sch.get_loops(acc_block)
+    vec = next((v for v in (lanes, 8, 4) if c % v == 0), 1)
+    co, ci = sch.split(ch, factors=[None, vec])
+    wt = next(t for t in WIDTH_TILE if ow % t == 0)
+    zo, zi = sch.split(z, factors=[None, wt])
+    sch.reorder(i, y, zo, co, rh_, rw_, zi, ci)
+    sch.parallel(sch.fuse(i, y))
+    out_block = sch.get_sblock("out")
+    sch.reverse_compute_at(out_block, co)
+    if vec > 1:
+        sch.vectorize(ci)
+    init = sch.decompose_reduction(acc_block, rh_)
+    if vec > 1:
+        sch.vectorize(sch.get_loops(init)[-1])
+    sch.unroll(zi)
+    sch.vectorize(sch.get_loops(out_block)[-1])
+    if data is not x:
+        pad = sch.get_sblock("pad")
+        pi, py, pz, pc = sch.get_loops(pad)
+        sch.parallel(sch.fuse(pi, py))
+        sch.vectorize(pc if c <= 64 else sch.split(pc, factors=[None, 16])[1])
+    return _scheduled(sch.mod["main"])
+
+
+def _scheduled(func):
+    # op_pattern 8 (opaque): FuseOps keeps it a function of its own; the schedule is final
+    return func.with_attr("tirx.is_scheduled", True).with_attr("op_pattern", 8).without_attr("global_symbol")
