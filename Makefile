@@ -139,7 +139,7 @@ analyze: .run-analyze ; $(PASS_EXIT)
 
 verify: .run-verify ; $(PASS_EXIT)
 .run-verify: setup
-	$(PYQ) -m pipeline verify --target=$(call q,TARGET) --out=$(call q,OUT) --n=$(call q,VERIFY_N) $(if $(call set,CACHE_DIR),--cache-dir=$(call q,CACHE_DIR))
+	$(PYQ) -m pipeline verify --target=$(call q,TARGET) --out=$(call q,OUT) --n=$(call q,VERIFY_N) $(if $(call set,VERIFY_CORE),--core=$(call q,VERIFY_CORE)) $(if $(call set,CACHE_DIR),--cache-dir=$(call q,CACHE_DIR))
 
 gate: .run-gate ; $(PASS_EXIT)
 .run-gate: setup

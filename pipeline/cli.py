@@ -151,6 +151,8 @@ def _parser() -> argparse.ArgumentParser:
     ve.add_argument("--target", required=True)
     ve.add_argument("--n", type=_int, default=4, help="eval images per artifact (default 4; emulation is slow)")
     ve.add_argument("--only", action="append", help="only this artifact file (repeatable)")
+    ve.add_argument("--core", default="", help="emulate this core instead of the target's (VERIFY_CORE=), e.g. "
+                                                "cortex-a72: what the libraries do on a board without their ISA")
     _common(ve, default_cache_dir())
 
     pe = verbs.add_parser("peers", help="LiteRT / ONNX Runtime / TVM on Xception 299x299 here, one run (make peers)")
@@ -353,12 +355,12 @@ def _verify(args) -> int:
 
     target = load_target(args.target, args.targets_dir or TARGETS_DIR)
     report = verify_target(args.out / args.target, target, args.cache_dir, args.n, Progress(quiet=args.quiet),
-                           args.only)
+                           args.only, args.core)
     print(verify_table(report))
     for entry in report["skipped"]:
         print(f"  not verified: {entry['file']}: {entry['reason']}")
     gpu = any(r.get("device") == "gpu" for r in report["rows"])
-    print(f"\n{'PASS' if report['passed'] else 'FAIL'}: under emulated {target.cpu.core}"
+    print(f"\n{'PASS' if report['passed'] else 'FAIL'}: under emulated {report['emulator']['core'] if 'emulator' in report else target.cpu.core}"
           f"{' and on software GPUs (lavapipe, POCL, Intel CPU OpenCL)' if gpu else ''}, {'every' if report['passed'] else 'NOT every'} verified artifact "
           f"of {args.target} computes what it should (LiteRT and TVM: what the host computes; ONNX Runtime int8: the "
           f"model's gate against float{'; GPU: LiteRT fp16 on lavapipe, the same gate; TVM OpenCL: LiteRT fp32 within 1e-4, fp16 within 1e-2 and 99% top-1' if gpu else ''})")

@@ -36,7 +36,7 @@ from benchmarks.gate import GATES_FILE, load_thresholds
 from benchmarks.manifest import check_hashes, load_manifest, model_gates_key
 from benchmarks.run import ONE_PASS, child_command, write_results
 from pipeline.cache import canonical_json
-from pipeline.emulation import ensure_emulator, ensure_file, ensure_intel_opencl, ensure_lavapipe, ensure_tool
+from pipeline.emulation import CORES, ensure_emulator, ensure_file, ensure_intel_opencl, ensure_lavapipe, ensure_tool
 from pipeline.errors import InputError, MissingDependencyError
 from pipeline.progress import Progress
 from pipeline.targets import Target
@@ -68,6 +68,17 @@ def _outcome(code: int, stderr: str) -> str | None:
     if "Illegal instruction" in stderr or "signal 4" in stderr:
         return "killed by SIGILL (an instruction the emulated core lacks)"
     return f"exit {code}: " + " | ".join(stderr.strip().splitlines()[-2:])
+
+
+def _missing_isa(library: Path, core: str) -> str | None:
+    """Which instruction set an ARM library uses that the core lacks, when we can tell."""
+    from pipeline.tvm.library import aarch64_dot_instructions
+
+    dots = aarch64_dot_instructions(library)
+    if dots and "asimddp" not in CORES[core][1].split():
+        return (f"killed by SIGILL: {library.name} holds {dots} SDOT/UDOT instructions (ARMv8.2 dot product, "
+                f"Linux cpuinfo 'asimddp'), which {core} lacks; build it for a target whose cores have them")
+    return None
 
 
 def _host_twin(build_dir: Path, art: dict, work: Path) -> dict:
@@ -115,7 +126,9 @@ def compare(kind_precision: str, emulated: np.ndarray, host: np.ndarray) -> tupl
 
 
 def verify_target(build_dir: Path, target: Target, cache_dir: Path, n: int = 4,
-                  progress: Progress | None = None, only: list[str] | None = None) -> dict:
+                  progress: Progress | None = None, only: list[str] | None = None, core: str = "") -> dict:
+    """``core``: emulate another core than the target's (VERIFY_CORE=), e.g. an rpi5 build on a Cortex-A72:
+    what a library built for the wrong board does there."""
     progress = progress or Progress()
     if target.arch != "aarch64":
         raise InputError(f"make verify emulates aarch64 boards; target {target.name} is {target.arch} "
@@ -127,8 +140,11 @@ def verify_target(build_dir: Path, target: Target, cache_dir: Path, n: int = 4,
     reference = np.load(build_dir / "eval" / "eval.npz")["logits"]
     host_cpu = this_cpu()
     min_agreement = load_thresholds(GATES_FILE, model_gates_key(manifest), target.name).min_agreement_top1
+    core = core or target.cpu.core
+    if core not in CORES:
+        raise InputError(f"VERIFY_CORE={core!r} is not a core the emulator knows; accepted: {', '.join(CORES)}")
     emulator = ensure_emulator(cache_dir, progress)
-    emulator.set_core(target.cpu.core, target.cpu.cores or 4)
+    emulator.set_core(core, target.cpu.cores or 4)
     threads = target.bench.threads or 4
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -136,19 +152,21 @@ def verify_target(build_dir: Path, target: Target, cache_dir: Path, n: int = 4,
         # the emulated runs (most of the time: Python and each runtime start under qemu) run side by side, one per
         # core of this machine; the host runs and the comparisons follow, artifact by artifact
         workers = max(1, min(len(artifacts), os.cpu_count() or 1))
-        progress.log(f"  running {len(artifacts)} artifact(s) under qemu ({target.cpu.core}) on {n} eval images, "
+        progress.log(f"  running {len(artifacts)} artifact(s) under qemu ({core}) on {n} eval images, "
                      f"{workers} at a time")
         with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
             emulated = [pool.submit(_run, child_command(build_dir, art, threads, ONE_PASS, n, work / f"emu-{i}.json",
                                                         emulator.python(), work / f"emu-{i}.npy"),
-                                    emulator.env(target.cpu.core))
+                                    emulator.env(core))
                         for i, art in enumerate(artifacts)]
         for i, art in enumerate(artifacts):
             emu_logits, host_logits = work / f"emu-{i}.npy", work / f"host-{i}.npy"
             code, stderr, seconds = emulated[i].result()
             row = {"file": art["file"], "runtime": art["runtime"], "precision": art["precision"],
-                   "emulated_core": target.cpu.core, "emulated_seconds": round(seconds, 1), "n": n}
+                   "emulated_core": core, "emulated_seconds": round(seconds, 1), "n": n}
             failure = _outcome(code, stderr)
+            if failure and "SIGILL" in failure and art["runtime"] == "tvm":
+                failure = _missing_isa(build_dir / art["file"], core) or failure
             if art["runtime"] == "litert":
                 row["xnnpack"] = "XNNPACK delegate" in stderr
             if failure:
@@ -184,7 +202,7 @@ def verify_target(build_dir: Path, target: Target, cache_dir: Path, n: int = 4,
             rows += _verify_opencl(build_dir, manifest, opencl, target, n, work, cache_dir, progress)
     now = datetime.datetime.now(datetime.timezone.utc)
     report = {"kind": "verify", "target": target.name, "created": now.isoformat(timespec="seconds"),
-              "emulator": {"qemu": emulator.qemu, "sysroot": str(emulator.sysroot), "core": target.cpu.core},
+              "emulator": {"qemu": emulator.qemu, "sysroot": str(emulator.sysroot), "core": core},
               "host": host_cpu,
               "rows": rows, "skipped": skipped, "passed": bool(rows) and all(r["match"] for r in rows)}
     write_results(report, build_dir / "bench" / f"verify-{now.strftime('%Y%m%dT%H%M%SZ')}.json")

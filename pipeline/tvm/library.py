@@ -101,3 +101,22 @@ def library_modules(path: Path) -> list[tuple[str, bytes]]:
         kind = chunk().decode()
         modules.append((kind, b"" if kind == "_lib" else chunk()))
     return modules
+
+
+# AArch64 instruction words of the ARMv8.2 dot-product extension (FEAT_DotProd, Linux cpuinfo "asimddp"):
+# SDOT/UDOT (vector) and SDOT/UDOT (by element); Q, U and the registers masked out.
+DOTPROD_WORDS = ((0x9FE0FC00, 0x0E809400), (0x9FC0F400, 0x0F80E000))
+
+
+def aarch64_dot_instructions(path: Path) -> int:
+    """How many SDOT/UDOT instructions the executable code of an aarch64 library holds (a disassembly of
+    its .text, by instruction encoding: no objdump needed)."""
+    data = Path(path).read_bytes()
+    sections = _sections(data, str(path))
+    count = 0
+    for s in sections:
+        if s["name"] != ".text":
+            continue
+        words = struct.unpack_from(f"<{s['size'] // 4}I", data, s["offset"])
+        count += sum(1 for w in words if any(w & mask == value for mask, value in DOTPROD_WORDS))
+    return count
