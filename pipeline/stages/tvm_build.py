@@ -64,6 +64,8 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     progress.log(f"  importing {inputs['tflite'].name} into Relax")
     # the target's int8 dot-product instructions, for CPU builds with our schedules ("none": TVM's bare output)
     isa = isa_for(target) if target.kind.name == "llvm" and config.schedules == "default" else None
+    if isa is not None and config.host_cpu:
+        isa = _checked_here(isa, target, progress)
     mod = import_model(model, isa)
     dot_isa, dotted = dot_products(mod)
     adreno_layout = None
@@ -149,6 +151,19 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
         "total_seconds": round(time.monotonic() - started, 1),
     }
     (out / "tvm.json").write_text(json.dumps(details, indent=1, default=str))
+
+
+def _checked_here(isa, target, progress: Progress):
+    """A native build's dot-product form, run once on this CPU against the exact integer result first; on a
+    mismatch the next form that passes (AVX2's, then the portable one), with a warning."""
+    from pipeline.tvm.dot import ISAS, self_check
+
+    for candidate in dict.fromkeys([isa, ISAS["avx2"]] if isa.name.endswith("vnni") else [isa]):
+        why = self_check(candidate, target)
+        if why is None:
+            return candidate
+        progress.warn(f"{why}; not used")
+    return None
 
 
 def _tuned(inputs: Mapping[str, Path], target):

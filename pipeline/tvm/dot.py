@@ -83,6 +83,37 @@ def isa_for(target) -> DotIsa | None:
     return None
 
 
+def self_check(isa: DotIsa, target) -> str | None:
+    """Run one small convolution of ``isa`` on this machine (a native build) against the exact integer result:
+    None when it matches, else why not. The compile stage falls back to the portable form then, so a CPU whose
+    instructions behave otherwise than assumed costs speed, never correctness."""
+    import tvm
+
+    shape = ConvShape((1, 6, 6, 12), (3, 3), 2 * isa.lanes + 3, (1, 1), (1, 1, 1, 1))
+    rng = np.random.default_rng(7)
+    x = rng.integers(-128, 128, shape.x).astype(np.int8)
+    w = rng.integers(-127, 128, (3, 3, 12, shape.out_channels)).astype(np.int8)
+    bias = rng.integers(-5000, 5000, shape.out_channels).astype(np.int32)
+    x_zero = -5
+    padded = np.pad(x.astype(np.int64) - x_zero, ((0, 0), (1, 1), (1, 1), (0, 0)))
+    exact = sum(np.einsum("nhwc,co->nhwo", padded[:, i:i + 6, j:j + 6], w[i, j].astype(np.int64))
+                for i in range(3) for j in range(3)) + bias
+    # scale 1/256 and output zero point 0: the int8 output is the exact sum / 256, rounded half to even
+    expected = np.clip(np.rint(exact.astype(np.float32) / np.float32(256)), -128, 127).astype(np.int8)
+    try:
+        func = conv_function(shape, isa, 0, x_zero).with_attr("global_symbol", "main")
+        lib = tvm.compile(tvm.IRModule({"main": func}), target=target)
+        out = tvm.runtime.tensor(np.zeros(shape.out, np.int8))
+        lib["main"](*(tvm.runtime.tensor(a) for a in (x, pack_weights(w, isa),
+                                                      corrected_bias(w, bias, x_zero, isa.offset),
+                                                      np.full(shape.out_channels, 1 / 256, np.float32))), out)
+    except Exception as error:  # noqa: BLE001 - TVM raises many kinds: any failure means "do not use it"
+        return f"{isa.name} could not be built or run here: {str(error).splitlines()[0][:200]}"
+    if not np.array_equal(out.numpy(), expected):
+        return f"{isa.name} ({isa.instruction}) differs from the exact integer result on this CPU"
+    return None
+
+
 def _host_triple() -> str:
     from tvm.target.codegen import llvm_get_system_triple
 
@@ -229,8 +260,10 @@ def _padded(x, shape: ConvShape, channels: int, fill: int, offset: int, dtype: s
     return te.compute((n, h + pt + pb, w + pl + pr, channels), value, name="pad")
 
 
-def conv_function(shape: ConvShape, isa: DotIsa, y_zero: int, x_zero: int, out_dtype: str = "int8"):
-    """The scheduled PrimFunc (x, packed weights, bias', scale) -> int8 output of one convolution."""
+def conv_function(shape: ConvShape, isa: DotIsa, y_zero: int, x_zero: int, out_dtype: str = "int8",
+                  schedule: bool = True):
+    """The scheduled PrimFunc (x, packed weights, bias', scale) -> int8 output of one convolution
+    (``schedule=False``: the same computation unscheduled, the tests' reference)."""
     n, _, _, c = shape.x
     kh, kw = shape.kernel
     lanes, k = isa.lanes, isa.k
@@ -253,7 +286,7 @@ def conv_function(shape: ConvShape, isa: DotIsa, y_zero: int, x_zero: int, out_d
     out = te.compute((n, oh, ow, o), lambda i, y, z, ch: _requantize(
         acc[i, y, z, ch // lanes, ch % lanes] + bias[ch], scale[ch], y_zero, out_dtype), name="out")
     func = te.create_prim_func([x, w, bias, scale, out])
-    return _schedule_conv(func, isa, ow, ob, data is not x)
+    return _schedule_conv(func, isa, ow, ob, data is not x) if schedule else func
 
 
 def _schedule_conv(func, isa: DotIsa, ow: int, ob: int, padded: bool):
@@ -284,7 +317,8 @@ def _schedule_conv(func, isa: DotIsa, ow: int, ob: int, padded: bool):
     return _scheduled(sch.mod["main"])
 
 
-def depthwise_function(shape: ConvShape, y_zero: int, x_zero: int, out_dtype: str = "int8", lanes: int = 16):
+def depthwise_function(shape: ConvShape, y_zero: int, x_zero: int, out_dtype: str = "int8", lanes: int = 16,
+                       schedule: bool = True):
     """Depthwise (channel multiplier 1) convolution: int8 x int8 -> int16 products widened into int32 sums,
     vectorized over channels. Weights [KH, KW, C] int8 as they are; bias' corrected like conv_function's."""
     n, _, _, c = shape.x
@@ -306,6 +340,8 @@ def depthwise_function(shape: ConvShape, y_zero: int, x_zero: int, out_dtype: st
     out = te.compute((n, oh, ow, c), lambda i, y, z, ch: _requantize(
         acc[i, y, z, ch] + bias[ch], scale[ch], y_zero, out_dtype), name="out")
     func = te.create_prim_func([x, w, bias, scale, out])
+    if not schedule:
+        return func
     sch = s_tir.Schedule(func)
     acc_block = sch.get_sblock("acc")
     i, y, z, ch, rh_, rw_ = sch.get_loops(acc_block)

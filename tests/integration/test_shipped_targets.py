@@ -31,3 +31,26 @@ def test_shipped_target_compiles_its_artifact_list(tiny_build, name):
         else:                        # a CPU library: llvm, and no OpenCL anywhere in it
             assert art["tvm_target"]["kind"] == "llvm" and "opencl_kernels" not in art
             assert b"__kernel" not in library and b"opencl" not in library.lower()
+        if art["kind"] == "tvm-int8" and target.arch == "aarch64":
+            check_arm_dot_products(folder / art["file"], art, "dotprod" in target.cpu.features)
+
+
+def check_arm_dot_products(library, art, dotprod: bool):
+    """Boards with the dot-product extension (rpi5, android-arm64) get SDOT in their int8 library; the others
+    (rpi4) NEON's widening multiplies and no SDOT. Counted by encoding, and by objdump where it is installed."""
+    import shutil
+    import subprocess
+
+    from pipeline.tvm.library import aarch64_dot_instructions
+
+    assert art["int8_dot"]["isa"] == ("sdot" if dotprod else "neon") and art["int8_dot"]["functions"] >= 4
+    dots = aarch64_dot_instructions(library)
+    assert (dots > 0) == dotprod, dots
+    objdump = shutil.which("aarch64-linux-gnu-objdump")
+    if objdump:
+        listing = subprocess.run([objdump, "-d", "-j", ".text", str(library)], capture_output=True, text=True,
+                                 check=True).stdout
+        mnemonics = [line.split("\t")[2].split()[0] for line in listing.splitlines() if line.count("\t") >= 2]
+        assert sum(m in ("sdot", "udot") for m in mnemonics) == dots
+        if not dotprod:                                      # NEON: widening multiplies, pairwise sums
+            assert "smull" in mnemonics and "saddlp" in mnemonics

@@ -84,3 +84,44 @@ def test_unknown_core_is_one_clear_line(tmp_path):
 
     with pytest.raises(MissingDependencyError, match=r"no emulated cpuinfo for core 'cortex-x9'; known: cortex-a53"):
         Emulator("qemu-aarch64", tmp_path).set_core("cortex-x9", 4)
+
+
+@pytest.fixture(scope="module")
+def emulated_rpi5(tiny_build, tmp_path_factory, emulator_cache):
+    root = tmp_path_factory.mktemp("verify-rpi5")
+    (root / "cache").symlink_to(emulator_cache)
+    options, _ = tiny_build("rpi5")
+    (root / "build").symlink_to(options.out_dir)
+    return root
+
+
+def test_rpi5_sdot_library_is_exact_on_a76_and_dies_on_a72(emulated_rpi5):
+    """The rpi5 int8 library (SDOT) computes the host's result bit for bit on an emulated Cortex-A76, and on a
+    Cortex-A72 (no dot product) it dies with SIGILL, the failure naming the missing instructions."""
+    from pipeline.verify import verify_target
+
+    only = ["tiny_int8.so", "tiny_int8.tflite"]
+    build = emulated_rpi5 / "build" / "rpi5"
+    report = verify_target(build, load_target("rpi5"), emulated_rpi5 / "cache", n=3, progress=Progress(quiet=True),
+                           only=only)
+    rows = {r["file"]: r for r in report["rows"]}
+    assert report["passed"] and rows["tiny_int8.so"]["max_difference"] == 0.0, report
+    assert rows["tiny_int8.so"]["emulated_core"] == "cortex-a76"
+
+    report = verify_target(build, load_target("rpi5"), emulated_rpi5 / "cache", n=2, progress=Progress(quiet=True),
+                           only=only, core="cortex-a72")
+    rows = {r["file"]: r for r in report["rows"]}
+    assert not report["passed"]
+    detail = rows["tiny_int8.so"]["detail"]
+    assert detail.startswith("killed by SIGILL: tiny_int8.so holds ") and "SDOT/UDOT" in detail
+    assert "which cortex-a72 lacks" in detail
+    assert rows["tiny_int8.tflite"]["match"]           # LiteRT picks its kernels at run time: it still runs
+
+
+def test_verify_core_must_be_known(emulated_rpi5):
+    from pipeline.errors import InputError
+    from pipeline.verify import verify_target
+
+    with pytest.raises(InputError, match=r"VERIFY_CORE='cortex-a99' is not a core the emulator knows; accepted: "):
+        verify_target(emulated_rpi5 / "build" / "rpi5", load_target("rpi5"), emulated_rpi5 / "cache",
+                      core="cortex-a99")

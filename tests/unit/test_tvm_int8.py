@@ -171,3 +171,26 @@ def test_adds_outside_xnnpacks_scale_range_are_left_as_imported():
 
     far = dict(ADD_Q, a=(1e-9, 0))              # a / y below 2**-10: LiteRT does not run it in XNNPACK's qs8 add
     assert integer_adds(integer_arithmetic(add_chain(far))) == 0
+
+
+def test_rewrite_on_the_hosts_dot_products(chain):
+    """With this machine's dot-product ISA the same chain becomes one scheduled int8 x int8 -> int32 function
+    (packed weights, no dequantize, no float weights) and still computes LiteRT's result."""
+    from tvm.target.codegen import llvm_get_system_cpu
+
+    from pipeline.tvm.dot import isa_for
+    from pipeline.tvm.int8 import dot_products
+    from pipeline.tvm.schedules import cpu_pipeline
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": llvm_get_system_cpu()})
+    isa = isa_for(target)
+    if isa is None:
+        pytest.skip("this CPU has no int8 dot-product instructions TVM can use")
+    x, weights, w_scale, bias = chain
+    mod = integer_arithmetic(conv_chain(weights, w_scale, bias), isa)
+    assert rewrites(mod) == 1 and dot_products(mod) == (isa.name, 1)
+    text = mod["main"].script()
+    assert "R.call_tir" in text and "R.dequantize" not in text and "float32" not in text.split("R.call_tir")[0]
+    executable = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
+    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    assert np.array_equal(got, litert_arithmetic(x, weights, w_scale, bias))
