@@ -53,6 +53,7 @@ COMMON = --out=$(call q,OUT) $(if $(call set,CACHE_DIR),--cache-dir=$(call q,CAC
 
 MSG        ?=
 VERIFY_N   ?= 4
+VERIFY_CORE ?=
 TRIALS     ?= 1000
 TUNING_DIR ?=
 TUNED      ?= 1

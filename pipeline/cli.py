@@ -26,7 +26,7 @@ MAKE_VARIABLES = {
     "--device": "DEVICE", "--port": "PORT", "--ssh-opts": "SSH_OPTS", "--remote-python": "REMOTE_PYTHON",
     "--rpc": "RPC", "--key": "KEY", "--threads": "THREADS", "--min-runs": "MIN_RUNS",
     "--min-seconds": "MIN_SECONDS", "--max-seconds": "MAX_SECONDS", "--accuracy-seconds": "ACC_SECONDS",
-    "--trials": "TRIALS", "--timeout": "TUNE_TIMEOUT", "--n": "VERIFY_N", "--msg": "MSG",
+    "--trials": "TRIALS", "--timeout": "TUNE_TIMEOUT", "--n": "VERIFY_N", "--core": "VERIFY_CORE", "--msg": "MSG",
     "--calib-method": "CALIB_METHOD", "--analyze-n": "ANALYZE_N", "--recover": "RECOVER", "--recover-cap": "RECOVER_CAP",
 }
 

@@ -41,24 +41,22 @@ class DotIsa:
     offset: int = 0           # added to the data: 128 where the instruction takes uint8 data (x86 VNNI)
     channel_tile: int = 2     # channel blocks per register tile
     instruction: str = ""     # what a disassembly of the library shows
-
-    @property
-    def data_dtype(self) -> str:
-        return "uint8" if self.offset else "int8"
+    data_dtype: str = "int8"  # the activations as the instruction reads them (uint8: VNNI; int16: AVX2)
 
 
-WIDTH_TILE = (4, 3, 2, 1)     # pixels per register tile: the first that divides the output width
+WIDTH_TILE = 4                # output pixels per register tile
 
-AVX2_INTRIN = "xception_edge_dot_8x2_i8i8i32_avx2"
+AVX2_INTRIN = "xception_edge_dot_8x2_i16i8i32_avx2"
 AVX512_VNNI_INTRIN = "xception_edge_dot_16x4_u8i8i32_avx512vnni"
 AVX_VNNI_INTRIN = "xception_edge_dot_8x4_u8i8i32_avxvnni"
 
 ISAS = {
     "sdot": DotIsa("sdot", arm_cpu.ARM_DOT_4x4_i8_SDOT_INTRIN, 4, 4, channel_tile=4, instruction="sdot"),
     "neon": DotIsa("neon", arm_cpu.ARM_DOT_4x4_i8_NEON_INTRIN, 4, 4, channel_tile=2, instruction="smull"),
-    "avx512-vnni": DotIsa("avx512-vnni", AVX512_VNNI_INTRIN, 16, 4, offset=128, instruction="vpdpbusd"),
-    "avx-vnni": DotIsa("avx-vnni", AVX_VNNI_INTRIN, 8, 4, offset=128, instruction="vpdpbusd"),
-    "avx2": DotIsa("avx2", AVX2_INTRIN, 8, 2, instruction="vpmaddwd"),
+    "avx512-vnni": DotIsa("avx512-vnni", AVX512_VNNI_INTRIN, 16, 4, offset=128, instruction="vpdpbusd",
+                          data_dtype="uint8"),
+    "avx-vnni": DotIsa("avx-vnni", AVX_VNNI_INTRIN, 8, 4, offset=128, instruction="vpdpbusd", data_dtype="uint8"),
+    "avx2": DotIsa("avx2", AVX2_INTRIN, 8, 2, instruction="vpmaddwd", data_dtype="int16"),
 }
 
 
@@ -140,15 +138,16 @@ def _desc(lanes: int, k: int, a_dtype: str):
 
 @T.prim_func(s_tir=True)
 def _avx2_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-    # VPMADDWD: int16 x int16 products summed in pairs into int32, never saturating for int8 inputs
-    # (unlike VPMADDUBSW's int16 sums): both operands sign-extended from int8 in registers.
-    A = T.match_buffer(a, (2,), "int8", offset_factor=1)
+    # VPMADDWD: int16 x int16 products summed in pairs into int32, never saturating for these operands
+    # (unlike VPMADDUBSW's int16 sums). The activations come widened to int16 (the pad step writes them so:
+    # one broadcast load per pixel); the weights stay int8 and are widened in registers (VPMOVSXBW).
+    A = T.match_buffer(a, (2,), "int16", offset_factor=1)
     B = T.match_buffer(b, (8, 2), "int8", offset_factor=1)
     C = T.match_buffer(c, (8,), "int32", offset_factor=1)
     with T.sblock("root"):
         T.reads(C[0:8], A[0:2], B[0:8, 0:2])
         T.writes(C[0:8])
-        a_pair = T.reinterpret(T.Cast("int16x2", A.vload([0], "int8x2")), dtype="int32")
+        a_pair = T.reinterpret(A.vload([0], "int16x2"), dtype="int32")
         a16 = T.reinterpret(T.broadcast(a_pair, 8), dtype="int16x16")
         b16 = T.Cast("int16x16", B.vload([0, 0], "int8x16"))
         C[T.ramp(T.int32(0), 1, 8)] = C.vload([0], "int32x8") + T.call_llvm_pure_intrin(
@@ -180,7 +179,7 @@ def _vnni_impl(lanes: int):
 def _register():
     from tvm.s_tir import TensorIntrin
 
-    for name, desc, impl in ((AVX2_INTRIN, _desc(8, 2, "int8"), _avx2_impl),
+    for name, desc, impl in ((AVX2_INTRIN, _desc(8, 2, "int16"), _avx2_impl),
                              (AVX512_VNNI_INTRIN, _desc(16, 4, "uint8"), _vnni_impl(16)),
                              (AVX_VNNI_INTRIN, _desc(8, 4, "uint8"), _vnni_impl(8))):
         try:
@@ -194,10 +193,18 @@ _register()
 
 # --- packing (compile time) ---------------------------------------------------------------------------
 
+def channel_blocks(out_channels: int, isa: DotIsa) -> tuple[int, int]:
+    """(blocks of L output channels, blocks per register tile): the blocks a whole number of tiles, the extra
+    ones zero weights whose sums are dropped."""
+    blocks = -(-out_channels // isa.lanes)
+    tile = min(isa.channel_tile, blocks)
+    return -(-blocks // tile) * tile, tile
+
+
 def pack_weights(weights_hwio: np.ndarray, isa: DotIsa) -> np.ndarray:
-    """HWIO int8 weights as [O/L, KH, KW, C/K, L, K], zero-filled to whole blocks."""
+    """HWIO int8 weights as [O/L, KH, KW, C/K, L, K], zero-filled to whole blocks and tiles."""
     kh, kw, c, o = weights_hwio.shape
-    cb, ob = -(-c // isa.k), -(-o // isa.lanes)
+    cb, ob = -(-c // isa.k), channel_blocks(o, isa)[0]
     padded = np.zeros((kh, kw, cb * isa.k, ob * isa.lanes), np.int8)
     padded[:, :, :c, :o] = weights_hwio
     return np.ascontiguousarray(padded.reshape(kh, kw, cb, isa.k, ob, isa.lanes).transpose(4, 0, 1, 2, 5, 3))
@@ -246,10 +253,13 @@ def _requantize(acc_value, scale, y_zero: int, out_dtype: str):
     return (r + tirx.const(float(y_zero), "float32")).astype(out_dtype)
 
 
-def _padded(x, shape: ConvShape, channels: int, fill: int, offset: int, dtype: str):
+def _padded(x, shape: ConvShape, channels: int, fill: int, offset: int, dtype: str, extra_width: int = 0):
+    """x padded with ``fill`` (the zero point, + offset), its channels to ``channels``, ``extra_width`` more
+    columns on the right (read only by outputs that are dropped), shifted by ``offset``; x itself when
+    nothing is to be done."""
     n, h, w, c = shape.x
     pt, pl, pb, pr = shape.padding
-    if not (pt or pl or pb or pr or offset or channels != c):
+    if not (pt or pl or pb or pr or offset or channels != c or extra_width or dtype != "int8"):
         return x
 
     def value(i, y, z, ch):
@@ -257,28 +267,33 @@ def _padded(x, shape: ConvShape, channels: int, fill: int, offset: int, dtype: s
         shifted = (x[i, y - pt, z - pl, ch].astype("int32") + offset).astype(dtype)
         return tirx.if_then_else(inside, shifted, tirx.const(fill, dtype))
 
-    return te.compute((n, h + pt + pb, w + pl + pr, channels), value, name="pad")
+    return te.compute((n, h + pt + pb, w + pl + pr + extra_width, channels), value, name="pad")
 
 
 def conv_function(shape: ConvShape, isa: DotIsa, y_zero: int, x_zero: int, out_dtype: str = "int8",
                   schedule: bool = True):
     """The scheduled PrimFunc (x, packed weights, bias', scale) -> int8 output of one convolution
     (``schedule=False``: the same computation unscheduled, the tests' reference)."""
-    n, _, _, c = shape.x
+    n, _, width, c = shape.x
     kh, kw = shape.kernel
     lanes, k = isa.lanes, isa.k
-    cb, ob = -(-c // k), -(-shape.out_channels // lanes)
+    cb, (ob, channel_tile) = -(-c // k), channel_blocks(shape.out_channels, isa)
     _, oh, ow, o = shape.out
     (sh, sw), (dh, dw) = shape.strides, shape.dilation
+    # whole register tiles: the output width rounded up to WIDTH_TILE pixels, computed and then dropped
+    width_tile = min(WIDTH_TILE, ow)
+    ow_tiles = -(-ow // width_tile) * width_tile
+    pt, pl, pb, pr = shape.padding
+    extra = max(0, (ow_tiles - 1) * sw + (kw - 1) * dw + 1 - (width + pl + pr))
     x = te.placeholder(shape.x, "int8", name="x")
     w = te.placeholder((ob, kh, kw, cb, lanes, k), "int8", name="w")
     bias = te.placeholder((o,), "int32", name="bias")
     scale = te.placeholder((o,), "float32", name="scale")
-    data = _padded(x, shape, cb * k, x_zero + isa.offset, isa.offset, isa.data_dtype)
+    data = _padded(x, shape, cb * k, x_zero + isa.offset, isa.offset, isa.data_dtype, extra)
     rh, rw = te.reduce_axis((0, kh), name="rh"), te.reduce_axis((0, kw), name="rw")
     rc, rk = te.reduce_axis((0, cb), name="rc"), te.reduce_axis((0, k), name="rk")
     acc = te.compute(
-        (n, oh, ow, ob, lanes),
+        (n, oh, ow_tiles, ob, lanes),
         lambda i, y, z, b, lane: te.sum(
             data[i, y * sh + rh * dh, z * sw + rw * dw, rc * k + rk].astype("int32")
             * w[b, rh, rw, rc, lane, rk].astype("int32"), axis=[rh, rw, rc, rk]),
@@ -286,22 +301,20 @@ def conv_function(shape: ConvShape, isa: DotIsa, y_zero: int, x_zero: int, out_d
     out = te.compute((n, oh, ow, o), lambda i, y, z, ch: _requantize(
         acc[i, y, z, ch // lanes, ch % lanes] + bias[ch], scale[ch], y_zero, out_dtype), name="out")
     func = te.create_prim_func([x, w, bias, scale, out])
-    return _schedule_conv(func, isa, ow, ob, data is not x) if schedule else func
+    return _schedule_conv(func, isa, width_tile, channel_tile, data is not x) if schedule else func
 
 
-def _schedule_conv(func, isa: DotIsa, ow: int, ob: int, padded: bool):
+def _schedule_conv(func, isa: DotIsa, wt: int, ct: int, padded: bool):
     sch = s_tir.Schedule(func)
     acc = sch.get_sblock("acc")
     i, y, z, b, lane, rh, rw, rc, rk = sch.get_loops(acc)
-    wt = next(t for t in WIDTH_TILE if ow % t == 0)
-    ct = next(t for t in (isa.channel_tile, 2, 1) if ob % t == 0)
     zo, zi = sch.split(z, factors=[None, wt])
     bo, bi = sch.split(b, factors=[None, ct])
-    sch.reorder(i, y, zo, bo, rh, rw, rc, zi, bi, lane, rk)
+    sch.reorder(i, y, bo, zo, rh, rw, rc, zi, bi, lane, rk)     # a row's pixels per weight tile: weights stay in cache
     rows = sch.fuse(i, y)
     sch.parallel(rows)
     out = sch.get_sblock("out")
-    sch.reverse_compute_at(out, bo)
+    sch.reverse_compute_at(out, zo)
     init = sch.decompose_reduction(acc, rh)
     sch.vectorize(sch.get_loops(init)[-1])
     sch.tensorize(lane, isa.intrin)
@@ -347,7 +360,7 @@ def depthwise_function(shape: ConvShape, y_zero: int, x_zero: int, out_dtype: st
     i, y, z, ch, rh_, rw_ = sch.get_loops(acc_block)
     vec = next((v for v in (lanes, 8, 4) if c % v == 0), 1)
     co, ci = sch.split(ch, factors=[None, vec])
-    wt = next(t for t in WIDTH_TILE if ow % t == 0)
+    wt = next(t for t in (WIDTH_TILE, 3, 2, 1) if ow % t == 0)
     zo, zi = sch.split(z, factors=[None, wt])
     sch.reorder(i, y, zo, co, rh_, rw_, zi, ci)
     sch.parallel(sch.fuse(i, y))

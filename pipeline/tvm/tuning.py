@@ -90,6 +90,9 @@ def extract(tflite_path: Path, target, precision: str) -> list[Task]:
     tasks = []
     for extracted in ms.relax_integration.extract_tasks(fused, target, module_equality=MODULE_EQUALITY):
         mod = extracted.dispatched[0]
+        main = mod["main"] if "main" in [g.name_hint for g in mod.get_global_vars()] else None
+        if main is not None and main.attrs and main.attrs.get("tirx.is_scheduled"):
+            continue                      # the dot-product functions: scheduled by pipeline/tvm/dot.py
         try:
             flops = float(estimate_tir_flops(mod))
         except Exception:  # noqa: BLE001 - TVM cannot estimate some functions: count them as cheap

@@ -78,7 +78,7 @@ VARIABLES = {
     "bench": [("TARGET", "--target"), ("DEVICE", "--device"), ("SSH_OPTS", "--ssh-opts"), ("PORT", "--port"),
               ("REMOTE_PYTHON", "--remote-python"), ("THREADS", "--threads"), ("OUT", "--out")],
     "report": [("TARGET", "--target"), ("OUT", "--out")],
-    "verify": [("TARGET", "--target"), ("VERIFY_N", "--n"), ("CACHE_DIR", "--cache-dir")],
+    "verify": [("TARGET", "--target"), ("VERIFY_N", "--n"), ("VERIFY_CORE", "--core"), ("CACHE_DIR", "--cache-dir")],
     "gate": [("TARGET", "--target"), ("OUT", "--out")],
     "baseline": [("TARGET", "--target"), ("MSG", "--msg")],
     "peers": [("OUT", "--out"), ("THREADS", "--threads")],
