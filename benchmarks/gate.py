@@ -36,7 +36,7 @@ class Thresholds:
     baseline_tolerance_points: float = 0.5
     min_cross_runtime_agreement: float = 0.995
     max_size_ratio: float = 0.30
-    int8_faster_runtimes: tuple[str, ...] = ("litert", "onnxruntime")
+    int8_faster_runtimes: tuple[str, ...] = ("litert", "onnxruntime", "tvm")
     min_eval_images: int = 100
 
 
