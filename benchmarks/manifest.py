@@ -51,6 +51,7 @@ class Artifact(TypedDict):
     quantization: NotRequired[dict[str, Any]]      # int8: calib_method; onnx: scheme, activations, weights,
     #                                                reduce_range, why, float_layers; tflite: recovery
     float_layers: NotRequired[list[str]]           # tvm-int8 built from a recovered TFLite file: its float layers
+    int8_dot: NotRequired[dict[str, Any] | None]   # tvm-int8: the dot-product ISA, its instruction, how many functions
     arch: NotRequired[Literal["aarch64", "x86_64"]]
     io: NotRequired[dict[str, Any]]
     source_tflite: NotRequired[str]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from benchmarks.device import this_cpu
 from benchmarks.profile import format_profile
 from benchmarks.text import format_table
 from pipeline.peers import VARIANTS
@@ -116,6 +117,25 @@ def tuning_table(summary: dict) -> str:
             f"{summary.get('seconds_this_run', 0):.0f} s this run; records: {summary['records_dir']}")
 
 
+def _peer_goals(by: dict) -> list[str]:
+    """The int8 ratios the project promises, from the same run: TVM int8 against LiteRT int8 and TVM fp32."""
+    def p50(runtime, precision):
+        r = by.get((runtime, precision))
+        return r["latency_ms"]["p50"] if r else None
+
+    lines = []
+    litert = p50("litert", "int8")
+    for variant, limit in (("tuned", 1.0), ("default schedules", 3.0)):
+        int8, fp32 = p50(f"tvm ({variant})", "int8"), p50(f"tvm ({variant})", "fp32")
+        if int8 and litert:
+            lines.append(f"- TVM int8 ({variant}) / LiteRT int8: {int8 / litert:.2f}x "
+                         f"({'meets' if int8 / litert <= limit else 'misses'} the goal <= {limit:.1f}x)")
+        if int8 and fp32 and variant == "tuned":
+            lines.append(f"- TVM int8 ({variant}) is {fp32 / int8:.2f}x faster than TVM fp32 ({variant}) "
+                         f"({'meets' if fp32 / int8 >= 1.5 else 'misses'} the goal >= 1.5x)")
+    return [""] + lines if lines else []
+
+
 def peer_table(runs: dict[str, dict], profiles: list[dict] | None = None, records: Path | None = None) -> str:
     """`make peers`: LiteRT, ONNX Runtime and TVM variants from one run, with TVM's per-function profile."""
     base = runs["peers"]
@@ -127,8 +147,9 @@ def peer_table(runs: dict[str, dict], profiles: list[dict] | None = None, record
         failed += [f"{name}/{f['file']}: {f['reason']}" for f in results.get("failed", [])]
     d = base["device"]
     date = base["created"][:10]
+    isa = d.get("int8_isa") or this_cpu()["int8_isa"]
     lines = [f"Xception {base['model']['input_shape'][1]}x{base['model']['input_shape'][2]}, batch 1, "
-             f"{d['threads']} threads, one run on {date}: {d['cpu_model']} ({d['cores']} cores), "
+             f"{d['threads']} threads, one run on {date}: {d['cpu_model']} ({d['cores']} cores, int8 ISA: {isa}), "
              f"{d['platform']}.", "",
              "| runtime | precision | p50 ms | p90 ms | runs | int8 speed-up | vs LiteRT (same precision) | peak RSS MB |",
              "|---|---|---:|---:|---:|---:|---:|---:|"]
@@ -147,6 +168,7 @@ def peer_table(runs: dict[str, dict], profiles: list[dict] | None = None, record
             lines.append(f"| {runtime} | {precision} | {p50:.1f} | {r['latency_ms']['p90']:.1f} | "
                          f"{r['latency_ms']['n']} | {speedup} | {ratio} | {rss} |")
     lines += [f"FAILED {f}" for f in failed]
+    lines += _peer_goals(by)
     if records is not None:
         lines += ["", f"Tuned rows use the records in {records}."]
     for p in profiles or []:

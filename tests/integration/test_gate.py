@@ -91,7 +91,8 @@ def test_unreachable_threshold_fails_naming_the_metric(gated, tmp_path, capsys):
     ("min_agreement_top1 = 0.985", "min_agreement_top1 = 1.4", r"min_agreement_top1 = 1.4 is impossible; give a fraction"),
     ("max_top1_drop_points = 1.0", "max_top1_drop_points = 140", r"max_top1_drop_points = 140 is impossible"),
     ("min_eval_images = 100", "min_eval_imgs = 100", r"unknown key 'min_eval_imgs'; valid keys: max_top1_drop_points"),
-    ('int8_faster_runtimes = ["litert", "onnxruntime"]', 'int8_faster_runtimes = ["tensorrt"]', r"int8_faster_runtimes"),
+    ('int8_faster_runtimes = ["litert", "onnxruntime", "tvm"]', 'int8_faster_runtimes = ["tensorrt"]',
+     r"int8_faster_runtimes"),
 ])
 def test_bad_gates_file_is_exit_2(gated, tmp_path, capsys, old, new, message):
     import re

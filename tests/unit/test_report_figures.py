@@ -52,7 +52,7 @@ def test_peer_table_ratios_against_litert_same_precision():
     tuned = dict(RESULTS, results=[result("a_fp32.so", "tvm", "fp32", 45.0, rss=None)],
                  failed=[{"file": "a_int8.so", "reason": "boom"}])
     table = peer_table({"peers": RESULTS, "peers-untuned": untuned, "peers-tuned": tuned})
-    assert "one run on 2026-11-22: Test CPU (2 cores)" in table
+    assert "one run on 2026-11-22: Test CPU (2 cores, int8 ISA: " in table
     assert "| onnxruntime | int8 | 100.0 | 110.0 | 10 | 1.20x | 3.33x | 100 |" in table
     assert "| tvm (default schedules) | fp32 | 600.0 | 660.0 | 10 |  | 10.00x | - |" in table
     assert "| tvm (untuned) | int8 | 7500.0 | 8250.0 | 10 | 0.80x | 250.00x | - |" in table
@@ -61,3 +61,11 @@ def test_peer_table_ratios_against_litert_same_precision():
     assert "FAILED peers-tuned/a_int8.so: boom" in table
     rows_in_order = [line.split(" |")[0] for line in table.splitlines() if line.startswith("| tvm")]
     assert rows_in_order == ["| tvm (untuned)"] * 2 + ["| tvm (default schedules)"] + ["| tvm (tuned)"]
+
+
+def test_peer_table_states_the_int8_goals_from_the_same_run():
+    tuned = dict(RESULTS, results=[result("a_fp32.so", "tvm", "fp32", 90.0, rss=None),
+                                   result("a_int8.so", "tvm", "int8", 45.0, rss=None)])
+    table = peer_table({"peers": RESULTS, "peers-tuned": tuned})
+    assert "- TVM int8 (tuned) / LiteRT int8: 1.50x (misses the goal <= 1.0x)" in table      # LiteRT int8: 30 ms
+    assert "- TVM int8 (tuned) is 2.00x faster than TVM fp32 (tuned) (meets the goal >= 1.5x)" in table
