@@ -17,14 +17,19 @@ from pipeline.progress import Progress
 from pipeline.targets import load_target
 
 
-@pytest.fixture(scope="module")
-def emulated(tiny_build, tmp_path_factory, emulator_cache):
-    """root/build: the run's shared rpi4 build (tests/conftest.py); root/cache: the run's cache with the emulator."""
-    root = tmp_path_factory.mktemp("verify")
+def emulated_build(tiny_build, tmp_path_factory, emulator_cache, target: str):
+    """root/build: the run's shared build of target (tests/conftest.py); root/cache: the run's cache with the
+    emulator."""
+    root = tmp_path_factory.mktemp(f"verify-{target}")
     (root / "cache").symlink_to(emulator_cache)
-    options, _ = tiny_build("rpi4")
+    options, _ = tiny_build(target)
     (root / "build").symlink_to(options.out_dir)
     return root
+
+
+@pytest.fixture(scope="module")
+def emulated(tiny_build, tmp_path_factory, emulator_cache):
+    return emulated_build(tiny_build, tmp_path_factory, emulator_cache, "rpi4")
 
 
 def test_rpi4_artifacts_match_the_host_under_emulation(emulated):
@@ -88,11 +93,7 @@ def test_unknown_core_is_one_clear_line(tmp_path):
 
 @pytest.fixture(scope="module")
 def emulated_rpi5(tiny_build, tmp_path_factory, emulator_cache):
-    root = tmp_path_factory.mktemp("verify-rpi5")
-    (root / "cache").symlink_to(emulator_cache)
-    options, _ = tiny_build("rpi5")
-    (root / "build").symlink_to(options.out_dir)
-    return root
+    return emulated_build(tiny_build, tmp_path_factory, emulator_cache, "rpi5")
 
 
 def test_rpi5_sdot_library_is_exact_on_a76_and_dies_on_a72(emulated_rpi5):
