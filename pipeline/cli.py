@@ -104,6 +104,7 @@ def _parser() -> argparse.ArgumentParser:
     tu.add_argument("--rpc", help="host:port of a TVM RPC tracker: measure on the boards registered under --key")
     tu.add_argument("--key", help="device key at the tracker (with --rpc)")
     tu.add_argument("--timeout", type=float, default=60.0, help="seconds per candidate build or run (default 60)")
+    _recovery_options(tu)                    # the int8 model tuned must be the one compile builds
     _tuning_dir(tu)
     _common(tu, default_cache_dir())
 
@@ -266,7 +267,8 @@ def _tune(args) -> int:
         CompileOptions(target=args.target, weights=args.weights, calib_dir=args.calib, calib_n=args.calib_n,
                        input_size=args.input_size, num_classes=args.classes, out_dir=args.out,
                        cache_dir=args.cache_dir, reference_dir=args.reference_dir,
-                       targets_dir=args.targets_dir or TARGETS_DIR, tuning_dir=args.tuning_dir),
+                       targets_dir=args.targets_dir or TARGETS_DIR, tuning_dir=args.tuning_dir,
+                       recover=args.recover == "1", recover_cap=args.recover_cap),
         trials=args.trials, rpc=args.rpc, key=args.key, timeout_sec=args.timeout)
     summary = tune_target(options, Progress(quiet=args.quiet))
     print(tuning_table(summary))

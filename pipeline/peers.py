@@ -3,7 +3,7 @@
 Compiles Xception with random weights (latency does not depend on the weights) three times from the
 same TFLite/ONNX files: every runtime at fp32 and int8 with TVM's default schedules; TVM untuned
 (tvm.schedules = "none", what TVM 0.27 gives out of the box); TVM with the host's tuning records
-(`make tune TARGET=host WEIGHTS=random`; skipped, and said so, when there are none). Every artifact
+(`make tune TARGET=host WEIGHTS=random RECOVER=0`; skipped, and said so, when there are none). Every artifact
 is measured with the device-side runner, with the same thread count, one after the other in one
 process run; then the TVM libraries' time is broken down per function. Writes a dated Markdown
 table naming the machine.
@@ -53,11 +53,12 @@ def compare(out_dir: Path, cache_dir: Path, threads: int, input_size: int = 299,
     variants = [v for v in VARIANTS if v != "peers-tuned" or (records / "tuning.json").exists()]
     if "peers-tuned" not in variants:
         progress.warn(f"no tuning records in {records}: the table has no tuned TVM rows; run "
-                      f"`make tune TARGET=host WEIGHTS=random` first")
+                      f"`make tune TARGET=host WEIGHTS=random RECOVER=0` first")
     runs: dict[str, dict] = {}
     for name in variants:
         compile_target(CompileOptions(target=name, weights="random", input_size=input_size, num_classes=1000,
-                                      calib_n=16, eval_n=8, out_dir=out_dir, cache_dir=cache_dir, targets_dir=targets,
+                                      calib_n=16, eval_n=8, recover=False,     # the same all-int8 model everywhere
+                                      out_dir=out_dir, cache_dir=cache_dir, targets_dir=targets,
                                       tuning_dir=tuning_dir if name == "peers-tuned" else None,
                                       records_target=RECORDS_TARGET), progress)
     for name in variants:                     # measured back to back, after every compile is done

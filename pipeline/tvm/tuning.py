@@ -261,6 +261,11 @@ class Tuner:
                           builder=self.builder, runner=self.runner, database=database, cost_model="xgb",
                           task_scheduler="round-robin", module_equality=MODULE_EQUALITY)
             measured = _lines(staging / RECORDS_JSON) - before
+            dropped = drop_unloadable(staging / WORKLOADS_JSON, staging / RECORDS_JSON, before, _load_database)
+            if dropped:
+                self.log(f"    {dropped} record(s) of {task.name} dropped: MetaSchedule wrote them but cannot read "
+                         f"them back (their trace fails to replay); the records folder would not load with them")
+                database = _load_database(staging / WORKLOADS_JSON, staging / RECORDS_JSON)
             best = best_ms(database, task.mod)
             for name in (WORKLOADS_JSON, RECORDS_JSON):
                 if (staging / name).exists():
@@ -291,6 +296,40 @@ def pack(plain: Path, packed: Path) -> None:
             shutil.copyfileobj(src, dst)
     os.chmod(tmp, 0o644)
     os.replace(tmp, packed)
+
+
+def _load_database(workloads: Path, records: Path):
+    return ms.database.JSONDatabase(path_workload=str(workloads), path_tuning_record=str(records),
+                                    allow_missing=False, module_equality=MODULE_EQUALITY)
+
+
+def drop_unloadable(workloads: Path, records: Path, first_new: int, load) -> int:
+    """Remove the records after the first ``first_new`` that ``load(workloads, records)`` cannot read back.
+
+    TVM 0.27's MetaSchedule can write a record whose trace it then fails to replay when the database is
+    opened (seen on a max pooling fused with an integer residual add); one such line makes the whole
+    records folder unreadable for `make compile`. Only this run's lines are checked, one at a time, and
+    only when the file as a whole fails to load. Returns how many were dropped."""
+    try:
+        load(workloads, records)
+        return 0
+    except Exception:  # noqa: BLE001 - TVM reports a failed replay as a bare RuntimeError from a worker thread
+        pass
+    lines = [line for line in records.read_text().splitlines() if line.strip()]
+    kept, dropped = lines[:first_new], 0
+    with tempfile.TemporaryDirectory(prefix="record-check-") as tmp:
+        single = Path(tmp) / RECORDS_JSON
+        for line in lines[first_new:]:
+            single.write_text(line + "\n")
+            try:
+                load(workloads, single)
+            except Exception:  # noqa: BLE001 - as above
+                dropped += 1
+                continue
+            kept.append(line)
+    write_text_atomic(records, "".join(line + "\n" for line in kept))
+    load(workloads, records)          # the earlier lines loaded before this run; if not, say so loudly
+    return dropped
 
 
 def best_ms(database, mod) -> float | None:

@@ -74,7 +74,7 @@ VARIABLES = {
                 ("OUT", "--out"), ("CACHE_DIR", "--cache-dir"), ("TUNING_DIR", "--tuning-dir"),
                 ("REFERENCE_DIR", "--reference-dir"), ("CALIB_N", "--calib-n"), ("INPUT_SIZE", "--input-size")],
     "tune": [("TARGET", "--target"), ("RPC", "--rpc"), ("KEY", "--key"), ("TRIALS", "--trials"),
-             ("WEIGHTS", "--weights")],
+             ("WEIGHTS", "--weights"), ("RECOVER", "--recover"), ("RECOVER_CAP", "--recover-cap")],
     "bench": [("TARGET", "--target"), ("DEVICE", "--device"), ("SSH_OPTS", "--ssh-opts"), ("PORT", "--port"),
               ("REMOTE_PYTHON", "--remote-python"), ("THREADS", "--threads"), ("OUT", "--out")],
     "report": [("TARGET", "--target"), ("OUT", "--out")],

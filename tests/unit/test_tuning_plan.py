@@ -19,3 +19,42 @@ def test_a_function_shared_by_fp32_and_int8_is_tuned_once():
     plan = allocate(tasks, 90)
     assert set(plan) == {"a", "b"} and sum(plan.values()) <= 90
     assert plan["a"] > plan["b"]                                # twice the calls, more trials
+
+
+def _loader(calls):
+    def load(workloads, records):
+        calls.append(records.read_text())
+        if "bad" in records.read_text():
+            raise RuntimeError("parallel_for_dynamic error with (not rendered)")
+    return load
+
+
+def test_records_that_cannot_be_read_back_are_dropped_and_only_this_runs(tmp_path):
+    from pipeline.tvm.tuning import drop_unloadable
+
+    records = tmp_path / "database_tuning_record.json"
+    records.write_text("old1\nold2\nnew1\nnew-bad\nnew2\n")
+    calls = []
+    assert drop_unloadable(tmp_path / "w.json", records, 2, _loader(calls)) == 1
+    assert records.read_text() == "old1\nold2\nnew1\nnew2\n"
+    assert [c for c in calls[1:-1]] == ["new1\n", "new-bad\n", "new2\n"]
+
+
+def test_loadable_records_are_left_as_they_are(tmp_path):
+    from pipeline.tvm.tuning import drop_unloadable
+
+    records = tmp_path / "database_tuning_record.json"
+    records.write_text("a\nb\n")
+    calls = []
+    assert drop_unloadable(tmp_path / "w.json", records, 1, _loader(calls)) == 0
+    assert records.read_text() == "a\nb\n" and len(calls) == 1
+
+
+def test_an_unreadable_older_record_is_not_hidden(tmp_path):
+    import pytest
+    from pipeline.tvm.tuning import drop_unloadable
+
+    records = tmp_path / "database_tuning_record.json"
+    records.write_text("old-bad\nnew\n")
+    with pytest.raises(RuntimeError):
+        drop_unloadable(tmp_path / "w.json", records, 1, _loader([]))
