@@ -360,9 +360,12 @@ def winning_database(summary_file: Path, workloads_gz: Path, records_gz: Path):
     winners = {key for key, e in summary["tasks"].items() if uses_tuned(e)}
     with tempfile.TemporaryDirectory(prefix="tuning-records-") as plain:
         unpack(workloads_gz.parent, Path(plain))
-        source = ms.database.JSONDatabase(path_workload=str(Path(plain) / WORKLOADS_JSON),
-                                          path_tuning_record=str(Path(plain) / RECORDS_JSON),
-                                          allow_missing=False, module_equality=MODULE_EQUALITY)
+        try:
+            source = _load_database(Path(plain) / WORKLOADS_JSON, Path(plain) / RECORDS_JSON)
+        except Exception as exc:  # noqa: BLE001 - TVM's failed replays are bare RuntimeErrors
+            raise InputError(f"the tuning records in {workloads_gz.parent} cannot be read by TVM "
+                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); compile with TUNED=0, or "
+                             f"tune into a fresh TUNING_DIR (this version's make tune drops such records)") from None
         all_records = source.get_all_tuning_records()
     chosen = ms.database.MemoryDatabase(module_equality=MODULE_EQUALITY)
     keys = ms.database.MemoryDatabase(module_equality=MODULE_EQUALITY)

@@ -58,3 +58,20 @@ def test_an_unreadable_older_record_is_not_hidden(tmp_path):
     records.write_text("old-bad\nnew\n")
     with pytest.raises(RuntimeError):
         drop_unloadable(tmp_path / "w.json", records, 1, _loader([]))
+
+
+def test_records_tvm_cannot_read_are_one_line_for_compile(tmp_path):
+    import gzip
+    import json
+
+    import pytest
+    from pipeline.errors import InputError
+    from pipeline.tvm.tuning import FORMAT, RECORDS_GZ, SUMMARY, WORKLOADS_GZ, winning_database
+
+    (tmp_path / SUMMARY).write_text(json.dumps({"format": FORMAT, "tasks": {}}))
+    with gzip.open(tmp_path / WORKLOADS_GZ, "wt") as f:
+        f.write("")
+    with gzip.open(tmp_path / RECORDS_GZ, "wt") as f:
+        f.write('[0, ["not a trace"]]\n')
+    with pytest.raises(InputError, match=r"tuning records in .* cannot be read by TVM .*TUNED=0"):
+        winning_database(tmp_path / SUMMARY, tmp_path / WORKLOADS_GZ, tmp_path / RECORDS_GZ)
