@@ -10,6 +10,12 @@ Exit codes: 0 ok; 1 a gate failed; 2 bad input or configuration; 3 a stage or an
 """
 
 
+def first_line(exc: BaseException) -> str:
+    """An exception's message as one line for an error message: its first non-blank line, or its type."""
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
+
+
 class PipelineError(Exception):
     """Base class: the message is one line that names the value received and what is accepted."""
     exit_code = 1

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.errors import first_line
+
 RUNTIMES = ("litert", "onnxruntime", "tvm")
 
 
@@ -66,7 +68,7 @@ class LiteRTGpuSession:
             self.model = CompiledModel.from_file(str(path), hardware_accel=HardwareAccelerator.GPU)
         except Exception as exc:  # noqa: BLE001 - LiteRT raises plain RuntimeErrors with its own text
             raise RuntimeMissing(f"LiteRT's GPU accelerator cannot run {path.name}: "
-                                 f"{str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__} "
+                                 f"{first_line(exc)[:200]} "
                                  f"(a Vulkan driver is needed: the board's, or Mesa's lavapipe 25+)") from None
         if not self.model.is_fully_accelerated():
             raise RuntimeMissing(f"LiteRT's GPU accelerator does not run all of {path.name}; refusing a CPU fallback")

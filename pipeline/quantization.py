@@ -29,6 +29,7 @@ from typing import Callable, Sequence
 import numpy as np
 
 from benchmarks.runtimes import dequantize, quantize as quantize_input
+from pipeline.errors import first_line
 
 CALIB_METHODS = ("minmax", "percentile", "entropy")
 DEFAULT_CALIB_METHOD = "minmax"
@@ -330,7 +331,7 @@ def sensitivity(calibrated_model: bytes, reference: np.ndarray, images: np.ndarr
             model = quantize(calibrated_model, others)
             result[op.tensor] = compare(reference, outputs(model, images))
         except Exception as exc:               # an op the quantizer cannot quantize alone: recorded, not ranked
-            result[op.tensor] = {"error": str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__}
+            result[op.tensor] = {"error": first_line(exc)[:200]}
         tick()
     return result
 

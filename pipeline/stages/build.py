@@ -13,7 +13,7 @@ from typing import Mapping
 import numpy as np
 
 from pipeline.datasets import ImageSource, load_images
-from pipeline.errors import InputError
+from pipeline.errors import InputError, first_line
 from pipeline.progress import Progress
 
 NAME = "build"
@@ -88,8 +88,7 @@ def _load(path: Path | None, config: Config, progress: Progress):
     try:
         return keras.saving.load_model(path, compile=False)
     except Exception as exc:  # Keras raises many types for a bad file; all mean "unusable"
-        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise InputError(f"cannot load model file {path}: {reason[:300]} "
+        raise InputError(f"cannot load model file {path}: {first_line(exc)[:300]} "
                          f"(accepted: a Keras .keras or .h5 model)") from None
 
 

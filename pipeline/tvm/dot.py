@@ -28,8 +28,9 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import s_tir, te, tirx
 from tvm.script import tirx as T
-
 from tvm.s_tir.tensor_intrin import arm_cpu  # registers TVM's ARM intrinsics
+
+from pipeline.errors import first_line
 
 
 @dataclass(frozen=True)
@@ -106,7 +107,7 @@ def self_check(isa: DotIsa, target) -> str | None:
                                                       corrected_bias(w, bias, x_zero, isa.offset),
                                                       np.full(shape.out_channels, 1 / 256, np.float32))), out)
     except Exception as error:  # noqa: BLE001 - TVM raises many kinds: any failure means "do not use it"
-        return f"{isa.name} could not be built or run here: {str(error).splitlines()[0][:200]}"
+        return f"{isa.name} could not be built or run here: {first_line(error)[:200]}"
     if not np.array_equal(out.numpy(), expected):
         return f"{isa.name} ({isa.instruction}) differs from the exact integer result on this CPU"
     return None

@@ -30,7 +30,7 @@ import tvm
 from tvm.s_tir import meta_schedule as ms
 
 from benchmarks.files import write_text_atomic
-from pipeline.errors import InputError
+from pipeline.errors import InputError, first_line
 from pipeline.tvm.dot import isa_for
 from pipeline.tvm.int8 import import_tflite
 from pipeline.tvm.link import linker_options
@@ -364,7 +364,7 @@ def winning_database(summary_file: Path, workloads_gz: Path, records_gz: Path):
             source = _load_database(Path(plain) / WORKLOADS_JSON, Path(plain) / RECORDS_JSON)
         except Exception as exc:  # noqa: BLE001 - TVM's failed replays are bare RuntimeErrors
             raise InputError(f"the tuning records in {workloads_gz.parent} cannot be read by TVM "
-                             f"({str(exc).splitlines()[0] if str(exc) else type(exc).__name__}); compile with TUNED=0, or "
+                             f"({first_line(exc)}); compile with TUNED=0, or "
                              f"tune into a fresh TUNING_DIR (this version's make tune drops such records)") from None
         all_records = source.get_all_tuning_records()
     chosen = ms.database.MemoryDatabase(module_equality=MODULE_EQUALITY)

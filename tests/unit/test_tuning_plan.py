@@ -37,7 +37,7 @@ def test_records_that_cannot_be_read_back_are_dropped_and_only_this_runs(tmp_pat
     calls = []
     assert drop_unloadable(tmp_path / "w.json", records, 2, _loader(calls)) == 1
     assert records.read_text() == "old1\nold2\nnew1\nnew2\n"
-    assert [c for c in calls[1:-1]] == ["new1\n", "new-bad\n", "new2\n"]
+    assert calls[1:-1] == ["new1\n", "new-bad\n", "new2\n"]
 
 
 def test_loadable_records_are_left_as_they_are(tmp_path):
