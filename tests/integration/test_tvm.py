@@ -168,7 +168,7 @@ def test_profile_breaks_an_inference_down_per_function(build, tmp_path, capsys):
         conv = "int8_dot_conv" if p["file"].endswith("int8.so") and host_dot_isa() else "fused_conv2d"
         assert any(n.startswith(conv) for n in names), names
         assert all(f["calls"] >= 1 and f["ms"] >= 0 for f in p["functions"])
-        assert 0 < p["instrumented_ms"] <= p["total_ms"] * 1.05           # parts never exceed the whole
+        assert 0 < p["instrumented_ms"] <= p["total_ms"] + 1e-9    # within each run the parts never exceed the whole
     out = capsys.readouterr().out
     assert all(f"{p['file']}: " in out for p in profiles) and "| function | calls | ms | share |" in out
     assert profile_main([str(folder), "--file", "nope.so"]) == 2
