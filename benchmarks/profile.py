@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -79,11 +80,39 @@ def summarize(per_run: list[dict[str, float]], totals: list[float], calls: dict[
             "instrumented_ms": 1e3 * statistics.median(sum(r.values()) for r in per_run)}
 
 
-def format_profile(profile: dict, title: str, top: int = 12) -> str:
+def kind_of(name: str) -> str:
+    """A function's kind: its name without the numbers TVM appends to tell same-kind functions apart
+    (``fused_conv2d18_add9_relu7`` -> ``fused_conv2d_add_relu``, ``int8_dot_conv9`` -> ``int8_dot_conv``)."""
+    return re.sub(r"(?<!int)(?<!float)(?<!\d)\d+(?=_|$)", "", name)
+
+
+def by_kind(rows: list[dict]) -> list[dict]:
+    """The functions' rows summed per kind, slowest first."""
+    kinds: dict[str, dict] = {}
+    for r in rows:
+        k = kinds.setdefault(kind_of(r["name"]), {"kind": kind_of(r["name"]), "functions": 0, "calls": 0,
+                                                  "ms": 0.0, "share": 0.0})
+        k["functions"] += 1
+        for field in ("calls", "ms", "share"):
+            k[field] += r[field]
+    return sorted(kinds.values(), key=lambda k: -k["ms"])
+
+
+def format_profile(profile: dict, title: str, top: int = 12, top_kinds: int = 6) -> str:
     rows = profile["functions"]
+    kinds = by_kind(rows)
     lines = [f"{title}: {profile['total_ms']:.1f} ms per inference (median of {profile['runs']}, instrumented), "
-             f"{len(rows)} functions; the {min(top, len(rows))} slowest:", "",
-             "| function | calls | ms | share |", "|---|---:|---:|---:|"]
+             f"{len(rows)} functions of {len(kinds)} kinds.", "",
+             "| kind | functions | calls | ms | share |", "|---|---:|---:|---:|---:|"]
+    for k in kinds[:top_kinds]:
+        lines.append(f"| {k['kind']} | {k['functions']} | {k['calls']} | {k['ms']:.2f} | {k['share'] * 100:.1f}% |")
+    rest = kinds[top_kinds:]
+    if rest:
+        lines.append(f"| ({len(rest)} other kinds) | {sum(k['functions'] for k in rest)} | "
+                     f"{sum(k['calls'] for k in rest)} | {sum(k['ms'] for k in rest):.2f} | "
+                     f"{sum(k['share'] for k in rest) * 100:.1f}% |")
+    lines += ["", f"The {min(top, len(rows))} slowest functions:", "",
+              "| function | calls | ms | share |", "|---|---:|---:|---:|"]
     for r in rows[:top]:
         lines.append(f"| {r['name']} | {r['calls']} | {r['ms']:.2f} | {r['share'] * 100:.1f}% |")
     rest = rows[top:]

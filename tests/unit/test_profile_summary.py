@@ -1,7 +1,7 @@
 """The profile's figures from per-run timings (benchmarks.profile.summarize), without TVM."""
 import pytest
 
-from benchmarks.profile import summarize
+from benchmarks.profile import by_kind, format_profile, kind_of, summarize
 
 
 def test_delays_landing_on_different_functions_do_not_make_the_parts_exceed_the_whole():
@@ -30,3 +30,33 @@ def test_a_function_missing_from_a_run_counts_as_zero_there():
     p = summarize([{"a": 0.002}, {"a": 0.002, "b": 0.003}, {"a": 0.002}], [0.003, 0.006, 0.003], {"a": 1, "b": 1})
     assert {r["name"]: r["ms"] for r in p["functions"]} == pytest.approx({"a": 2.0, "b": 0.0})
     assert p["instrumented_ms"] == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("name, kind", [
+    ("fused_conv2d18_add9_relu7", "fused_conv2d_add_relu"),
+    ("fused_conv2d_add_relu", "fused_conv2d_add_relu"),
+    ("int8_dot_conv9", "int8_dot_conv"),
+    ("int8_dot_conv", "int8_dot_conv"),
+    ("int8_depthwise27", "int8_depthwise"),
+    ("fused_max_pool2d3_dequantize1", "fused_max_pool2d_dequantize"),
+    ("fused_cast_uint8_add4", "fused_cast_uint8_add"),
+    ("fused_cast_int16_multiply12", "fused_cast_int16_multiply"),
+    ("fused_float32_mean2", "fused_float32_mean"),
+    ("vm.builtin.alloc_storage", "vm.builtin.alloc_storage"),
+])
+def test_a_kind_is_the_name_without_tvms_numbering(name, kind):
+    assert kind_of(name) == kind
+
+
+def test_the_table_says_where_the_time_goes_per_kind_then_per_function():
+    per_run = [{"int8_dot_conv": 0.004, "int8_dot_conv1": 0.003, "int8_depthwise": 0.002, "reshape1": 0.0005}]
+    p = summarize(per_run, [0.01], {"int8_dot_conv": 1, "int8_dot_conv1": 2, "int8_depthwise": 1, "reshape1": 1})
+    assert [(k["kind"], k["functions"], k["calls"]) for k in by_kind(p["functions"])] == [
+        ("int8_dot_conv", 2, 3), ("int8_depthwise", 1, 1), ("reshape", 1, 1)]
+    assert by_kind(p["functions"])[0]["ms"] == pytest.approx(7.0)
+    text = format_profile(p, "x.so", top=2, top_kinds=2)
+    assert "x.so: 10.0 ms per inference (median of 1, instrumented), 4 functions of 3 kinds." in text
+    assert "| int8_dot_conv | 2 | 3 | 7.00 | 70.0% |" in text
+    assert "| (1 other kinds) | 1 | 1 | 0.50 | 5.0% |" in text
+    assert "| int8_dot_conv1 | 2 | 3.00 | 30.0% |" in text
+    assert "| (2 others) | 2 | 2.50 | 25.0% |" in text
