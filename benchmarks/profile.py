@@ -98,27 +98,29 @@ def by_kind(rows: list[dict]) -> list[dict]:
     return sorted(kinds.values(), key=lambda k: -k["ms"])
 
 
+def _table(rows: list[dict], label: str, key: str, counts: tuple[str, ...], top: int, others: str) -> list[str]:
+    """Markdown: a row per entry (its ``key``, ``counts`` columns, ms, share); past ``top``, one row for the rest."""
+    def line(name: str, entries: list[dict]) -> str:
+        cells = [name, *(str(sum(e[c] for e in entries)) for c in counts),
+                 f"{sum(e['ms'] for e in entries):.2f}", f"{sum(e['share'] for e in entries) * 100:.1f}%"]
+        return "| " + " | ".join(cells) + " |"
+
+    head = [label, *counts, "ms", "share"]
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    lines += [line(r[key], [r]) for r in rows[:top]]
+    if rows[top:]:
+        lines.append(line(f"({len(rows[top:])} {others})", rows[top:]))
+    return lines
+
+
 def format_profile(profile: dict, title: str, top: int = 12, top_kinds: int = 6) -> str:
     rows = profile["functions"]
     kinds = by_kind(rows)
     lines = [f"{title}: {profile['total_ms']:.1f} ms per inference (median of {profile['runs']}, instrumented), "
-             f"{len(rows)} functions of {len(kinds)} kinds.", "",
-             "| kind | functions | calls | ms | share |", "|---|---:|---:|---:|---:|"]
-    for k in kinds[:top_kinds]:
-        lines.append(f"| {k['kind']} | {k['functions']} | {k['calls']} | {k['ms']:.2f} | {k['share'] * 100:.1f}% |")
-    rest = kinds[top_kinds:]
-    if rest:
-        lines.append(f"| ({len(rest)} other kinds) | {sum(k['functions'] for k in rest)} | "
-                     f"{sum(k['calls'] for k in rest)} | {sum(k['ms'] for k in rest):.2f} | "
-                     f"{sum(k['share'] for k in rest) * 100:.1f}% |")
-    lines += ["", f"The {min(top, len(rows))} slowest functions:", "",
-              "| function | calls | ms | share |", "|---|---:|---:|---:|"]
-    for r in rows[:top]:
-        lines.append(f"| {r['name']} | {r['calls']} | {r['ms']:.2f} | {r['share'] * 100:.1f}% |")
-    rest = rows[top:]
-    if rest:
-        lines.append(f"| ({len(rest)} others) | {sum(r['calls'] for r in rest)} | {sum(r['ms'] for r in rest):.2f} | "
-                     f"{sum(r['share'] for r in rest) * 100:.1f}% |")
+             f"{len(rows)} functions of {len(kinds)} kinds.", ""]
+    lines += _table(kinds, "kind", "kind", ("functions", "calls"), top_kinds, "other kinds")
+    lines += ["", f"The {min(top, len(rows))} slowest functions:", ""]
+    lines += _table(rows, "function", "name", ("calls",), top, "others")
     return "\n".join(lines) + "\n"
 
 
