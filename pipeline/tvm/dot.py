@@ -121,7 +121,10 @@ def _host_triple() -> str:
 
 # --- our intrinsics: the same description as TVM's (C[i] += A[k] * B[i, k]) ------------------------------
 
-def _desc(lanes: int, k: int, a_dtype: str):
+def description(lanes: int, k: int, a_dtype: str):
+    """What every dot-product intrinsic computes, its meaning for tensorize: C[i] += A[j] * B[i, j] in int32,
+    for i < lanes and j < k."""
+
     @T.prim_func(s_tir=True)
     def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         A = T.match_buffer(a, (k,), a_dtype, offset_factor=1)
@@ -180,9 +183,9 @@ def _vnni_impl(lanes: int):
 def _register():
     from tvm.s_tir import TensorIntrin
 
-    for name, desc, impl in ((AVX2_INTRIN, _desc(8, 2, "int16"), _avx2_impl),
-                             (AVX512_VNNI_INTRIN, _desc(16, 4, "uint8"), _vnni_impl(16)),
-                             (AVX_VNNI_INTRIN, _desc(8, 4, "uint8"), _vnni_impl(8))):
+    for name, desc, impl in ((AVX2_INTRIN, description(8, 2, "int16"), _avx2_impl),
+                             (AVX512_VNNI_INTRIN, description(16, 4, "uint8"), _vnni_impl(16)),
+                             (AVX_VNNI_INTRIN, description(8, 4, "uint8"), _vnni_impl(8))):
         try:
             TensorIntrin.get(name, allow_missing=False)
         except Exception:  # noqa: BLE001 - TVM raises ValueError/TVMError when it is not registered yet
