@@ -90,8 +90,8 @@ def by_kind(rows: list[dict]) -> list[dict]:
     """The functions' rows summed per kind, slowest first."""
     kinds: dict[str, dict] = {}
     for r in rows:
-        k = kinds.setdefault(kind_of(r["name"]), {"kind": kind_of(r["name"]), "functions": 0, "calls": 0,
-                                                  "ms": 0.0, "share": 0.0})
+        kind = kind_of(r["name"])
+        k = kinds.setdefault(kind, {"kind": kind, "functions": 0, "calls": 0, "ms": 0.0, "share": 0.0})
         k["functions"] += 1
         for field in ("calls", "ms", "share"):
             k[field] += r[field]

@@ -180,16 +180,21 @@ def _vnni_impl(lanes: int):
     return impl
 
 
-def _register():
+def register_once(name: str, desc, impl) -> None:
+    """Register a tensor intrinsic under ``name`` unless it already is (a module imported twice, a test)."""
     from tvm.s_tir import TensorIntrin
 
+    try:
+        TensorIntrin.get(name, allow_missing=False)
+    except Exception:  # noqa: BLE001 - TVM raises ValueError/TVMError when it is not registered yet
+        TensorIntrin.register(name, desc, impl)
+
+
+def _register():
     for name, desc, impl in ((AVX2_INTRIN, description(8, 2, "int16"), _avx2_impl),
                              (AVX512_VNNI_INTRIN, description(16, 4, "uint8"), _vnni_impl(16)),
                              (AVX_VNNI_INTRIN, description(8, 4, "uint8"), _vnni_impl(8))):
-        try:
-            TensorIntrin.get(name, allow_missing=False)
-        except Exception:  # noqa: BLE001 - TVM raises ValueError/TVMError when it is not registered yet
-            TensorIntrin.register(name, desc, impl)
+        register_once(name, desc, impl)
 
 
 _register()

@@ -54,6 +54,15 @@ def operands(shape: dot.ConvShape, seed: int, depthwise: bool = False):
     return x, w, bias, scale
 
 
+def conv_case(spec: dot.DotIsa, index: int):
+    """SHAPES[index]'s operands as ``spec``'s function takes them (packed weights, corrected bias), and what
+    LiteRT computes from them."""
+    shape = SHAPES[index]
+    x, w, bias, scale = operands(shape, index)
+    args = (x, dot.pack_weights(w, spec), dot.corrected_bias(w, bias, X_ZERO, spec.offset), scale)
+    return args, litert_conv(x, w, bias, scale, shape)
+
+
 def run(func, target, *args, out_shape):
     lib = tvm.compile(tvm.IRModule({"main": func.with_attr("global_symbol", "main")}), target=target)
     out = tvm.runtime.tensor(np.zeros(out_shape, np.int8))
@@ -77,10 +86,8 @@ def test_dot_product_convolution_is_litert_arithmetic(isa, index):
     """Every ISA's packing, data offset (uint8 data for VNNI) and zero-point correction, unscheduled, on this
     machine; the tensorized schedule too where this CPU has the instruction."""
     shape = SHAPES[index]
-    x, w, bias, scale = operands(shape, index)
     spec = dot.ISAS[isa]
-    args = (x, dot.pack_weights(w, spec), dot.corrected_bias(w, bias, X_ZERO, spec.offset), scale)
-    expected = litert_conv(x, w, bias, scale, shape)
+    args, expected = conv_case(spec, index)
     assert len(np.unique(expected)) > min(30, expected.size // 4)        # not a saturated, constant output
     unscheduled = run(dot.conv_function(shape, spec, Y_ZERO, X_ZERO, schedule=False),
                       tvm.target.Target({"kind": "llvm"}), *args, out_shape=shape.out)
@@ -96,15 +103,10 @@ def _stand_in(isa: str) -> dot.DotIsa:
     VPDPBUSD: C[i] += sum over j < 4 of uint8 A[j] * int8 B[i, j], exact in int32), registered once."""
     from dataclasses import replace
 
-    from tvm.s_tir import TensorIntrin
-
     spec = dot.ISAS[isa]
     name = f"test_stand_in_{spec.intrin}"
-    try:
-        TensorIntrin.get(name, allow_missing=False)
-    except Exception:  # noqa: BLE001 - not registered yet
-        meaning = dot.description(spec.lanes, spec.k, spec.data_dtype)
-        TensorIntrin.register(name, meaning, dot.description(spec.lanes, spec.k, spec.data_dtype))
+    meaning = dot.description(spec.lanes, spec.k, spec.data_dtype)
+    dot.register_once(name, meaning, meaning)
     return replace(spec, intrin=name)
 
 
@@ -116,14 +118,13 @@ def test_vnni_schedule_is_litert_arithmetic_with_a_stand_in_instruction(isa, ind
     here end to end, the instruction itself replaced by integer code of its meaning: only VPDPBUSD's own
     behaviour is left to the self-check on the first VNNI machine. (qemu's TCG, 7.2 and 10.0, has no VNNI.)"""
     shape = SHAPES[index]
-    x, w, bias, scale = operands(shape, index)
     spec = _stand_in(isa)
     assert spec.offset == 128 and spec.data_dtype == "uint8"
-    args = (x, dot.pack_weights(w, spec), dot.corrected_bias(w, bias, X_ZERO, spec.offset), scale)
+    args, expected = conv_case(spec, index)
     func = dot.conv_function(shape, spec, Y_ZERO, X_ZERO)
     assert func.attrs["tirx.is_scheduled"]
     got = run(func, tvm.target.Target({"kind": "llvm"}), *args, out_shape=shape.out)
-    assert np.array_equal(got, litert_conv(x, w, bias, scale, shape))
+    assert np.array_equal(got, expected)
 
 
 def test_the_self_check_passes_here_and_catches_a_wrong_instruction(monkeypatch):
