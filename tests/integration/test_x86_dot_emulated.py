@@ -1,0 +1,124 @@
+"""The x86 dot-product forms on a CPU that has their instructions: each form's tensorized convolutions (and the
+depthwise ones), compiled by TVM for its own target, run on Bochs' emulated Tiger Lake (AVX512-VNNI) with no
+operating system (pipeline/x86_emulation.py), byte for byte against the numpy model of LiteRT's arithmetic.
+
+- avx512-vnni: 512-bit VPDPBUSD, as a Cascade Lake / Ice Lake / Zen 4 build has it.
+- avx-vnni: its 8-lane schedule, built for Tiger Lake, where LLVM encodes the same 256-bit VPDPBUSD with EVEX
+  (AVX512-VL). An Alder Lake build encodes it with VEX ({vex}), which no Bochs 2.7 CPU model decodes: that
+  encoding is the one thing here not run.
+- avx2 as well (this machine runs it natively too).
+- Controls that must differ: the VNNI intrinsic with its two multiplicands swapped (the weights as the unsigned
+  operand), which shows the emulator computes VPDPBUSD's own operand order and the runner can fail.
+
+Skipped where Bochs is not installed and cannot be (not root); CI installs it."""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+tvm = pytest.importorskip("tvm")
+
+from pipeline import x86_emulation  # noqa: E402
+from pipeline.errors import MissingDependencyError  # noqa: E402
+from pipeline.progress import Progress  # noqa: E402
+from pipeline.tvm import dot  # noqa: E402
+from tests.unit.test_tvm_dot import SHAPES, X_ZERO, Y_ZERO, conv_case, litert_conv, operands  # noqa: E402
+
+from tvm.script import tirx as T  # noqa: E402
+
+FORMS = {   # form -> the x86 CPU it is compiled for
+    "avx512-vnni": "cascadelake",
+    "avx-vnni": "tigerlake",
+    "avx2": "haswell",
+}
+NEEDS = {"avx512-vnni": "avx512-vnni", "avx-vnni": "avx512-vnni", "avx2": "avx2"}
+
+
+def _swapped(lanes: int):
+    """VPDPBUSD with the multiplicands swapped: the weights as its unsigned bytes, the data as its signed ones."""
+    width = lanes * 32
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
+        B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
+        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
+        with T.sblock("root"):
+            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
+            T.writes(C[0:lanes])
+            a32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
+                f"int32x{lanes}", f"llvm.x86.avx512.vpdpbusd.{width}", C.vload([0], f"int32x{lanes}"),
+                T.reinterpret(B.vload([0, 0], f"int8x{lanes * 4}"), dtype=f"uint8x{lanes * 4}"),
+                T.reinterpret(T.broadcast(a32, lanes), dtype=f"int8x{lanes * 4}"))
+    return impl
+
+
+def _depthwise_case(index: int):
+    shape = SHAPES[index]
+    shape = dot.ConvShape(shape.x, shape.kernel, shape.x[3], shape.strides, shape.padding)
+    x, w, bias, scale = operands(shape, 10 + index, depthwise=True)
+    dense = np.zeros((*shape.kernel, shape.x[3], shape.x[3]), np.int8)
+    for ch in range(shape.x[3]):
+        dense[:, :, ch, ch] = w[:, :, 0, ch]
+    args = (x, np.ascontiguousarray(w[:, :, 0, :]), dot.corrected_bias(w, bias, X_ZERO, 0), scale)
+    return shape, args, litert_conv(x, dense, bias, scale, shape)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    try:
+        x86_emulation.ensure_tools(Progress(quiet=True))
+    except MissingDependencyError as error:
+        pytest.skip(str(error))
+    work = tmp_path_factory.mktemp("bochs")
+    objects, calls, controls = [], [], []
+    for form, mcpu in FORMS.items():
+        spec = dot.ISAS[form]
+        target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu})
+        funcs = {}
+        for i, shape in enumerate(SHAPES):
+            symbol = f"xe_{form.replace('-', '_')}_conv{i}"
+            funcs[symbol] = dot.conv_function(shape, spec, Y_ZERO, X_ZERO).with_attr("global_symbol", symbol)
+            args, expected = conv_case(spec, i)
+            calls.append(x86_emulation.Call(symbol, args, expected, NEEDS[form]))
+        for i in (0, 4):
+            shape, args, expected = _depthwise_case(i)
+            symbol = f"xe_{form.replace('-', '_')}_depthwise{i}"
+            funcs[symbol] = dot.depthwise_function(shape, Y_ZERO, X_ZERO).with_attr("global_symbol", symbol)
+            calls.append(x86_emulation.Call(symbol, args, expected, NEEDS[form]))
+        if spec.offset:                                      # the VNNI forms: a control with swapped operands
+            name = f"test_swapped_{spec.intrin}"
+            dot.register_once(name, dot.description(spec.lanes, spec.k, spec.data_dtype), _swapped(spec.lanes))
+            for i in (0, 2):
+                symbol = f"xe_{form.replace('-', '_')}_swapped{i}"
+                funcs[symbol] = (dot.conv_function(SHAPES[i], replace(spec, intrin=name), Y_ZERO, X_ZERO)
+                                 .with_attr("global_symbol", symbol))
+                args, expected = conv_case(spec, i)
+                calls.append(x86_emulation.Call(symbol, args, expected, NEEDS[form]))
+                controls.append(symbol)
+        lib = tvm.compile(tvm.IRModule(funcs), target=target)
+        assert spec.instruction in lib.mod.inspect_source("asm")
+        objects.append(work / f"{form}.o")
+        lib.mod.write_to_file(str(objects[-1]))
+    return x86_emulation.run(objects, calls, keep=work / "image"), calls, controls
+
+
+def test_every_x86_form_is_litert_arithmetic_on_an_emulated_vnni_cpu(report):
+    result, calls, controls = report
+    assert "avx512-vnni 1" in result.cpu, result.cpu              # the emulated CPU has the instructions
+    checked = [c.symbol for c in calls if c.symbol not in controls]
+    assert len(checked) == 21
+    wrong = {s: result.outcomes[s] for s in checked if result.outcomes[s].status != "same"}
+    assert not wrong, wrong
+    assert all(result.outcomes[s].bytes > 0 for s in checked)
+
+
+def test_the_emulated_vnni_instruction_tells_its_operands_apart(report):
+    result, _, controls = report
+    assert len(controls) == 4
+    for symbol in controls:
+        outcome = result.outcomes[symbol]
+        assert outcome.status == "differs" and outcome.bytes_differing > outcome.bytes // 4, (symbol, outcome)

@@ -1,0 +1,50 @@
+"""pipeline/x86_emulation.py without Bochs: the runner's table of calls, its output's parsing, bad inputs."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pipeline import x86_emulation as emu
+from pipeline.errors import InputError, StageError
+
+
+def test_the_header_holds_every_operand_byte_and_the_call_table():
+    x = np.arange(-3, 3, dtype=np.int8).reshape(1, 2, 3)
+    scale = np.array([0.5, -1.25], np.float32)
+    expected = np.array([[7, -8]], np.int8)
+    text = emu.calls_header([emu.Call("f_1", (x, scale), expected, "avx512-vnni")])
+    assert "static uint8_t c0_a0[6] __attribute__((aligned(64))) = {253,254,255,0,1,2};" in text
+    assert f"c0_a1[8] __attribute__((aligned(64))) = {{{','.join(map(str, scale.view(np.uint8)))}}};" in text
+    assert "static const int64_t c0_s0[3] = {1,2,3};" in text
+    assert "c0_expected[2] __attribute__((aligned(64))) = {7,248};" in text
+    assert "c0_a2[2]" in text                          # the output buffer, the last argument
+    assert '{"f_1", __tvm_ffi_f_1, 2u, 3, {{c0_a0, 3, 0, 8, c0_s0}, {c0_a1, 1, 2, 32, c0_s1}, ' \
+           '{c0_a2, 2, 0, 8, c0_s2}}, c0_expected},' in text
+
+
+@pytest.mark.parametrize("call, says", [
+    (emu.Call("bad name", (), np.zeros(1, np.int8)), "not a C symbol"),
+    (emu.Call("f", (), np.zeros(1, np.int8), "sse9"), "unknown instruction set 'sse9'"),
+    (emu.Call("f", (np.zeros(1, np.float64),), np.zeros(1, np.int8)), "argument 0 is float64"),
+    (emu.Call("f", tuple(np.zeros(1, np.int8) for _ in range(8)), np.zeros(1, np.int8)), "at most 8"),
+])
+def test_bad_calls_are_one_line_naming_what_is_accepted(call, says):
+    with pytest.raises(InputError, match="accepted|at most") as error:
+        emu.calls_header([call])
+    assert says in str(error.value) and "\n" not in str(error.value)
+
+
+def test_no_calls_is_an_input_error():
+    with pytest.raises(InputError, match="no calls"):
+        emu.run([], [])
+
+
+def test_parse_reads_each_outcome_and_requires_the_result_line():
+    text = ("garbage before\nCPU Some CPU | avx2 1 avx512-vnni 1 avx-vnni 0\nSAME f 0/10 rc 0\n"
+            "DIFFERS g 3/10 rc 0\nDIFFERS h 0/4 rc -1\nSKIP k\nRESULT ran 3 differ 2 skipped 1\n")
+    cpu, outcomes = emu.parse(text)
+    assert cpu == "Some CPU | avx2 1 avx512-vnni 1 avx-vnni 0"
+    assert outcomes == {"f": emu.Outcome("same", 0, 10, 0), "g": emu.Outcome("differs", 3, 10, 0),
+                        "h": emu.Outcome("differs", 0, 4, -1), "k": emu.Outcome("skipped")}
+    with pytest.raises(StageError, match="stopped before the runner's RESULT line"):
+        emu.parse(text.replace("RESULT", "RES"))
