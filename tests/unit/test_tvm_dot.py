@@ -115,8 +115,8 @@ def _stand_in(isa: str) -> dot.DotIsa:
 def test_vnni_schedule_is_litert_arithmetic_with_a_stand_in_instruction(isa, index):
     """Where this CPU has no VNNI (the CI and developer machines so far), the VNNI forms' tensorized schedule
     (16- or 8-lane channel blocks, 4-byte groups, the register tile, uint8 data padded with zp + 128) still runs
-    here end to end, the instruction itself replaced by integer code of its meaning: only VPDPBUSD's own
-    behaviour is left to the self-check on the first VNNI machine. (qemu's TCG, 7.2 and 10.0, has no VNNI.)"""
+    here end to end, the instruction itself replaced by integer code of its meaning. The real instruction runs on
+    Bochs' emulated Tiger Lake in tests/integration/test_x86_dot_emulated.py (qemu's TCG has no VNNI)."""
     shape = SHAPES[index]
     spec = _stand_in(isa)
     assert spec.offset == 128 and spec.data_dtype == "uint8"
