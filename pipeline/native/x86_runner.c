@@ -2,7 +2,7 @@
  * convention: DLTensor arguments) on an emulated x86 CPU with no operating system and no TVM runtime, and says
  * for each whether its output equals the expected one, byte for byte. Calls whose instruction sets the CPU does
  * not report (CPUID) are skipped. Output on COM1 (8N1), one line per call, then RESULT; then it asks Bochs to
- * power off. The calls come from the generated calls.h. Freestanding: our own memset/memcpy, a bump allocator
+ * power off. The calls come from the generated calls.h, their operands' bytes from data.S. Freestanding: our own memset/memcpy, a bump allocator
  * for TVM's workspaces, parallel loops run as one task. */
 #include <stddef.h>
 #include <stdint.h>

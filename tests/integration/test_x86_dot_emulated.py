@@ -9,6 +9,8 @@ operating system (pipeline/x86_emulation.py), byte for byte against the numpy mo
 - avx2 as well (this machine runs it natively too).
 - Controls that must differ: the VNNI intrinsic with its two multiplicands swapped (the weights as the unsigned
   operand), which shows the emulator computes VPDPBUSD's own operand order and the runner can fail.
+- Slow: every distinct int8 convolution and depthwise convolution of Xception 299x299, at full size, in both
+  VNNI forms.
 
 Skipped where Bochs is not installed and cannot be (not root); CI installs it."""
 from __future__ import annotations
@@ -67,17 +69,39 @@ def _depthwise_case(index: int):
     return shape, args, litert_conv(x, dense, bias, scale, shape)
 
 
-@pytest.fixture(scope="module")
-def report(tmp_path_factory):
+S = dot.ConvShape
+XCEPTION_CONVS = [      # Keras' Xception at 299x299: the stem, shortcuts (1x1 stride 2), pointwise halves, classifier
+    S((1, 299, 299, 3), (3, 3), 32, (2, 2)), S((1, 149, 149, 32), (3, 3), 64),
+    S((1, 147, 147, 64), (1, 1), 128, (2, 2)), S((1, 147, 147, 64), (1, 1), 128), S((1, 147, 147, 128), (1, 1), 128),
+    S((1, 74, 74, 128), (1, 1), 256, (2, 2)), S((1, 74, 74, 128), (1, 1), 256), S((1, 74, 74, 256), (1, 1), 256),
+    S((1, 37, 37, 256), (1, 1), 728, (2, 2)), S((1, 37, 37, 256), (1, 1), 728), S((1, 37, 37, 728), (1, 1), 728),
+    S((1, 19, 19, 728), (1, 1), 728), S((1, 19, 19, 728), (1, 1), 1024, (2, 2)), S((1, 19, 19, 728), (1, 1), 1024),
+    S((1, 10, 10, 1024), (1, 1), 1536), S((1, 10, 10, 1536), (1, 1), 2048), S((1, 1, 1, 2048), (1, 1), 1000),
+]
+XCEPTION_DEPTHWISE = [S((1, h, h, c), (3, 3), c, (1, 1), (1, 1, 1, 1)) for h, c in
+                      ((147, 64), (147, 128), (74, 128), (74, 256), (37, 256), (37, 728), (19, 728), (10, 1024),
+                       (10, 1536))]
+
+
+def _tools():
     try:
         x86_emulation.ensure_tools(Progress(quiet=True))
     except MissingDependencyError as error:
         pytest.skip(str(error))
+
+
+def _target(mcpu: str):
+    return tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu})
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory):
+    _tools()
     work = tmp_path_factory.mktemp("bochs")
     objects, calls, controls = [], [], []
     for form, mcpu in FORMS.items():
         spec = dot.ISAS[form]
-        target = tvm.target.Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": mcpu})
+        target = _target(mcpu)
         funcs = {}
         for i, shape in enumerate(SHAPES):
             symbol = f"xe_{form.replace('-', '_')}_conv{i}"
@@ -122,3 +146,41 @@ def test_the_emulated_vnni_instruction_tells_its_operands_apart(report):
     for symbol in controls:
         outcome = result.outcomes[symbol]
         assert outcome.status == "differs" and outcome.bytes_differing > outcome.bytes // 4, (symbol, outcome)
+
+
+@pytest.mark.slow
+def test_every_xception_convolution_at_full_size_on_an_emulated_vnni_cpu(tmp_path):
+    """17 convolutions and 9 depthwise ones (3.6 G multiply-adds), per VNNI form: ~20 s of emulation each."""
+    _tools()
+    calls, objects = [], []
+    expected = {}
+    for i, shape in enumerate(XCEPTION_CONVS):
+        x, w, bias, scale = operands(shape, 100 + i)
+        expected[("conv", i)] = (x, w, bias, scale, litert_conv(x, w, bias, scale, shape))
+    for i, shape in enumerate(XCEPTION_DEPTHWISE):
+        x, w, bias, scale = operands(shape, 200 + i, depthwise=True)
+        dense = np.zeros((3, 3, shape.x[3], shape.x[3]), np.int8)
+        for ch in range(shape.x[3]):
+            dense[:, :, ch, ch] = w[:, :, 0, ch]
+        expected[("dw", i)] = ((x, np.ascontiguousarray(w[:, :, 0, :]), dot.corrected_bias(w, bias, X_ZERO, 0), scale),
+                               litert_conv(x, dense, bias, scale, shape))
+    for form in ("avx512-vnni", "avx-vnni"):
+        spec, tag, funcs = dot.ISAS[form], form.replace("-", "_"), {}
+        for i, shape in enumerate(XCEPTION_CONVS):
+            symbol = f"xc_{tag}_conv{i}"
+            funcs[symbol] = dot.conv_function(shape, spec, Y_ZERO, X_ZERO).with_attr("global_symbol", symbol)
+            x, w, bias, scale, want = expected[("conv", i)]
+            args = (x, dot.pack_weights(w, spec), dot.corrected_bias(w, bias, X_ZERO, spec.offset), scale)
+            calls.append(x86_emulation.Call(symbol, args, want, "avx512-vnni"))
+        for i, shape in enumerate(XCEPTION_DEPTHWISE):
+            symbol = f"xc_{tag}_depthwise{i}"
+            funcs[symbol] = dot.depthwise_function(shape, Y_ZERO, X_ZERO).with_attr("global_symbol", symbol)
+            args, want = expected[("dw", i)]
+            calls.append(x86_emulation.Call(symbol, args, want, "avx512-vnni"))
+        lib = tvm.compile(tvm.IRModule(funcs), target=_target(FORMS[form]))
+        objects.append(tmp_path / f"{form}.o")
+        lib.mod.write_to_file(str(objects[-1]))
+    result = x86_emulation.run(objects, calls, keep=tmp_path / "image", timeout_s=1200)
+    assert len(calls) == 2 * (17 + 9)
+    wrong = {c.symbol: result.outcomes[c.symbol] for c in calls if result.outcomes[c.symbol].status != "same"}
+    assert not wrong, wrong

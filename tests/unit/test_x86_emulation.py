@@ -8,18 +8,21 @@ from pipeline import x86_emulation as emu
 from pipeline.errors import InputError, StageError
 
 
-def test_the_header_holds_every_operand_byte_and_the_call_table():
+def test_operands_are_raw_bytes_beside_a_call_table(tmp_path):
     x = np.arange(-3, 3, dtype=np.int8).reshape(1, 2, 3)
     scale = np.array([0.5, -1.25], np.float32)
     expected = np.array([[7, -8]], np.int8)
-    text = emu.calls_header([emu.Call("f_1", (x, scale), expected, "avx512-vnni")])
-    assert "static uint8_t c0_a0[6] __attribute__((aligned(64))) = {253,254,255,0,1,2};" in text
-    assert f"c0_a1[8] __attribute__((aligned(64))) = {{{','.join(map(str, scale.view(np.uint8)))}}};" in text
-    assert "static const int64_t c0_s0[3] = {1,2,3};" in text
-    assert "c0_expected[2] __attribute__((aligned(64))) = {7,248};" in text
-    assert "c0_a2[2]" in text                          # the output buffer, the last argument
+    emu.operands([emu.Call("f_1", (x, scale), expected, "avx512-vnni")], tmp_path)
+    assert (tmp_path / "c0_a0.bin").read_bytes() == bytes([253, 254, 255, 0, 1, 2])
+    assert (tmp_path / "c0_a1.bin").read_bytes() == scale.tobytes()
+    assert (tmp_path / "c0_expected.bin").read_bytes() == bytes([7, 248])
+    assert not (tmp_path / "c0_a2.bin").exists()               # the output is a zeroed buffer, not data
+    header, data = (tmp_path / "calls.h").read_text(), (tmp_path / "data.S").read_text()
+    assert "static uint8_t c0_a2[2] __attribute__((aligned(64)));" in header
+    assert "static const int64_t c0_s0[3] = {1,2,3};" in header
     assert '{"f_1", __tvm_ffi_f_1, 2u, 3, {{c0_a0, 3, 0, 8, c0_s0}, {c0_a1, 1, 2, 32, c0_s1}, ' \
-           '{c0_a2, 2, 0, 8, c0_s2}}, c0_expected},' in text
+           '{c0_a2, 2, 0, 8, c0_s2}}, c0_expected},' in header
+    assert 'c0_a0:\n.incbin "c0_a0.bin"' in data and 'c0_expected:\n.incbin "c0_expected.bin"' in data
 
 
 @pytest.mark.parametrize("call, says", [
@@ -28,9 +31,9 @@ def test_the_header_holds_every_operand_byte_and_the_call_table():
     (emu.Call("f", (np.zeros(1, np.float64),), np.zeros(1, np.int8)), "argument 0 is float64"),
     (emu.Call("f", tuple(np.zeros(1, np.int8) for _ in range(8)), np.zeros(1, np.int8)), "at most 8"),
 ])
-def test_bad_calls_are_one_line_naming_what_is_accepted(call, says):
+def test_bad_calls_are_one_line_naming_what_is_accepted(call, says, tmp_path):
     with pytest.raises(InputError, match="accepted|at most") as error:
-        emu.calls_header([call])
+        emu.operands([call], tmp_path)
     assert says in str(error.value) and "\n" not in str(error.value)
 
 
