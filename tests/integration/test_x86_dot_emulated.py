@@ -150,7 +150,7 @@ def test_the_emulated_vnni_instruction_tells_its_operands_apart(report):
 
 @pytest.mark.slow
 def test_every_xception_convolution_at_full_size_on_an_emulated_vnni_cpu(tmp_path):
-    """17 convolutions and 9 depthwise ones (3.6 G multiply-adds), per VNNI form: ~20 s of emulation each."""
+    """17 convolutions (3.6 G multiply-adds) and 9 depthwise ones, in each VNNI form."""
     _tools()
     calls, objects = [], []
     expected = {}
