@@ -158,10 +158,11 @@ def _avx2_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
             "int32x8", "llvm.x86.avx2.pmadd.wd", b16, a16)
 
 
-def _vnni_impl(lanes: int):
+def vnni_impl(lanes: int, unsigned: str = "data"):
     # VPDPBUSD: uint8 x int8, 4 products per int32 lane, summed without saturation. 512-bit registers
     # (AVX512-VNNI) or 256-bit (AVX-VNNI, or AVX512-VNNI with AVX512VL). TVM's own VNNI intrinsic passes
-    # int32 vectors, which the wheel's LLVM rejects (its vpdpbusd takes i8 vectors).
+    # int32 vectors, which the wheel's LLVM rejects (its vpdpbusd takes i8 vectors). ``unsigned``: which
+    # multiplicand is the instruction's unsigned one: the data (ours); "weights" only for a test's control.
     width = lanes * 32
 
     @T.prim_func(s_tir=True)
@@ -173,10 +174,14 @@ def _vnni_impl(lanes: int):
             T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
             T.writes(C[0:lanes])
             a32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
+            data = T.broadcast(a32, lanes)
+            weights = B.vload([0, 0], f"int8x{lanes * 4}")
+            if unsigned == "data":
+                u8, s8 = T.reinterpret(data, dtype=f"uint8x{lanes * 4}"), weights
+            else:
+                u8, s8 = T.reinterpret(weights, dtype=f"uint8x{lanes * 4}"), T.reinterpret(data, dtype=f"int8x{lanes * 4}")
             C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
-                f"int32x{lanes}", f"llvm.x86.avx512.vpdpbusd.{width}", C.vload([0], f"int32x{lanes}"),
-                T.reinterpret(T.broadcast(a32, lanes), dtype=f"uint8x{lanes * 4}"),
-                B.vload([0, 0], f"int8x{lanes * 4}"))
+                f"int32x{lanes}", f"llvm.x86.avx512.vpdpbusd.{width}", C.vload([0], f"int32x{lanes}"), u8, s8)
     return impl
 
 
@@ -192,8 +197,8 @@ def register_once(name: str, desc, impl) -> None:
 
 def _register():
     for name, desc, impl in ((AVX2_INTRIN, description(8, 2, "int16"), _avx2_impl),
-                             (AVX512_VNNI_INTRIN, description(16, 4, "uint8"), _vnni_impl(16)),
-                             (AVX_VNNI_INTRIN, description(8, 4, "uint8"), _vnni_impl(8))):
+                             (AVX512_VNNI_INTRIN, description(16, 4, "uint8"), vnni_impl(16)),
+                             (AVX_VNNI_INTRIN, description(8, 4, "uint8"), vnni_impl(8))):
         register_once(name, desc, impl)
 
 

@@ -28,7 +28,6 @@ from pipeline.progress import Progress  # noqa: E402
 from pipeline.tvm import dot  # noqa: E402
 from tests.unit.test_tvm_dot import SHAPES, X_ZERO, Y_ZERO, conv_case, litert_conv, operands  # noqa: E402
 
-from tvm.script import tirx as T  # noqa: E402
 
 FORMS = {   # form -> the x86 CPU it is compiled for
     "avx512-vnni": "cascadelake",
@@ -36,26 +35,6 @@ FORMS = {   # form -> the x86 CPU it is compiled for
     "avx2": "haswell",
 }
 NEEDS = {"avx512-vnni": "avx512-vnni", "avx-vnni": "avx512-vnni", "avx2": "avx2"}
-
-
-def _swapped(lanes: int):
-    """VPDPBUSD with the multiplicands swapped: the weights as its unsigned bytes, the data as its signed ones."""
-    width = lanes * 32
-
-    @T.prim_func(s_tir=True)
-    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-        A = T.match_buffer(a, (4,), "uint8", offset_factor=1)
-        B = T.match_buffer(b, (lanes, 4), "int8", offset_factor=1)
-        C = T.match_buffer(c, (lanes,), "int32", offset_factor=1)
-        with T.sblock("root"):
-            T.reads(C[0:lanes], A[0:4], B[0:lanes, 0:4])
-            T.writes(C[0:lanes])
-            a32 = T.reinterpret(A.vload([0], "uint8x4"), dtype="int32")
-            C[T.ramp(T.int32(0), 1, lanes)] = T.call_llvm_pure_intrin(
-                f"int32x{lanes}", f"llvm.x86.avx512.vpdpbusd.{width}", C.vload([0], f"int32x{lanes}"),
-                T.reinterpret(B.vload([0, 0], f"int8x{lanes * 4}"), dtype=f"uint8x{lanes * 4}"),
-                T.reinterpret(T.broadcast(a32, lanes), dtype=f"int8x{lanes * 4}"))
-    return impl
 
 
 def _depthwise_case(index: int):
@@ -115,7 +94,8 @@ def report(tmp_path_factory):
             calls.append(x86_emulation.Call(symbol, args, expected, NEEDS[form]))
         if spec.offset:                                      # the VNNI forms: a control with swapped operands
             name = f"test_swapped_{spec.intrin}"
-            dot.register_once(name, dot.description(spec.lanes, spec.k, spec.data_dtype), _swapped(spec.lanes))
+            dot.register_once(name, dot.description(spec.lanes, spec.k, spec.data_dtype),
+                              dot.vnni_impl(spec.lanes, unsigned="weights"))
             for i in (0, 2):
                 symbol = f"xe_{form.replace('-', '_')}_swapped{i}"
                 funcs[symbol] = (dot.conv_function(SHAPES[i], replace(spec, intrin=name), Y_ZERO, X_ZERO)
