@@ -30,9 +30,10 @@ def test_operands_are_raw_bytes_beside_a_call_table(tmp_path):
     (emu.Call("f", (), np.zeros(1, np.int8), "sse9"), "unknown instruction set 'sse9'"),
     (emu.Call("f", (np.zeros(1, np.float64),), np.zeros(1, np.int8)), "argument 0 is float64"),
     (emu.Call("f", tuple(np.zeros(1, np.int8) for _ in range(8)), np.zeros(1, np.int8)), "at most 8"),
+    (emu.Call("big", (np.zeros(200 << 20, np.int8),), np.zeros(30 << 20, np.int8)), "pass 256 MiB at big"),
 ])
 def test_bad_calls_are_one_line_naming_what_is_accepted(call, says, tmp_path):
-    with pytest.raises(InputError, match="accepted|at most") as error:
+    with pytest.raises(InputError, match="accepted|at most|smaller batches") as error:
         emu.operands([call], tmp_path)
     assert says in str(error.value) and "\n" not in str(error.value)
 
