@@ -1,5 +1,5 @@
-"""x86 instruction sets this machine lacks (AVX-512 VNNI), run: TVM-compiled functions on Bochs' emulated
-Tiger Lake, with no operating system.
+"""x86 instruction sets this machine lacks (AVX-512 VNNI, AVX-VNNI), run: TVM-compiled functions on Bochs' emulated
+Intel CPUs, with no operating system.
 
 qemu's TCG has no VNNI (7.2, and 10.0 from bookworm-backports) and Linux 6.1 does not boot on Bochs 2.7's
 Tiger Lake (it stops after "LSM: Security Framework initializing", in a fault loop), so the functions run bare
@@ -8,9 +8,15 @@ metal: the object files TVM writes (``Module.write_to_file``), linked with a fre
 the expected bytes, and the boot code (pipeline/native/x86_boot.S: long mode, AVX-512 state on), booted by
 syslinux's Multiboot loader from an ISO image. Output comes back on the emulated serial port. A run takes
 seconds; the tools come from Debian (installed with apt as root, else one line saying what to install).
+
+Debian 12's Bochs 2.7 has AVX512-VNNI (Tiger Lake, Ice Lake) but no CPU with AVX-VNNI; ``bochs3`` fetches
+Debian 13's Bochs 3.0, whose Arrow Lake has AVX-VNNI without AVX-512 (the VEX ``vpdpbusd`` an avx-vnni build
+emits) and whose Sapphire Rapids has both, with Debian 13's C runtime it needs, into the cache.
 """
 from __future__ import annotations
 
+import hashlib
+import lzma
 import os
 import pty
 import re
@@ -19,6 +25,8 @@ import subprocess
 import tempfile
 import threading
 import time
+import tty
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -84,6 +92,65 @@ def ensure_tools(progress: Progress) -> dict[str, Path]:
     if missing:
         raise MissingDependencyError(f"{', '.join(missing)} not installed and could not be installed here; "
                                      f"run `apt-get install {' '.join(PACKAGES)} gcc binutils` as root")
+    return found
+
+
+DEBIAN = "http://deb.debian.org/debian"
+BOCHS3_SUITE = "trixie"              # Debian 13: Bochs 3.0, built against glibc 2.41 (Debian 12 has 2.36)
+BOCHS3_PACKAGES = ("bochs", "bochs-term", "bochsbios", "libc6", "libstdc++6", "libgcc-s1", "libltdl7")
+
+
+def bochs3(cache_dir: Path, progress: Progress) -> dict[str, Path]:
+    """``ensure_tools``' tools with Bochs 3.0 in place of 2.7: Debian 13's packages, checked against the SHA-256
+    of Debian 13's package index, unpacked once into ``cache_dir`` (atomically) and run through Debian 13's own
+    dynamic loader and C/C++ runtime; the GUI libraries it links come from Debian 12's bochs package."""
+    tools = ensure_tools(progress)
+    root = cache_dir / "bochs" / f"{BOCHS3_SUITE}-3.0"
+    if not (root / ".complete").is_file():
+        root.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
+        try:
+            progress.log(f"fetching Bochs 3.0 from Debian {BOCHS3_SUITE} (once, cached in {root})")
+            index = _fetch(f"{DEBIAN}/dists/{BOCHS3_SUITE}/main/binary-amd64/Packages.xz")
+            wanted = package_index(lzma.decompress(index).decode(), BOCHS3_PACKAGES)
+            for name in BOCHS3_PACKAGES:
+                if name not in wanted:
+                    raise MissingDependencyError(f"Debian {BOCHS3_SUITE}'s index has no package {name}")
+                filename, digest = wanted[name]
+                deb = tmp / Path(filename).name
+                deb.write_bytes(_fetch(f"{DEBIAN}/{filename}"))
+                if hashlib.sha256(deb.read_bytes()).hexdigest() != digest:
+                    raise MissingDependencyError(f"{deb.name}: SHA-256 differs from Debian {BOCHS3_SUITE}'s index")
+                _sh(["dpkg-deb", "-x", str(deb), str(tmp / "root")], f"unpacking {deb.name}", tmp)
+            lib = root / "usr/lib/x86_64-linux-gnu"
+            wrapper = tmp / "root" / "bochs"
+            wrapper.write_text("#!/bin/sh\n"
+                               f"export LTDL_LIBRARY_PATH={lib}/bochs/plugins\n"
+                               f"exec {lib}/ld-linux-x86-64.so.2 --library-path "
+                               f"{lib}:/usr/lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu {root}/usr/bin/bochs-bin \"$@\"\n")
+            wrapper.chmod(0o755)
+            (tmp / "root" / ".complete").write_text(" ".join(f"{n}={wanted[n][0]}" for n in BOCHS3_PACKAGES) + "\n")
+            os.replace(tmp / "root", root)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return tools | {"bochs-bin": root / "bochs", "bios": root / "usr/share/bochs/BIOS-bochs-latest"}
+
+
+def _fetch(url: str) -> bytes:
+    try:
+        with urllib.request.urlopen(url, timeout=120) as response:
+            return response.read()
+    except OSError as error:
+        raise MissingDependencyError(f"cannot download {url}: {error}") from None
+
+
+def package_index(packages: str, names: tuple[str, ...]) -> dict[str, tuple[str, str]]:
+    """Filename and SHA-256 of each of ``names`` in a Debian Packages index."""
+    found = {}
+    for stanza in packages.split("\n\n"):
+        fields = dict(line.split(": ", 1) for line in stanza.splitlines() if ": " in line and not line[0].isspace())
+        if fields.get("Package") in names and "Filename" in fields and "SHA256" in fields:
+            found[fields["Package"]] = (fields["Filename"], fields["SHA256"])
     return found
 
 
@@ -181,25 +248,31 @@ def build_image(objects: list[Path], calls: list[Call], work: Path, tools: dict[
 
 def boot(iso: Path, work: Path, tools: dict[str, Path], cpu_model: str, timeout_s: float) -> str:
     """Boot ``iso`` in Bochs (its terminal display on a pseudo-terminal we drain, its debugger told to
-    continue) until the runner powers it off; the serial port's text."""
-    serial, log = work / "serial.txt", work / "bochs.log"
+    continue) until the runner powers it off or a fault stops it; the serial port's text. The serial port is a
+    second pseudo-terminal, read as Bochs writes it (a file would lose its buffered tail when a fault ends Bochs)."""
+    log = work / "bochs.log"
+    console, console_slave = pty.openpty()
+    serial, serial_slave = pty.openpty()
+    tty.setraw(serial_slave)
     (work / "bochsrc").write_text(
-        f"megs: 512\ncpu: model={cpu_model}, count=1, ips=400000000\n"
+        f"megs: 512\ncpu: model={cpu_model}, count=1, ips=400000000, reset_on_triple_fault=0\n"
         f"romimage: file={tools['bios']}\nvgaromimage: file={tools['vgabios']}\n"
         "display_library: term\nata0: enabled=1, ioaddr1=0x1f0, ioaddr2=0x3f0, irq=14\n"
         f"ata0-master: type=cdrom, path={iso}, status=inserted\nboot: cdrom\n"
-        f"com1: enabled=1, mode=file, dev={serial}\nlog: {log}\n"
+        f"com1: enabled=1, mode=term, dev={os.ttyname(serial_slave)}\nlog: {log}\n"
         "panic: action=fatal\nerror: action=report\ninfo: action=ignore\nclock: sync=none\n")
     (work / "commands").write_text("continue\nquit\n")
-    master, slave = pty.openpty()
-    env = os.environ | {"TERM": "xterm"}
+    text = bytearray()
+    readers = [threading.Thread(target=_read, args=(console, None), daemon=True),
+               threading.Thread(target=_read, args=(serial, text), daemon=True)]
     try:
         proc = subprocess.Popen([str(tools["bochs-bin"]), "-q", "-f", "bochsrc", "-rc", "commands"], cwd=work,
-                                stdin=slave, stdout=slave, stderr=slave, env=env, start_new_session=True)
+                                stdin=console_slave, stdout=console_slave, stderr=console_slave,
+                                env=os.environ | {"TERM": "xterm"}, start_new_session=True)
     finally:
-        os.close(slave)
-    drain = threading.Thread(target=_drain, args=(master,), daemon=True)
-    drain.start()
+        os.close(console_slave)
+    for reader in readers:
+        reader.start()
     try:
         proc.wait(timeout=timeout_s)
     except subprocess.TimeoutExpired:
@@ -207,43 +280,52 @@ def boot(iso: Path, work: Path, tools: dict[str, Path], cpu_model: str, timeout_
         proc.wait()
         raise StageError(f"Bochs ran past {timeout_s:.0f} s without the runner powering it off; see {log}")
     finally:
-        os.close(master)
-    return serial.read_text(errors="replace") if serial.exists() else ""
+        os.close(serial_slave)                 # the serial reader then reads to the end and stops
+        readers[1].join(timeout=10)
+        os.close(console)
+        os.close(serial)
+    return text.decode(errors="replace")
 
 
-def _drain(fd: int) -> None:
+def _read(fd: int, into: bytearray | None) -> None:
     try:
-        while os.read(fd, 65536):
-            pass
-    except OSError:
+        while chunk := os.read(fd, 65536):
+            if into is not None:
+                into.extend(chunk)
+    except OSError:                            # EIO: the other end is closed
         pass
 
 
 def parse(text: str) -> tuple[str, dict[str, Outcome]]:
-    cpu, outcomes, result = "", {}, None
+    cpu, outcomes, result, started = "", {}, None, None
     for line in text.splitlines():
         line = line.strip()
         if line.startswith("CPU "):
             cpu = line[4:].strip()
+        elif line.startswith("CALL "):
+            started = line[5:].strip()
         elif line.startswith("RESULT "):
             result = line
         elif m := LINE.match(line):
             status = {"SAME": "same", "DIFFERS": "differs", "SKIP": "skipped"}[m[1]]
             outcomes[m[2]] = Outcome(status, *(int(g) for g in m.groups()[2:] if g is not None))
     if result is None:
-        raise StageError("the emulated machine stopped before the runner's RESULT line (an exception resets it); "
-                         f"its serial output ends: {text[-300:]!r}")
+        where = f"in {started} (an instruction this CPU lacks, or a fault)" if started and started not in outcomes \
+            else "outside the calls"
+        raise StageError(f"the emulated machine stopped before the runner's RESULT line, {where}; "
+                         f"its serial output ends: {text[-200:]!r}")
     return cpu, outcomes
 
 
 def run(objects: list[Path], calls: list[Call], progress: Progress | None = None, cpu_model: str = CPU_MODEL,
-        timeout_s: float = 600, keep: Path | None = None) -> Report:
+        timeout_s: float = 600, keep: Path | None = None, tools: dict[str, Path] | None = None) -> Report:
     """Run ``calls`` (functions of ``objects``) on Bochs' ``cpu_model``; each call's outcome. ``keep``: a folder
-    to build in and leave (the image, bochsrc, Bochs' log), else a temporary one."""
+    to build in and leave (the image, bochsrc, Bochs' log), else a temporary one. ``tools``: ``bochs3``'s for
+    Bochs 3.0's models, else Debian 12's Bochs 2.7."""
     progress = progress or Progress(quiet=True)
     if not calls:
         raise InputError("no calls to run; give at least one")
-    tools = ensure_tools(progress)
+    tools = tools or ensure_tools(progress)
     with tempfile.TemporaryDirectory(prefix="xception-edge-bochs-") as tmp:
         work = keep or Path(tmp)
         work.mkdir(parents=True, exist_ok=True)

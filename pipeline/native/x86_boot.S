@@ -2,7 +2,8 @@
  * A Multiboot header with the address fields (a flat binary loaded at 1 MiB by syslinux's mboot.c32), then, from
  * 32-bit protected mode: an identity map of the first GiB in 2 MiB pages, PAE + long mode, SSE and XSAVE on,
  * XCR0 = the x87/SSE/AVX/AVX-512 state the CPU offers (CPUID leaf 0xD), a 1 MiB stack, and runner_main().
- * No interrupts are ever enabled; an exception would reset the emulated machine (the runner prints no RESULT). */
+ * No interrupts are ever enabled and there is no IDT: an exception is a triple fault, which stops Bochs
+ * (reset_on_triple_fault=0) before the runner prints RESULT. */
 #define MB_MAGIC 0x1BADB002
 #define MB_FLAGS 0x00010003          /* page-aligned modules, memory info, the address fields below */
         .section .multiboot, "a"

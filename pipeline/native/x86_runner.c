@@ -1,7 +1,7 @@
 /* Bare-metal runner for pipeline/x86_emulation.py: calls TVM-compiled functions (object files, TVM's FFI calling
  * convention: DLTensor arguments) on an emulated x86 CPU with no operating system and no TVM runtime, and says
  * for each whether its output equals the expected one, byte for byte. Calls whose instruction sets the CPU does
- * not report (CPUID) are skipped. Output on COM1 (8N1), one line per call, then RESULT; then it asks Bochs to
+ * not report (CPUID) are skipped. Output on COM1 (8N1), a line before and after each call, then RESULT; then it asks Bochs to
  * power off. The calls come from the generated calls.h, their operands' bytes from data.S. Freestanding: our own memset/memcpy, a bump allocator
  * for TVM's workspaces, parallel loops run as one task. */
 #include <stddef.h>
@@ -25,6 +25,7 @@ static void serial_init(void) {
   outb(COM1 + 3, 0x03);                          /* 8 bits, no parity, 1 stop bit */
 }
 static void put(char c) { while (!(inb(COM1 + 5) & 0x20)) {} outb(COM1, (uint8_t)c); }
+static void drain(void) { while (!(inb(COM1 + 5) & 0x40)) {} }     /* the transmitter empty: all sent */
 static void say(const char *s) { while (*s) put(*s++); }
 static void num(int64_t v) {
   char b[24]; int i = 0; uint64_t u = v < 0 ? (uint64_t)-v : (uint64_t)v;
@@ -104,6 +105,7 @@ void runner_main(void) {
     size_t bytes = out->bits / 8u;
     for (int32_t d = 0; d < out->ndim; d++) bytes *= (size_t)out->shape[d];
     memset(out->data, 0x55, bytes);
+    say("CALL "); say(k->name); put('\n'); drain();   /* a fault in the call stops the machine: this names it */
     int rc = k->fn(0, a, k->nargs, 0);
     size_t bad = 0;
     for (size_t i = 0; i < bytes; i++) bad += ((const uint8_t *)out->data)[i] != ((const uint8_t *)k->expected)[i];
@@ -112,5 +114,6 @@ void runner_main(void) {
     ran++; differ += rc != 0 || bad != 0;
   }
   say("RESULT ran "); num(ran); say(" differ "); num(differ); say(" skipped "); num(skipped); put('\n');
+  drain();
   for (const char *s = "Shutdown"; *s; s++) outb(0x8900, (uint8_t)*s);   /* Bochs' power-off port */
 }

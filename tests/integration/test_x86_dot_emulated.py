@@ -5,16 +5,18 @@ operating system (pipeline/x86_emulation.py), byte for byte against the numpy mo
 - avx512-vnni: 512-bit VPDPBUSD, as a Cascade Lake / Ice Lake / Zen 4 build has it.
 - avx-vnni: its 8-lane schedule, built for Tiger Lake, where LLVM encodes the same 256-bit VPDPBUSD with EVEX
   (AVX512-VL). An Alder Lake build encodes it with VEX ({vex}), which no Bochs 2.7 CPU model decodes: that
-  encoding is the one thing here not run.
+  encoding runs in the slow test on Bochs 3.0.
 - avx2 as well (this machine runs it natively too).
 - Controls that must differ: the VNNI intrinsic with its two multiplicands swapped (the weights as the unsigned
   operand), which shows the emulator computes VPDPBUSD's own operand order and the runner can fail.
 - Slow: every distinct int8 convolution and depthwise convolution of Xception 299x299, at full size, in both
-  VNNI forms.
+  VNNI forms; and on Debian 13's Bochs 3.0 (fetched into the cache): the avx-vnni form built for Alder Lake, its
+  VEX encoding, on Arrow Lake (AVX-VNNI without AVX-512), and every form on Sapphire Rapids.
 
 Skipped where Bochs is not installed and cannot be (not root); CI installs it."""
 from __future__ import annotations
 
+import subprocess
 from dataclasses import replace
 
 import numpy as np
@@ -164,3 +166,37 @@ def test_every_xception_convolution_at_full_size_on_an_emulated_vnni_cpu(tmp_pat
     assert len(calls) == 2 * (17 + 9)
     wrong = {c.symbol: result.outcomes[c.symbol] for c in calls if result.outcomes[c.symbol].status != "same"}
     assert not wrong, wrong
+
+
+@pytest.mark.slow
+def test_the_vex_encoded_avx_vnni_form_on_emulated_arrow_lake_and_every_form_on_sapphire_rapids(stage_cache, tmp_path):
+    """Bochs 3.0's Arrow Lake has AVX-VNNI and no AVX-512: code built for Alder Lake must use the VEX vpdpbusd there
+    (an EVEX one would fault and reset the machine before RESULT)."""
+    _tools()
+    try:
+        tools = x86_emulation.bochs3(stage_cache, Progress(quiet=True))
+    except MissingDependencyError as error:
+        pytest.skip(str(error))
+    objects, calls = [], []
+    for form, mcpu in (("avx512-vnni", "cascadelake"), ("avx-vnni", "alderlake"), ("avx2", "haswell")):
+        spec, tag, funcs = dot.ISAS[form], form.replace("-", "_"), {}
+        for i, shape in enumerate(SHAPES):
+            symbol = f"xv_{tag}_conv{i}"
+            funcs[symbol] = dot.conv_function(shape, spec, Y_ZERO, X_ZERO).with_attr("global_symbol", symbol)
+            args, expected = conv_case(spec, i)
+            calls.append(x86_emulation.Call(symbol, args, expected, form))
+        lib = tvm.compile(tvm.IRModule(funcs), target=_target(mcpu))
+        objects.append(tmp_path / f"{form}.o")
+        lib.mod.write_to_file(str(objects[-1]))
+    listing = subprocess.run(["objdump", "-d", str(tmp_path / "avx-vnni.o")], capture_output=True, text=True,
+                             check=True).stdout
+    vex = [line for line in listing.splitlines() if "vpdpbusd" in line]
+    assert vex and all("\tc4 " in line or "\tc5 " in line for line in vex)       # VEX prefixes, no EVEX (62)
+    runs = {model: x86_emulation.run(objects, calls, cpu_model=model, tools=tools, keep=tmp_path / model)
+            for model in ("arrow_lake", "sapphire_rapids")}
+    assert "avx512-vnni 0 avx-vnni 1" in runs["arrow_lake"].cpu, runs["arrow_lake"].cpu
+    assert "avx512-vnni 1 avx-vnni 1" in runs["sapphire_rapids"].cpu, runs["sapphire_rapids"].cpu
+    for model, result in runs.items():
+        for call in calls:
+            want = "skipped" if model == "arrow_lake" and call.needs == "avx512-vnni" else "same"
+            assert result.outcomes[call.symbol].status == want, (model, call.symbol, result.outcomes[call.symbol])

@@ -50,5 +50,18 @@ def test_parse_reads_each_outcome_and_requires_the_result_line():
     assert cpu == "Some CPU | avx2 1 avx512-vnni 1 avx-vnni 0"
     assert outcomes == {"f": emu.Outcome("same", 0, 10, 0), "g": emu.Outcome("differs", 3, 10, 0),
                         "h": emu.Outcome("differs", 0, 4, -1), "k": emu.Outcome("skipped")}
-    with pytest.raises(StageError, match="stopped before the runner's RESULT line"):
+    with pytest.raises(StageError, match="stopped before the runner's RESULT line, outside the calls"):
         emu.parse(text.replace("RESULT", "RES"))
+    with pytest.raises(StageError, match="RESULT line, in k2 \\(an instruction this CPU lacks"):
+        emu.parse(text.replace("RESULT ran 3 differ 2 skipped 1\n", "CALL k2\n"))
+
+
+def test_the_debian_index_gives_each_wanted_package_its_file_and_digest():
+    index = ("Package: bochs\nVersion: 3.0+dfsg-1\nDepends: libc6 (>= 2.38),\n libfoo\n"
+             "Filename: pool/main/b/bochs/bochs_3.0+dfsg-1_amd64.deb\nSHA256: aa11\n\n"
+             "Package: libc6\nFilename: pool/main/g/glibc/libc6_2.41_amd64.deb\nSHA256: bb22\n\n"
+             "Package: other\nFilename: pool/o.deb\nSHA256: cc33\n\n"
+             "Package: libltdl7\nFilename: pool/l.deb\n")                  # no digest: not taken
+    assert emu.package_index(index, ("bochs", "libc6", "libltdl7")) == {
+        "bochs": ("pool/main/b/bochs/bochs_3.0+dfsg-1_amd64.deb", "aa11"),
+        "libc6": ("pool/main/g/glibc/libc6_2.41_amd64.deb", "bb22")}
