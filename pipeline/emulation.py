@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,7 @@ def ensure_file(path: str, package: str, progress: Progress, why: str) -> Path:
 
 LAVAPIPE_ICD = Path("/usr/share/vulkan/icd.d/lvp_icd.json")
 MESA_MIN_MAJOR = 25          # LiteRT's WebGPU (Dawn) rejects bookworm's Mesa 22.3 ("No adapters found")
+DEBIAN = "http://deb.debian.org/debian"
 BACKPORTS = Path("/etc/apt/sources.list.d/xception-edge-backports.sources")
 
 
@@ -130,7 +132,7 @@ def ensure_lavapipe(progress: Progress) -> Path:
     if "VERSION_CODENAME=bookworm" in release:
         def add_backports() -> bool:
             if not BACKPORTS.is_file():
-                BACKPORTS.write_text("Types: deb\nURIs: http://deb.debian.org/debian\nSuites: bookworm-backports\n"
+                BACKPORTS.write_text(f"Types: deb\nURIs: {DEBIAN}\nSuites: bookworm-backports\n"
                                      "Components: main\nSigned-By: /usr/share/keyrings/debian-archive-keyring.gpg\n")
             return True                    # the backports package list may be old or missing: update first
 
@@ -149,6 +151,26 @@ INTEL_OPENCL = (("intel-opencl-rt", "2026.2.0"), ("intel-cmplr-lib-rt", "2026.2.
 INTEL_OPENCL_PLATFORM = "Intel(R) OpenCL"
 
 
+
+def build_once(root: Path, build: Callable[[Path, Path], str]) -> Path:
+    """``root``, built once and cached: ``build(folder, scratch)`` fills a new folder (``scratch`` is for
+    downloads) and returns what it pinned, written to ``.complete``; the folder then replaces ``root`` in one
+    rename, so a failed or interrupted build leaves nothing half-made."""
+    if (root / ".complete").is_file():
+        return root
+    root.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
+    try:
+        (tmp / "root").mkdir()
+        (tmp / "scratch").mkdir()
+        pins = build(tmp / "root", tmp / "scratch")
+        (tmp / "root" / ".complete").write_text(pins + "\n")
+        os.replace(tmp / "root", root)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return root
+
+
 def ensure_intel_opencl(cache_dir: Path, progress: Progress) -> dict[str, str]:
     """The environment that makes Intel's CPU OpenCL the OpenCL platform of a process (OCL_ICD_VENDORS, the
     libraries on LD_LIBRARY_PATH, XC_OPENCL_PLATFORM for our runtime)."""
@@ -158,35 +180,31 @@ def ensure_intel_opencl(cache_dir: Path, progress: Progress) -> dict[str, str]:
     if platform.machine() != "x86_64":
         raise MissingDependencyError(f"Intel's CPU OpenCL runtime is for x86-64; this machine is {platform.machine()}")
     root = cache_dir / "intel-opencl" / "-".join(f"{n}{v}" for n, v in INTEL_OPENCL)
-    if not (root / ".complete").is_file():
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
-        try:
-            pins = [f"{n}=={v}" for n, v in INTEL_OPENCL]
-            progress.log(f"downloading Intel's CPU OpenCL runtime (fp16 kernels): {' '.join(pins)} (once, cached in {root})")
-            done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-                                   "--no-deps", "--only-binary=:all:", "-d", str(tmp / "wheels"), *pins],
-                                  capture_output=True, text=True)
-            if done.returncode:
-                tail = " | ".join(done.stderr.strip().splitlines()[-2:])
-                raise MissingDependencyError(f"cannot download Intel's CPU OpenCL runtime ({' '.join(pins)}): {tail}")
-            lib = tmp / "root" / "lib"
-            lib.mkdir(parents=True)
-            for wheel in (tmp / "wheels").glob("*.whl"):
-                with zipfile.ZipFile(wheel) as z:
-                    for member in z.infolist():
-                        parts = member.filename.split("/")
-                        if len(parts) == 4 and parts[0].endswith(".data") and parts[1:3] == ["data", "lib"] and parts[3]:
-                            target = lib / parts[3]
-                            target.write_bytes(z.read(member))
-                            target.chmod(0o755)
-            vendors = tmp / "root" / "vendors"
-            vendors.mkdir()
-            (vendors / "intel-cpu.icd").write_text(f"{root / 'lib' / 'libintelocl.so'}\n")
-            (tmp / "root" / ".complete").write_text(" ".join(pins) + "\n")
-            os.replace(tmp / "root", root)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+
+    def build(folder: Path, scratch: Path) -> str:
+        pins = [f"{n}=={v}" for n, v in INTEL_OPENCL]
+        progress.log(f"downloading Intel's CPU OpenCL runtime (fp16 kernels): {' '.join(pins)} (once, cached in {root})")
+        done = subprocess.run([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                               "--no-deps", "--only-binary=:all:", "-d", str(scratch), *pins],
+                              capture_output=True, text=True)
+        if done.returncode:
+            tail = " | ".join(done.stderr.strip().splitlines()[-2:])
+            raise MissingDependencyError(f"cannot download Intel's CPU OpenCL runtime ({' '.join(pins)}): {tail}")
+        lib = folder / "lib"
+        lib.mkdir()
+        for wheel in scratch.glob("*.whl"):
+            with zipfile.ZipFile(wheel) as z:
+                for member in z.infolist():
+                    parts = member.filename.split("/")
+                    if len(parts) == 4 and parts[0].endswith(".data") and parts[1:3] == ["data", "lib"] and parts[3]:
+                        target = lib / parts[3]
+                        target.write_bytes(z.read(member))
+                        target.chmod(0o755)
+        (folder / "vendors").mkdir()
+        (folder / "vendors" / "intel-cpu.icd").write_text(f"{root / 'lib' / 'libintelocl.so'}\n")
+        return " ".join(pins)
+
+    build_once(root, build)
     return {"OCL_ICD_VENDORS": str(root / "vendors"), "XC_OPENCL_PLATFORM": INTEL_OPENCL_PLATFORM,
             "LD_LIBRARY_PATH": ":".join(p for p in (str(root / "lib"), os.environ.get("LD_LIBRARY_PATH", "")) if p)}
 
@@ -199,22 +217,19 @@ def ensure_emulator(cache_dir: Path, progress: Progress) -> Emulator:
     if (sysroot / ".complete").is_file():
         return Emulator(qemu, sysroot)
     mmdebstrap = ensure_tool("mmdebstrap", "mmdebstrap", progress)
-    sysroot.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=sysroot.parent))
-    try:
+
+    def build(folder: Path, scratch: Path) -> str:
         progress.log(f"building an arm64 Debian {SUITE} sysroot with Python (once, cached in {sysroot})")
         _run([mmdebstrap, "--variant=extract", "--architectures=arm64", "--include=python3,libstdc++6",
-              SUITE, str(tmp / "root")], "mmdebstrap")
+              SUITE, str(folder)], "mmdebstrap")
         pins = [f"{w}=={versions[w]}" for w in WHEELS]
         progress.log(f"installing aarch64 wheels: {' '.join(pins)}")
         _run([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
-              "--target", str(tmp / "root" / GUEST_SITE.lstrip("/")), "--only-binary=:all:", "--python-version",
+              "--target", str(folder / GUEST_SITE.lstrip("/")), "--only-binary=:all:", "--python-version",
               "3.11", "--implementation", "cp", *[a for p in PLATFORMS for a in ("--platform", p)], *pins], "pip")
-        (tmp / "root" / ".complete").write_text(" ".join(pins) + "\n")
-        os.replace(tmp / "root", sysroot)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return Emulator(qemu, sysroot)
+        return " ".join(pins)
+
+    return Emulator(qemu, build_once(sysroot, build))
 
 
 def _run(cmd: list[str], what: str) -> None:

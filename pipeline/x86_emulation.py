@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.emulation import apt_install
+from pipeline.emulation import DEBIAN, apt_install, build_once
 from pipeline.errors import InputError, MissingDependencyError, StageError
 from pipeline.progress import Progress
 
@@ -88,14 +88,14 @@ def ensure_tools(progress: Progress) -> dict[str, Path]:
         apt_install(PACKAGES[0], progress, "running x86 code on an emulated AVX512-VNNI CPU",
                     extra=("--no-install-recommends", *PACKAGES[1:]))
         found = _found()
-    missing = [name for name in FILES if name not in found] + [t for t in ("gcc", "ld", "objcopy") if not shutil.which(t)]
+    missing = [name for name in FILES if name not in found]
+    missing += [t for t in ("gcc", "ld", "objcopy") if not shutil.which(t)]
     if missing:
         raise MissingDependencyError(f"{', '.join(missing)} not installed and could not be installed here; "
                                      f"run `apt-get install {' '.join(PACKAGES)} gcc binutils` as root")
     return found
 
 
-DEBIAN = "http://deb.debian.org/debian"
 BOCHS3_SUITE = "trixie"              # Debian 13: Bochs 3.0, built against glibc 2.41 (Debian 12 has 2.36)
 BOCHS3_PACKAGES = ("bochs", "bochs-term", "bochsbios", "libc6", "libstdc++6", "libgcc-s1", "libltdl7")
 
@@ -106,33 +106,32 @@ def bochs3(cache_dir: Path, progress: Progress) -> dict[str, Path]:
     dynamic loader and C/C++ runtime; the GUI libraries it links come from Debian 12's bochs package."""
     tools = ensure_tools(progress)
     root = cache_dir / "bochs" / f"{BOCHS3_SUITE}-3.0"
-    if not (root / ".complete").is_file():
-        root.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=root.parent))
-        try:
-            progress.log(f"fetching Bochs 3.0 from Debian {BOCHS3_SUITE} (once, cached in {root})")
-            index = _fetch(f"{DEBIAN}/dists/{BOCHS3_SUITE}/main/binary-amd64/Packages.xz")
-            wanted = package_index(lzma.decompress(index).decode(), BOCHS3_PACKAGES)
-            for name in BOCHS3_PACKAGES:
-                if name not in wanted:
-                    raise MissingDependencyError(f"Debian {BOCHS3_SUITE}'s index has no package {name}")
-                filename, digest = wanted[name]
-                deb = tmp / Path(filename).name
-                deb.write_bytes(_fetch(f"{DEBIAN}/{filename}"))
-                if hashlib.sha256(deb.read_bytes()).hexdigest() != digest:
-                    raise MissingDependencyError(f"{deb.name}: SHA-256 differs from Debian {BOCHS3_SUITE}'s index")
-                _sh(["dpkg-deb", "-x", str(deb), str(tmp / "root")], f"unpacking {deb.name}", tmp)
-            lib = root / "usr/lib/x86_64-linux-gnu"
-            wrapper = tmp / "root" / "bochs"
-            wrapper.write_text("#!/bin/sh\n"
-                               f"export LTDL_LIBRARY_PATH={lib}/bochs/plugins\n"
-                               f"exec {lib}/ld-linux-x86-64.so.2 --library-path "
-                               f"{lib}:/usr/lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu {root}/usr/bin/bochs-bin \"$@\"\n")
-            wrapper.chmod(0o755)
-            (tmp / "root" / ".complete").write_text(" ".join(f"{n}={wanted[n][0]}" for n in BOCHS3_PACKAGES) + "\n")
-            os.replace(tmp / "root", root)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+    lib = root / "usr/lib/x86_64-linux-gnu"
+
+    def build(folder: Path, scratch: Path) -> str:
+        progress.log(f"fetching Bochs 3.0 from Debian {BOCHS3_SUITE} (once, cached in {root})")
+        index = _fetch(f"{DEBIAN}/dists/{BOCHS3_SUITE}/main/binary-amd64/Packages.xz")
+        wanted = package_index(lzma.decompress(index).decode(), BOCHS3_PACKAGES)
+        for name in BOCHS3_PACKAGES:
+            if name not in wanted:
+                raise MissingDependencyError(f"Debian {BOCHS3_SUITE}'s index has no package {name}")
+            filename, digest = wanted[name]
+            data = _fetch(f"{DEBIAN}/{filename}")
+            if hashlib.sha256(data).hexdigest() != digest:
+                raise MissingDependencyError(f"{Path(filename).name}: SHA-256 differs from Debian "
+                                             f"{BOCHS3_SUITE}'s index")
+            deb = scratch / Path(filename).name
+            deb.write_bytes(data)
+            _sh(["dpkg-deb", "-x", str(deb), str(folder)], f"unpacking {deb.name}", scratch)
+        wrapper = folder / "bochs"
+        wrapper.write_text("#!/bin/sh\n"
+                           f"export LTDL_LIBRARY_PATH={lib}/bochs/plugins\n"
+                           f"exec {lib}/ld-linux-x86-64.so.2 --library-path "
+                           f"{lib}:/usr/lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu {root}/usr/bin/bochs-bin \"$@\"\n")
+        wrapper.chmod(0o755)
+        return " ".join(f"{n}={wanted[n][0]}" for n in BOCHS3_PACKAGES)
+
+    build_once(root, build)
     return tools | {"bochs-bin": root / "bochs", "bios": root / "usr/share/bochs/BIOS-bochs-latest"}
 
 
@@ -192,7 +191,8 @@ def operands(calls: list[Call], work: Path) -> None:
                 header.append(f"extern uint8_t {name}[];\n")
             else:                                      # the output: a zeroed buffer the size of the expected one
                 header.append(f"static uint8_t {name}[{max(a.nbytes, 1)}] __attribute__((aligned(64)));\n")
-            header.append(f"static const int64_t c{i}_s{j}[{max(a.ndim, 1)}] = {{{','.join(map(str, a.shape)) or '0'}}};\n")
+            dims = ','.join(map(str, a.shape)) or '0'
+            header.append(f"static const int64_t c{i}_s{j}[{max(a.ndim, 1)}] = {{{dims}}};\n")
             described.append(f"{{{name}, {a.ndim}, {code}, {bits}, c{i}_s{j}}}")
         (work / f"c{i}_expected.bin").write_bytes(np.ascontiguousarray(call.expected).tobytes())
         data.append(f".balign 64\n.globl c{i}_expected\nc{i}_expected:\n.incbin \"c{i}_expected.bin\"\n.byte 0\n")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import subprocess
 from dataclasses import replace
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -39,15 +40,27 @@ FORMS = {   # form -> the x86 CPU it is compiled for
 NEEDS = {"avx512-vnni": "avx512-vnni", "avx-vnni": "avx512-vnni", "avx2": "avx2"}
 
 
-def _depthwise_case(index: int):
-    shape = SHAPES[index]
-    shape = dot.ConvShape(shape.x, shape.kernel, shape.x[3], shape.strides, shape.padding)
-    x, w, bias, scale = operands(shape, 10 + index, depthwise=True)
+def _depthwise_case(shape: dot.ConvShape, seed: int):
+    """A depthwise convolution's arguments (weights [KH, KW, C], bias corrected) and what LiteRT computes: the same
+    filter as a full convolution."""
+    x, w, bias, scale = operands(shape, seed, depthwise=True)
     dense = np.zeros((*shape.kernel, shape.x[3], shape.x[3]), np.int8)
     for ch in range(shape.x[3]):
         dense[:, :, ch, ch] = w[:, :, 0, ch]
     args = (x, np.ascontiguousarray(w[:, :, 0, :]), dot.corrected_bias(w, bias, X_ZERO, 0), scale)
-    return shape, args, litert_conv(x, dense, bias, scale, shape)
+    return args, litert_conv(x, dense, bias, scale, shape)
+
+
+def _as_depthwise(shape: dot.ConvShape) -> dot.ConvShape:
+    return dot.ConvShape(shape.x, shape.kernel, shape.x[3], shape.strides, shape.padding)
+
+
+def _object(funcs: dict, mcpu: str, path: Path):
+    """``funcs`` (symbol -> PrimFunc) compiled for ``mcpu`` into the object file ``path``; the module."""
+    lib = tvm.compile(tvm.IRModule({name: f.with_attr("global_symbol", name) for name, f in funcs.items()}),
+                      target=_target(mcpu))
+    lib.mod.write_to_file(str(path))
+    return lib.mod
 
 
 S = dot.ConvShape
@@ -81,34 +94,24 @@ def report(tmp_path_factory):
     work = tmp_path_factory.mktemp("bochs")
     objects, calls, controls = [], [], []
     for form, mcpu in FORMS.items():
-        spec = dot.ISAS[form]
-        target = _target(mcpu)
-        funcs = {}
+        spec, tag, funcs = dot.ISAS[form], form.replace("-", "_"), {}
         for i, shape in enumerate(SHAPES):
-            symbol = f"xe_{form.replace('-', '_')}_conv{i}"
-            funcs[symbol] = dot.conv_function(shape, spec, Y_ZERO, X_ZERO).with_attr("global_symbol", symbol)
-            args, expected = conv_case(spec, i)
-            calls.append(x86_emulation.Call(symbol, args, expected, NEEDS[form]))
+            funcs[f"xe_{tag}_conv{i}"] = dot.conv_function(shape, spec, Y_ZERO, X_ZERO)
+            calls.append(x86_emulation.Call(f"xe_{tag}_conv{i}", *conv_case(spec, i), NEEDS[form]))
         for i in (0, 4):
-            shape, args, expected = _depthwise_case(i)
-            symbol = f"xe_{form.replace('-', '_')}_depthwise{i}"
-            funcs[symbol] = dot.depthwise_function(shape, Y_ZERO, X_ZERO).with_attr("global_symbol", symbol)
-            calls.append(x86_emulation.Call(symbol, args, expected, NEEDS[form]))
+            shape = _as_depthwise(SHAPES[i])
+            funcs[f"xe_{tag}_depthwise{i}"] = dot.depthwise_function(shape, Y_ZERO, X_ZERO)
+            calls.append(x86_emulation.Call(f"xe_{tag}_depthwise{i}", *_depthwise_case(shape, 10 + i), NEEDS[form]))
         if spec.offset:                                      # the VNNI forms: a control with swapped operands
             name = f"test_swapped_{spec.intrin}"
             dot.register_once(name, dot.description(spec.lanes, spec.k, spec.data_dtype),
                               dot.vnni_impl(spec.lanes, unsigned="weights"))
             for i in (0, 2):
-                symbol = f"xe_{form.replace('-', '_')}_swapped{i}"
-                funcs[symbol] = (dot.conv_function(SHAPES[i], replace(spec, intrin=name), Y_ZERO, X_ZERO)
-                                 .with_attr("global_symbol", symbol))
-                args, expected = conv_case(spec, i)
-                calls.append(x86_emulation.Call(symbol, args, expected, NEEDS[form]))
-                controls.append(symbol)
-        lib = tvm.compile(tvm.IRModule(funcs), target=target)
-        assert spec.instruction in lib.mod.inspect_source("asm")
+                funcs[f"xe_{tag}_swapped{i}"] = dot.conv_function(SHAPES[i], replace(spec, intrin=name), Y_ZERO, X_ZERO)
+                calls.append(x86_emulation.Call(f"xe_{tag}_swapped{i}", *conv_case(spec, i), NEEDS[form]))
+                controls.append(f"xe_{tag}_swapped{i}")
         objects.append(work / f"{form}.o")
-        lib.mod.write_to_file(str(objects[-1]))
+        assert spec.instruction in _object(funcs, mcpu, objects[-1]).inspect_source("asm")
     return x86_emulation.run(objects, calls, keep=work / "image"), calls, controls
 
 
@@ -135,33 +138,20 @@ def test_every_xception_convolution_at_full_size_on_an_emulated_vnni_cpu(tmp_pat
     """17 convolutions (3.6 G multiply-adds) and 9 depthwise ones, in each VNNI form."""
     _tools()
     calls, objects = [], []
-    expected = {}
-    for i, shape in enumerate(XCEPTION_CONVS):
-        x, w, bias, scale = operands(shape, 100 + i)
-        expected[("conv", i)] = (x, w, bias, scale, litert_conv(x, w, bias, scale, shape))
-    for i, shape in enumerate(XCEPTION_DEPTHWISE):
-        x, w, bias, scale = operands(shape, 200 + i, depthwise=True)
-        dense = np.zeros((3, 3, shape.x[3], shape.x[3]), np.int8)
-        for ch in range(shape.x[3]):
-            dense[:, :, ch, ch] = w[:, :, 0, ch]
-        expected[("dw", i)] = ((x, np.ascontiguousarray(w[:, :, 0, :]), dot.corrected_bias(w, bias, X_ZERO, 0), scale),
-                               litert_conv(x, dense, bias, scale, shape))
+    convs = [operands(shape, 100 + i) for i, shape in enumerate(XCEPTION_CONVS)]
+    litert = [litert_conv(x, w, bias, scale, shape) for (x, w, bias, scale), shape in zip(convs, XCEPTION_CONVS)]
+    depthwise = [_depthwise_case(shape, 200 + i) for i, shape in enumerate(XCEPTION_DEPTHWISE)]
     for form in ("avx512-vnni", "avx-vnni"):
         spec, tag, funcs = dot.ISAS[form], form.replace("-", "_"), {}
-        for i, shape in enumerate(XCEPTION_CONVS):
-            symbol = f"xc_{tag}_conv{i}"
-            funcs[symbol] = dot.conv_function(shape, spec, Y_ZERO, X_ZERO).with_attr("global_symbol", symbol)
-            x, w, bias, scale, want = expected[("conv", i)]
+        for i, (shape, (x, w, bias, scale)) in enumerate(zip(XCEPTION_CONVS, convs)):
+            funcs[f"xc_{tag}_conv{i}"] = dot.conv_function(shape, spec, Y_ZERO, X_ZERO)
             args = (x, dot.pack_weights(w, spec), dot.corrected_bias(w, bias, X_ZERO, spec.offset), scale)
-            calls.append(x86_emulation.Call(symbol, args, want, "avx512-vnni"))
+            calls.append(x86_emulation.Call(f"xc_{tag}_conv{i}", args, litert[i], "avx512-vnni"))
         for i, shape in enumerate(XCEPTION_DEPTHWISE):
-            symbol = f"xc_{tag}_depthwise{i}"
-            funcs[symbol] = dot.depthwise_function(shape, Y_ZERO, X_ZERO).with_attr("global_symbol", symbol)
-            args, want = expected[("dw", i)]
-            calls.append(x86_emulation.Call(symbol, args, want, "avx512-vnni"))
-        lib = tvm.compile(tvm.IRModule(funcs), target=_target(FORMS[form]))
+            funcs[f"xc_{tag}_depthwise{i}"] = dot.depthwise_function(shape, Y_ZERO, X_ZERO)
+            calls.append(x86_emulation.Call(f"xc_{tag}_depthwise{i}", *depthwise[i], "avx512-vnni"))
         objects.append(tmp_path / f"{form}.o")
-        lib.mod.write_to_file(str(objects[-1]))
+        _object(funcs, FORMS[form], objects[-1])
     result = x86_emulation.run(objects, calls, keep=tmp_path / "image", timeout_s=1200)
     assert len(calls) == 2 * (17 + 9)
     wrong = {c.symbol: result.outcomes[c.symbol] for c in calls if result.outcomes[c.symbol].status != "same"}
@@ -181,13 +171,10 @@ def test_the_vex_encoded_avx_vnni_form_on_emulated_arrow_lake_and_every_form_on_
     for form, mcpu in (("avx512-vnni", "cascadelake"), ("avx-vnni", "alderlake"), ("avx2", "haswell")):
         spec, tag, funcs = dot.ISAS[form], form.replace("-", "_"), {}
         for i, shape in enumerate(SHAPES):
-            symbol = f"xv_{tag}_conv{i}"
-            funcs[symbol] = dot.conv_function(shape, spec, Y_ZERO, X_ZERO).with_attr("global_symbol", symbol)
-            args, expected = conv_case(spec, i)
-            calls.append(x86_emulation.Call(symbol, args, expected, form))
-        lib = tvm.compile(tvm.IRModule(funcs), target=_target(mcpu))
+            funcs[f"xv_{tag}_conv{i}"] = dot.conv_function(shape, spec, Y_ZERO, X_ZERO)
+            calls.append(x86_emulation.Call(f"xv_{tag}_conv{i}", *conv_case(spec, i), form))
         objects.append(tmp_path / f"{form}.o")
-        lib.mod.write_to_file(str(objects[-1]))
+        _object(funcs, mcpu, objects[-1])
     listing = subprocess.run(["objdump", "-d", str(tmp_path / "avx-vnni.o")], capture_output=True, text=True,
                              check=True).stdout
     vex = [line for line in listing.splitlines() if "vpdpbusd" in line]
