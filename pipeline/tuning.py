@@ -89,6 +89,7 @@ def tune_target(options: TuneOptions, progress: Progress | None = None) -> dict:
 
 def _tune(options: TuneOptions, compilation: Compilation, records_dir: Path, tflites: dict, progress: Progress) -> dict:
     progress.log("[tune] loading TVM MetaSchedule")
+    started = time.monotonic()
     try:
         import tvm
         from tvm.s_tir import meta_schedule as ms
@@ -97,9 +98,9 @@ def _tune(options: TuneOptions, compilation: Compilation, records_dir: Path, tfl
         import xgboost  # noqa: F401 - MetaSchedule's cost model
     except ImportError as exc:
         raise MissingDependencyError(f"tuning needs {exc.name}: run `make setup` (requirements.lock pins it)") from None
-    from pipeline.tvm import tuning as tvm_tuning
+    from pipeline.tvm import tuning as tvm_tuning       # registers TVM's tensor intrinsics (pipeline/tvm/intrinsics.py)
 
-    progress.log(f"[tune] TVM's tensor intrinsics registered in {tvm_tuning.load_tensor_intrinsics():.0f} s")
+    progress.log(f"[tune] MetaSchedule and TVM's tensor intrinsics loaded in {time.monotonic() - started:.0f} s")
     spec, detect_cpu = compilation.tvm_spec()
     if detect_cpu:
         spec = spec | {"mcpu": llvm_get_system_cpu()}

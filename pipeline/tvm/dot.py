@@ -28,9 +28,13 @@ from dataclasses import dataclass
 import numpy as np
 from tvm import s_tir, te, tirx
 from tvm.script import tirx as T
-from tvm.s_tir.tensor_intrin import arm_cpu  # registers TVM's ARM intrinsics
 
 from pipeline.errors import first_line
+from pipeline.tvm.intrinsics import load_tensor_intrinsics
+
+# Importing TVM's intrinsics plainly takes a minute here, six with TensorFlow loaded (every build stage)
+load_tensor_intrinsics()
+from tvm.s_tir.tensor_intrin import arm_cpu  # noqa: E402 - registers TVM's ARM intrinsics, already imported above
 
 
 @dataclass(frozen=True)
