@@ -29,6 +29,7 @@ from pipeline.progress import Progress
 from pipeline.sources import ModelSource, check_size, resolve
 from pipeline.stages import build, calibrate, check, convert, opencl_runtime, tvm_build
 from pipeline.targets import ARTIFACT_KINDS, TARGETS_DIR, TUNING_DIR, Target, load_target
+from pipeline.tvm.link import ZIG, describe, zig_spec
 from pipeline.tvm.records import TUNING_FILES
 from pipeline.versions import tool_versions
 
@@ -276,7 +277,8 @@ class Compilation:
         config = tvm_build.Config(kind=kind, file_name=file_name, target=canonical_json(spec),
                                   host=canonical_json(target.tvm.target_for(device)[1]),
                                   host_cpu=cpu_model() if detect_cpu else "",
-                                  linker=self.linker(), arch=target.arch, schedules=target.tvm.schedules)
+                                  linker=self.linker(), linker_version=describe(self.linker())["version"],
+                                  arch=target.arch, schedules=target.tvm.schedules)
         inputs = {"tflite": source.file(source_file)}
         records = self.records_dir() if device == "cpu" and target.tvm.schedules == "default" else None
         if records is not None and (records / TUNING_FILES[0]).exists():
@@ -286,7 +288,7 @@ class Compilation:
         info = json.loads(made.file("tvm.json").read_text())
         record = {"file": file_name, "sha256": made.files[file_name],
                   "tvm_target": info["tvm_target"], "arch": target.arch, "io": info["io"],
-                  "schedules": info["schedules"], "tuning": info.get("tuning"),
+                  "schedules": info["schedules"], "tuning": info.get("tuning"), "linker": info["linker"],
                   "int8_integer_chains": info.get("int8_integer_chains", 0),
                   "int8_float_exact": info.get("int8_float_exact", 0),
                   "int8_integer_adds": info.get("int8_integer_adds", 0),
@@ -347,7 +349,8 @@ class Compilation:
             site = ensure_emulator(self.options.cache_dir, self.progress).sysroot / GUEST_SITE.lstrip("/")
         inputs = {"source": opencl_runtime.SOURCE, "libtvm_runtime": site / "tvm" / "lib" / "libtvm_runtime.so",
                   "libtvm_ffi": site / "tvm_ffi" / "lib" / "libtvm_ffi.so"}
-        return self.stage(opencl_runtime, opencl_runtime.Config(arch=arch, compiler=Path(compiler).name), inputs,
+        return self.stage(opencl_runtime, opencl_runtime.Config(arch=arch, compiler=Path(compiler).name,
+                                                                compiler_version=describe(compiler)["version"]), inputs,
                           f"opencl runtime {arch}")
 
     def _within_tolerance(self, file_name: str, source_file: str, vs: dict) -> None:
@@ -366,16 +369,10 @@ class Compilation:
                          f"leave tvm-* out of its artifacts to ship the others)")
 
     def linker(self) -> str:
-        target = self.target
-        if target.arch == platform.machine():
-            return "native"
-        if target.tvm.cross_compiler and shutil.which(target.tvm.cross_compiler):
-            return target.tvm.cross_compiler
-        if importlib.util.find_spec("ziglang") is not None:
-            return f"zig:{target.arch}-linux-gnu"
-        raise MissingDependencyError(
-            f"no cross linker for {target.arch}: neither {target.tvm.cross_compiler or 'a cross compiler'} nor "
-            f"ziglang is installed; run `make setup` (installs ziglang) or `apt-get install gcc-aarch64-linux-gnu`")
+        """The linker spec of this target's TVM libraries: the pinned zig cc for every architecture, native
+        included, unless the target file names its own (pipeline/tvm/link.py)."""
+        name = self.target.tvm.linker
+        return zig_spec(self.target.arch) if name == ZIG else name
 
     def failure(self, label: str, artifact: str, exc: Exception) -> str:
         """One line for a failed step, with its full traceback written under build/logs/."""
@@ -390,6 +387,8 @@ class Compilation:
 
     # -- the compilation ------------------------------------------------------------------------
     def run(self) -> CompileResult:
+        if any(ARTIFACT_KINDS[kind][0] == "tvm" for kind in self.target.artifacts):
+            describe(self.linker())           # a missing linker is one line before any stage runs
         source = self.prepare()
         artifacts = []
         for kind in self.target.artifacts:

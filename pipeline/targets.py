@@ -70,7 +70,7 @@ class TvmSpec:
     cpu: Any = None               # TVM target (llvm) of the CPU artifacts (tvm-fp32, tvm-int8): a tag or a table
     gpu: Any = None               # TVM target (opencl) of the GPU artifacts (tvm-gpu-fp32)
     gpu_host: Any = None          # the host code of the GPU artifacts; default: tvm.cpu (the board's CPU)
-    cross_compiler: str = ""      # e.g. aarch64-linux-gnu-gcc; empty = native
+    linker: str = "zig"           # "zig": the pinned zig cc (pipeline/tvm/link.py), or a linker command
     schedules: str = "default"    # CPU builds: "default" schedules, or "none" (TVM's bare output)
 
     def target_for(self, device: str) -> tuple[Any, Any]:
@@ -227,13 +227,17 @@ def _tvm(table: Any, where: str) -> TvmSpec:
         raise ConfigError(f"{where}: tvm.target / tvm.host are the old one-target form; a board has a CPU and a GPU "
                           f"target: write tvm.cpu = {{ kind = \"llvm\", ... }} for tvm-fp32 / tvm-int8 and "
                           f"tvm.gpu = {{ kind = \"opencl\", ... }} for tvm-gpu-fp32 (README: Target files)")
+    if isinstance(table, dict) and "cross_compiler" in table:
+        raise ConfigError(f"{where}: tvm.cross_compiler is gone: TVM libraries are linked with the pinned zig cc "
+                          f"whatever is installed, so the same inputs give the same bytes; remove the key, or write "
+                          f"tvm.linker = \"<command>\" to link with a toolchain of your own")
     t = _keys(table, f"{where}: [tvm]", required=(),
-              optional=("cpu", "gpu", "gpu_host", "cross_compiler", "schedules"))
+              optional=("cpu", "gpu", "gpu_host", "linker", "schedules"))
     for key in ("cpu", "gpu", "gpu_host"):
         if key in t and not isinstance(t[key], (str, dict)):
             raise ConfigError(f"{where}: tvm.{key} must be a TVM tag (string) or a table, got {type(t[key]).__name__}")
     return TvmSpec(cpu=t.get("cpu"), gpu=t.get("gpu"), gpu_host=t.get("gpu_host"),
-                   cross_compiler=_str(t.get("cross_compiler", ""), f"{where}: tvm.cross_compiler"),
+                   linker=_linker(t.get("linker", "zig"), f"{where}: tvm.linker"),
                    schedules=_choice(t.get("schedules", "default"), f"{where}: tvm.schedules", ("default", "none")))
 
 
@@ -299,6 +303,13 @@ def _keys(table: Any, where: str, required: tuple[str, ...], optional: tuple[str
         if key not in table:
             raise ConfigError(f"{where}: missing key {key!r}; required keys: {', '.join(required)}")
     return table
+
+
+def _linker(value: Any, where: str) -> str:
+    if not isinstance(value, str) or not value.strip() or any(c.isspace() for c in value):
+        raise ConfigError(f"{where} must be \"zig\" (the pinned zig cc) or one linker command without arguments, "
+                          f"got {value!r}")
+    return value
 
 
 def _str(value: Any, where: str) -> str:

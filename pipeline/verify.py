@@ -93,7 +93,7 @@ def _host_twin(build_dir: Path, art: dict, work: Path) -> dict:
     out = work / f"twin-{Path(art['file']).stem}"
     out.mkdir()
     config = tvm_build.Config(kind=art["kind"], file_name="twin.so", target=canonical_json({"kind": "llvm"}),
-                              host="null", host_cpu=cpu_model(), linker="native", arch=platform.machine())
+                              host="null", host_cpu=cpu_model(), linker="native", linker_version="", arch=platform.machine())
     tvm_build.run({"tflite": source}, config, out, Progress(quiet=True))
     io = json.loads((out / "tvm.json").read_text())["io"]
     return art | {"file": str(out / "twin.so"), "io": io}
@@ -230,7 +230,8 @@ def _verify_opencl(build_dir: Path, manifest: dict, artifacts: list[dict], targe
     progress.log(f"  building our OpenCL runtime for this machine ({platform.machine()})")
     opencl_runtime.run({"source": opencl_runtime.SOURCE, "libtvm_runtime": site / "tvm" / "lib" / "libtvm_runtime.so",
                         "libtvm_ffi": site / "tvm_ffi" / "lib" / "libtvm_ffi.so"},
-                       opencl_runtime.Config(arch=platform.machine(), compiler=compiler), sidecar_dir, progress)
+                       opencl_runtime.Config(arch=platform.machine(), compiler=compiler, compiler_version=""),
+                       sidecar_dir, progress)
     pocl = os.environ | {"XC_OPENCL_PLATFORM": SOFTWARE_OPENCL_PLATFORM, "TF_CPP_MIN_LOG_LEVEL": "2"}
     rows = []
     for art in artifacts:
@@ -261,7 +262,7 @@ def _verify_opencl(build_dir: Path, manifest: dict, artifacts: list[dict], targe
         tvm_build.run({"tflite": build_dir / art["source_tflite"]},
                       tvm_build.Config(kind=art["kind"], file_name="twin.so", target=canonical_json(spec),
                                        host=canonical_json({"kind": "llvm"}), host_cpu="", linker="native",
-                                       arch=platform.machine()), twin, Progress(quiet=True))
+                                       linker_version="", arch=platform.machine()), twin, Progress(quiet=True))
         theirs = [(k, b) for k, b in library_modules(build_dir / art["file"]) if k != "_lib"]
         ours = [(k, b) for k, b in library_modules(twin / "twin.so") if k != "_lib"]
         row["identical_modules"] = [k for (k, b), (k2, b2) in zip(theirs, ours) if k == k2 and b == b2]

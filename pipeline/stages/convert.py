@@ -13,6 +13,7 @@ onnx-int8        ONNX static QDQ (onnxruntime.quantization, per-channel weights)
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -24,7 +25,7 @@ import numpy as np
 from pipeline.progress import Progress
 
 NAME = "convert"
-VERSION = 5
+VERSION = 6
 TOOLS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy")
 ONNX_OPSET = 17
 NEEDS_CALIBRATION = ("tflite-int8", "onnx-int8")
@@ -191,7 +192,29 @@ def _onnx_fp32(model, target: Path) -> None:
 
     fn, spec = _serving_function(model)
     proto, _ = tf2onnx.convert.from_function(fn, input_signature=[spec], opset=ONNX_OPSET)
+    renumber_made_names(proto.graph)
+    proto.graph.doc_string = "converted by tf2onnx"    # it names TensorFlow's traced function, whose id counts up
     target.write_bytes(proto.SerializeToString())
+
+
+MADE_NAME = re.compile(r"__(\d+)(?=(?::\d+)?$)")
+
+
+def renumber_made_names(graph) -> None:
+    """tf2onnx names the nodes it makes ``<name>__<n>`` from one process-wide counter, so the same model got other
+    names (and bytes) depending on what the process had converted before, and on its first conversion. The numbers
+    are renumbered 1, 2, ... in graph order: one number per counter value, so distinct names stay distinct."""
+    numbers: dict[str, str] = {}
+
+    def renamed(name: str) -> str:
+        return MADE_NAME.sub(lambda m: "__" + numbers.setdefault(m.group(1), str(len(numbers) + 1)), name)
+
+    for value in [*graph.input, *graph.initializer, *graph.output, *graph.value_info]:
+        value.name = renamed(value.name)
+    for node in graph.node:
+        node.name = renamed(node.name)
+        node.input[:] = [renamed(n) for n in node.input]
+        node.output[:] = [renamed(n) for n in node.output]
 
 
 def _onnx_int8(model, calib, work: Path, target: Path, progress: Progress, scheme: str,

@@ -25,7 +25,7 @@ from pipeline.progress import Progress
 from pipeline.tvm.library import elf_info
 
 NAME = "opencl_runtime"
-VERSION = 2
+VERSION = 3
 TOOLS = ("apache-tvm", "apache-tvm-ffi")
 FILE_NAME = "libtvm_runtime_opencl.so"
 SOURCE = Path(__file__).resolve().parent.parent / "native" / "opencl_runtime.cc"
@@ -37,7 +37,8 @@ NEEDED = ("libtvm_runtime.so", "libtvm_ffi.so", "libOpenCL.so.1")
 @dataclass(frozen=True)
 class Config:
     arch: str                 # aarch64 | x86_64
-    compiler: str             # the C++ compiler command for that architecture
+    compiler: str             # the C++ compiler command for that architecture (Debian bookworm's g++ 12)
+    compiler_version: str     # its --version line: part of the cache key, recorded beside the library
 
 
 def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progress) -> None:
@@ -68,7 +69,8 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
                          f"{missing or 'none'}, unregistered functions {unregistered or 'none'}")
     versions = sorted(set(re.findall(rb"(GLIBC(?:XX)?_[0-9.]+)\x00", blob)), key=_version_key)
     (out / "opencl_runtime.json").write_text(json.dumps({
-        "file": FILE_NAME, "arch": info["arch"], "compiler": config.compiler, "needed": info["needed"],
+        "file": FILE_NAME, "arch": info["arch"], "compiler": config.compiler,
+        "compiler_version": config.compiler_version, "needed": info["needed"],
         "registers": list(REGISTERS),
         "needs_glibc": max((v.decode() for v in versions if v.startswith(b"GLIBC_")), key=_version_key, default=None),
         "needs_libstdcxx": max((v.decode() for v in versions if v.startswith(b"GLIBCXX_")), key=_version_key,

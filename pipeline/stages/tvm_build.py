@@ -21,11 +21,11 @@ from typing import Mapping
 from pipeline.errors import StageError
 from pipeline.progress import Progress
 from pipeline.targets import ARTIFACT_KINDS
-from pipeline.tvm.link import linker_options
+from pipeline.tvm.link import describe, linker_options
 from pipeline.tvm.records import TUNING_FILES, estimate
 
 NAME = "tvm"
-VERSION = 17
+VERSION = 18
 TOOLS = ("apache-tvm", "apache-tvm-ffi", "tflite", "ziglang", "numpy")
 
 
@@ -36,7 +36,8 @@ class Config:
     target: str               # JSON of the TVM target (dict or tag), as the target file gives it
     host: str                 # JSON of the host target for GPU builds, or "null"
     host_cpu: str             # native builds: this machine's CPU model (mcpu is then detected by LLVM)
-    linker: str               # "native", "zig:<triple>" or a cross compiler command
+    linker: str               # "zig:<triple>" (shipped libraries), a linker command, or "native" (host twins)
+    linker_version: str       # the linker's exact version (pipeline/tvm/link.py describe): part of the cache key
     arch: str
     schedules: str = "default"  # CPU targets: "default" (pipeline/tvm/schedules.py) or "none"
 
@@ -137,7 +138,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
         "tvm_target": _plain(target.export()),
         "arch": config.arch,
         "io": io,
-        "linker": config.linker,
+        "linker": describe(config.linker),
         "schedules": (("tuned + default" if tuning and tuning["applied"] else config.schedules)
                       if target.kind.name == "llvm"
                       else f"adreno ({adreno_layout}; {', '.join(adreno.RULES)}) + tvm default (GPU)" if adreno_layout

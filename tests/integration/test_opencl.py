@@ -148,7 +148,7 @@ def small_opencl(opencl_setup, tmp_path_factory):
     opencl_runtime.run({"source": opencl_runtime.SOURCE,
                         "libtvm_runtime": Path(site, "tvm", "lib", "libtvm_runtime.so"),
                         "libtvm_ffi": Path(site, "tvm_ffi", "lib", "libtvm_ffi.so")},
-                       opencl_runtime.Config(arch=platform.machine(), compiler="g++"), folder / "rt", Progress(quiet=True))
+                       opencl_runtime.Config(arch=platform.machine(), compiler="g++", compiler_version=""), folder / "rt", Progress(quiet=True))
     return folder / "lib.so", folder / "rt" / opencl_runtime.FILE_NAME
 
 

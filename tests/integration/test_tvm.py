@@ -8,7 +8,7 @@ import pytest
 
 from pipeline.compiler import CompileOptions, compile_target
 from pipeline.errors import MissingDependencyError, StageError
-from tests.conftest import TINY_CALIB_N, TINY_EVAL_N
+from tests.conftest import TINY_CALIB_N, TINY_EVAL_N, write_target
 
 
 @pytest.fixture(scope="module")
@@ -109,27 +109,33 @@ def _opencl_build(build, kind: str, out):
 
     manifest, folder = build("mali")
     config = tvm_build.Config(kind=kind, file_name="x.so", target=json.dumps({"kind": "opencl"}),
-                              host="null", host_cpu="", linker="native", arch="x86_64")
+                              host="null", host_cpu="", linker="native", linker_version="", arch="x86_64")
     tflite_file = folder / next(a["file"] for a in manifest["artifacts"] if a["kind"] == "tflite-fp32")
     return lambda: tvm_build.run({"tflite": tflite_file}, config, out, Progress(quiet=True))
 
 
-def test_missing_cross_linker_is_one_clear_line(build, monkeypatch, tiny_model, stage_cache, tmp_path):
-    import importlib.util
-    import shutil
+def test_missing_linker_is_one_clear_line(monkeypatch, tiny_model, stage_cache, tmp_path):
+    """Libraries are linked by the pinned zig cc (whatever else is installed) or by the command a target file
+    names; either one missing is one line naming it, before any stage runs."""
+    from importlib import metadata
 
-    from pipeline import compiler
-    from pipeline.targets import load_target
+    real_version = metadata.version
 
-    cross = load_target("rpi4").tvm.cross_compiler
-    real_which = shutil.which
-    monkeypatch.setattr(shutil, "which", lambda name: None if name == cross else real_which(name))
-    real_find_spec = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "ziglang" else real_find_spec(name))
-    with pytest.raises(MissingDependencyError, match=r"no cross linker for aarch64: .*apt-get install gcc-aarch64-linux-gnu"):
+    def version(name):
+        if name == "ziglang":
+            raise metadata.PackageNotFoundError(name)
+        return real_version(name)
+    monkeypatch.setattr(metadata, "version", version)
+    with pytest.raises(MissingDependencyError, match=r"linked with zig \(the ziglang package\): run `make setup`"):
         compile_target(CompileOptions(target="rpi4", weights=str(tiny_model), out_dir=tmp_path / "b",
                                       cache_dir=stage_cache, calib_n=TINY_CALIB_N, eval_n=TINY_EVAL_N))
-    assert compiler is not None
+    monkeypatch.undo()
+    targets = write_target(tmp_path / "targets", "own", ["tflite-fp32", "tvm-fp32"],
+                           '[tvm]\ncpu = { kind = "llvm" }\nlinker = "no-such-linker-gcc"\n')
+    with pytest.raises(MissingDependencyError, match=r"tvm.linker = 'no-such-linker-gcc': no such command on the PATH"):
+        compile_target(CompileOptions(target="own", weights=str(tiny_model), out_dir=tmp_path / "c", targets_dir=targets,
+                                      cache_dir=stage_cache, calib_n=TINY_CALIB_N, eval_n=TINY_EVAL_N))
+    assert not (tmp_path / "b" / "rpi4").exists() and not (tmp_path / "c" / "own").exists()
 
 
 def test_tvm_failure_names_stage_target_artifact_and_log(build, monkeypatch, tiny_model, stage_cache, tmp_path):

@@ -61,7 +61,7 @@ def test_library_for_an_isa_the_board_lacks_is_caught(emulated, tmp_path):
     config = tvm_build.Config(kind="tvm-int8", file_name="tiny_int8.so", arch="aarch64", host="null", host_cpu="",
                               target=json.dumps({"kind": "llvm", "mtriple": "aarch64-linux-gnu",
                                                  "mcpu": "neoverse-v1", "mattr": ["+sve"]}),
-                              linker="zig:aarch64-linux-gnu")
+                              linker="zig:aarch64-linux-gnu", linker_version="")
     out = tmp_path / "sve"
     out.mkdir()
     tvm_build.run({"tflite": build / "tiny_int8.tflite"}, config, out, Progress(quiet=True))
