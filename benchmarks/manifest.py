@@ -58,6 +58,7 @@ class Artifact(TypedDict):
     opencl_source: NotRequired[str]
     opencl_kernels: NotRequired[int]
     opencl_runtime: NotRequired[dict[str, Any]]    # GPU: our TVM OpenCL runtime shipped beside it (file, sha256, ...)
+    linker: NotRequired[dict[str, Any]]            # tvm: the tool that linked the library (tool, version, command)
 
 
 class ModelInfo(TypedDict):
