@@ -61,7 +61,7 @@ TUNE_TIMEOUT ?= 60
 
 TUNING = $(if $(call set,TUNING_DIR),--tuning-dir=$(call q,TUNING_DIR))
 
-VERBS = compile tune bench report analyze verify gate baseline peers profile targets test test-slow clean clean-cache
+VERBS = compile tune bench report analyze verify gate baseline peers profile targets test test-system test-slow clean clean-cache
 .PHONY: help setup $(VERBS) $(addprefix .run-,$(VERBS))
 
 # `make <verb>` exits with the program's own code (0 ok, 1 gate failed, 2 bad input, 3, 4, 5, 130, 143; pytest's
@@ -91,7 +91,8 @@ help:
 	@echo "make peers                       LiteRT / ONNX Runtime / TVM on Xception 299x299 here, one run"
 	@echo "make profile TARGET=host         per-function time of the TVM libraries (where the time goes)"
 	@echo "make targets                     list the targets"
-	@echo "make test                        run the fast test suite"
+	@echo "make test                        run the fast test suite (every change; under 5 minutes)"
+	@echo "make test-system                 tiny models through qemu boards, OpenCL on CPU, tuning (CI; minutes)"
 	@echo "make test-slow                   run the Xception-size tests (minutes)"
 	@echo "make clean                       remove build/ (OUT=); make clean-cache also removes the stage cache"
 
@@ -162,6 +163,10 @@ targets: .run-targets ; $(PASS_EXIT)
 test: .run-test ; $(PASS_EXIT)
 .run-test: setup
 	PYTEST_ADDOPTS="$$PYTEST_ADDOPTS "$(call q,PYTEST_ARGS) $(PYQ) -m pytest -n $(call q,TEST_WORKERS) --dist loadfile
+
+test-system: .run-test-system ; $(PASS_EXIT)
+.run-test-system: setup
+	PYTEST_ADDOPTS="$$PYTEST_ADDOPTS "$(call q,PYTEST_ARGS) $(PYQ) -m pytest -m system -n $(call q,TEST_WORKERS) --dist loadfile
 
 test-slow: .run-test-slow ; $(PASS_EXIT)
 .run-test-slow: setup

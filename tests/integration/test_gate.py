@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import shutil
 import xml.etree.ElementTree as ET
 
@@ -84,7 +85,10 @@ def test_unreachable_threshold_fails_naming_the_metric(gated, tmp_path, capsys):
     gates.write_text(TEST_GATES.replace("max_size_ratio = 0.45", "max_size_ratio = 0.05"))
     assert run_gate(gated, gates=gates) == 1
     out = capsys.readouterr().out
-    assert "FAILED: digitnet_int8.tflite: size_ratio = 0.30" in out and "(threshold <= 0.0500) FAILED" in out
+    printed = re.search(r"FAILED: digitnet_int8\.tflite: size_ratio = ([0-9.]+)", out)
+    assert printed and "(threshold <= 0.0500) FAILED" in out, out
+    sizes = {a["kind"]: a["bytes"] for a in json.loads((gated["build"] / "manifest.json").read_text())["artifacts"]}
+    assert float(printed.group(1)) == pytest.approx(sizes["tflite-int8"] / sizes["tflite-fp32"], abs=5e-5)
 
 
 @pytest.mark.parametrize("old,new,message", [
@@ -95,7 +99,6 @@ def test_unreachable_threshold_fails_naming_the_metric(gated, tmp_path, capsys):
      r"int8_faster_runtimes"),
 ])
 def test_bad_gates_file_is_exit_2(gated, tmp_path, capsys, old, new, message):
-    import re
 
     gates = tmp_path / "g.toml"
     assert old in TEST_GATES

@@ -25,7 +25,8 @@ def _opencl_possible() -> str | None:
     return None
 
 
-pytestmark = pytest.mark.skipif(_opencl_possible() is not None, reason=str(_opencl_possible()))
+pytestmark = [pytest.mark.system,         # minutes: `make test-system`, run by .ci/run on every change
+              pytest.mark.skipif(_opencl_possible() is not None, reason=str(_opencl_possible()))]
 
 
 @pytest.fixture(scope="module")

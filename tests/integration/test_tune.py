@@ -15,6 +15,7 @@ from pipeline.tuning import TuneOptions, tune_target
 from pipeline.tvm.records import MIN_GAIN, TUNING_FILES
 from tests.conftest import error_lines, free_port, write_target
 
+pytestmark = pytest.mark.system       # minutes: `make test-system`, run by .ci/run on every change
 TRIALS = 4           # the tiny model's largest convolutions get trials; each tuned function costs ~20 s
 
 

@@ -3,8 +3,12 @@ measured on an emulated Cortex-A72 registered with a TVM RPC tracker (its own mo
 runner can run it beside test_tune.py)."""
 from __future__ import annotations
 
+import pytest
+
 from pipeline.compiler import CompileOptions, compile_target
 from pipeline.tuning import TuneOptions, tune_target
+
+pytestmark = pytest.mark.system       # minutes: `make test-system`, run by .ci/run on every change
 
 
 def test_tune_rpi4_on_an_emulated_board(tiny_model, emulator_cache, tmp_path):

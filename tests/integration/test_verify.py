@@ -16,6 +16,8 @@ from pipeline.errors import MissingDependencyError
 from pipeline.progress import Progress
 from pipeline.targets import load_target
 
+pytestmark = pytest.mark.system       # minutes: `make test-system`, run by .ci/run on every change
+
 
 def emulated_build(tiny_build, tmp_path_factory, emulator_cache, target: str):
     """root/build: the run's shared build of target (tests/conftest.py); root/cache: the run's cache with the
