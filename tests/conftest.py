@@ -167,9 +167,10 @@ def make_trained_tiny_model(path: Path, size: int = 32, epochs: int = 8) -> Path
 
 
 def make_outlier_model(path: Path, size: int = 32, factor: float = 1000.0, seed: int = 2, epochs: int = 25) -> Path:
-    """A small net trained on the digits whose conv_a channel 0 is scaled up by ``factor`` and conv_b's weights
-    for it down (models/outlier.py): float unchanged, per-tensor int8 of conv_a's output ruined."""
+    """A small net trained on the digits whose most active conv_a channel is scaled up by ``factor`` and conv_b's
+    weights for it down (models/outlier.py): float unchanged, per-tensor int8 of conv_a's output ruined."""
     import keras
+    import numpy as np
 
     from models import digits
     from models.outlier import inject
@@ -186,7 +187,11 @@ def make_outlier_model(path: Path, size: int = 32, factor: float = 1000.0, seed:
     model.compile(optimizer=keras.optimizers.Adam(3e-3),
                   loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     model.fit(preprocess(x_train), y_train, epochs=epochs, batch_size=32, verbose=0)
-    inject(model, "conv_a", 0, factor)
+    # the channel with the largest output on the training images: scaled up, it sets conv_a's int8 range and every
+    # other channel falls below half a step, whatever training made of the model (a fixed channel may be dead)
+    conv_a = keras.Model(model.inputs, model.get_layer("conv_a").output)
+    peak = np.asarray(conv_a.predict(preprocess(x_train[:256]), verbose=0)).max(axis=(0, 1, 2))
+    inject(model, "conv_a", int(np.argmax(peak)), factor)
     model.save(path)
     return path
 

@@ -1,4 +1,4 @@
-"""When int8 costs too much accuracy (issue 15): a small digits model with an outlier channel (conv_a's channel 0
+"""When int8 costs too much accuracy (issue 15): a small digits model with an outlier channel (conv_a's most active channel
 scaled up 1000x, conv_b's weights for it scaled down: the float function unchanged, conv_a's per-tensor int8 range
 ruined). Plain int8 fails the gate; the analysis names the damaged layers first; recovery keeps a few layers float
 and the recovered TFLite, TVM and ONNX artifacts pass; RECOVER=0 fails."""
