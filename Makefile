@@ -16,6 +16,9 @@ CLASSES    ?= 1000
 OUT        ?= build
 CACHE_DIR  ?=
 REFERENCE_DIR ?=
+TARGETS_DIR ?=
+GATES      ?=
+BASELINES  ?=
 PYTEST_ARGS ?=
 TEST_WORKERS ?= auto
 DEVICE     ?=
@@ -48,8 +51,10 @@ MODEL_ARGS = --target=$(call q,TARGET) --weights=$(call q,WEIGHTS) \
   $(if $(call set,CALIB),--calib=$(call q,CALIB)) --calib-n=$(call q,CALIB_N) \
   $(if $(call set,EVAL),--eval=$(call q,EVAL)) --eval-n=$(call q,EVAL_N) \
   --input-size=$(call q,INPUT_SIZE) --classes=$(call q,CLASSES) --calib-method=$(call q,CALIB_METHOD)
+TARGETS = $(if $(call set,TARGETS_DIR),--targets-dir=$(call q,TARGETS_DIR))
 COMMON = --out=$(call q,OUT) $(if $(call set,CACHE_DIR),--cache-dir=$(call q,CACHE_DIR)) \
-         $(if $(call set,REFERENCE_DIR),--reference-dir=$(call q,REFERENCE_DIR))
+         $(if $(call set,REFERENCE_DIR),--reference-dir=$(call q,REFERENCE_DIR)) $(TARGETS)
+GATE_FILES = $(if $(call set,GATES),--gates=$(call q,GATES)) $(if $(call set,BASELINES),--baselines=$(call q,BASELINES))
 
 MSG        ?=
 VERIFY_N   ?= 4
@@ -142,15 +147,15 @@ analyze: .run-analyze ; $(PASS_EXIT)
 
 verify: .run-verify ; $(PASS_EXIT)
 .run-verify: setup
-	$(PYQ) -m pipeline verify --target=$(call q,TARGET) --out=$(call q,OUT) --n=$(call q,VERIFY_N) $(if $(call set,VERIFY_CORE),--core=$(call q,VERIFY_CORE)) $(if $(call set,CACHE_DIR),--cache-dir=$(call q,CACHE_DIR))
+	$(PYQ) -m pipeline verify --target=$(call q,TARGET) --out=$(call q,OUT) --n=$(call q,VERIFY_N) $(if $(call set,VERIFY_CORE),--core=$(call q,VERIFY_CORE)) $(if $(call set,CACHE_DIR),--cache-dir=$(call q,CACHE_DIR)) $(TARGETS)
 
 gate: .run-gate ; $(PASS_EXIT)
 .run-gate: setup
-	$(PYQ) -m pipeline gate --target=$(call q,TARGET) --out=$(call q,OUT)
+	$(PYQ) -m pipeline gate --target=$(call q,TARGET) --out=$(call q,OUT) $(GATE_FILES)
 
 baseline: .run-baseline ; $(PASS_EXIT)
 .run-baseline: setup
-	$(PYQ) -m pipeline baseline --target=$(call q,TARGET) --out=$(call q,OUT) --msg=$(call q,MSG)
+	$(PYQ) -m pipeline baseline --target=$(call q,TARGET) --out=$(call q,OUT) --msg=$(call q,MSG) $(if $(call set,BASELINES),--baselines=$(call q,BASELINES))
 
 report: .run-report ; $(PASS_EXIT)
 .run-report: setup
@@ -158,7 +163,7 @@ report: .run-report ; $(PASS_EXIT)
 
 targets: .run-targets ; $(PASS_EXIT)
 .run-targets: setup
-	$(PYQ) -m pipeline targets
+	$(PYQ) -m pipeline targets $(TARGETS)
 
 test: .run-test ; $(PASS_EXIT)
 .run-test: setup

@@ -6,8 +6,20 @@ Every message is one line that names the value received and what is accepted. Th
 ``error: <message>`` and exits with the class's code; nothing else maps errors to codes.
 
 Exit codes: 0 ok; 1 a gate failed; 2 bad input or configuration; 3 a stage or an artifact failed;
-4 a missing dependency; 5 busy (another run holds the lock); 130 / 143 interrupted.
+4 a missing dependency; 5 busy (another run holds the lock); 6 the gate judged no accuracy (every accuracy check
+skipped: it neither passed nor failed); 7 a folder cannot be written (disk full, quota, permission denied,
+read-only); 130 / 143 interrupted.
 """
+from __future__ import annotations
+
+import errno
+import os
+import shutil
+import sys
+from pathlib import Path
+
+GATE_FAILED = 1
+GATE_CHECKED_NOTHING = 6
 
 
 def first_line(exc: BaseException) -> str:
@@ -48,3 +60,67 @@ class MissingDependencyError(PipelineError):
 class BusyError(PipelineError):
     """Another process holds the lock on the same output (e.g. two compiles of one target)."""
     exit_code = 5
+
+
+class StorageError(PipelineError):
+    """A folder cannot be written: the disk is full, a quota is reached, permission is denied, it is read-only."""
+    exit_code = 7
+
+
+STORAGE_ERRNOS = {errno.ENOSPC: "no space left on device", errno.EDQUOT: "disk quota exceeded",
+                  errno.EACCES: "permission denied", errno.EPERM: "operation not permitted",
+                  errno.EROFS: "read-only file system"}
+
+
+def megabytes(n: int) -> str:
+    return f"{n / 1e6:,.0f} MB" if n >= 1e6 else f"{n / 1e6:.1f} MB"
+
+
+def free_bytes(folder: Path) -> int | None:
+    """Free space for an unprivileged writer on the file system holding ``folder`` (or its nearest parent)."""
+    folder = Path(os.path.abspath(folder))
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
+
+
+def storage_error(exc: OSError, what: str, folder: Path, need_bytes: int | None = None,
+                  remedy: str = "") -> StorageError | None:
+    """One line for a write that the storage refused, naming the folder, what was being written and, for a full
+    disk, the space free there and about what the step needs; None when ``exc`` is another kind of failure."""
+    reason = STORAGE_ERRNOS.get(exc.errno)
+    if reason is None:
+        return None
+    line = f"cannot write {what} in {folder}: {reason}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        free = free_bytes(folder)
+        sizes = [f"{megabytes(free)} free there" if free is not None else "",
+                 f"this step needs about {megabytes(need_bytes)}" if need_bytes else ""]
+        line += f" ({'; '.join(s for s in sizes if s)})" if any(sizes) else ""
+    return StorageError(f"{line}; {remedy}" if remedy else line)
+
+
+def os_error_line(exc: OSError) -> PipelineError | None:
+    """The last resort of every command line: an OSError no step named becomes one line naming its file (exit 7
+    for storage, 2 otherwise); None for an OSError without a file (a bug, shown in full)."""
+    path = exc.filename2 or exc.filename
+    if not path:
+        return None
+    path = Path(os.fsdecode(path))
+    error = storage_error(exc, path.name, path.parent)
+    return error or InputError(f"{path}: {exc.strerror or exc}")
+
+
+def fail(exc: Exception) -> int:
+    """Print a command line's ``error:`` line for ``exc`` (a PipelineError, or an OSError named by its file) and
+    return its exit code; an OSError without a file is re-raised."""
+    if isinstance(exc, OSError):
+        error = os_error_line(exc)
+        if error is None:
+            raise exc
+        exc = error
+    print(f"error: {exc}", file=sys.stderr)
+    return exc.exit_code

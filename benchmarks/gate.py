@@ -3,7 +3,8 @@
 Thresholds are data (benchmarks/gates.toml); baselines are committed per model and target
 (benchmarks/baselines/<model>/<target>.json) and written only by ``make baseline MSG="why"``.
 Accuracy comes from the newest benchmark run whose artifacts match the manifest, else from the
-compile-time check; every check says which. Exit codes: 0 all pass, 1 a gate failed, 2 bad input.
+compile-time check; every check says which. Exit codes: 0 all pass, 1 a gate failed, 2 bad input, 6 no accuracy
+was judged (every accuracy check skipped: too few images, no labels, figures from a CPU unlike the target's).
 Writes build/<target>/gate/junit.xml and gate.json.
 """
 from __future__ import annotations
@@ -11,20 +12,29 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
+import shlex
 import sys
 import tomllib
 import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from benchmarks.files import results_newest_first, write_text_atomic
-from benchmarks.errors import BenchError, PipelineError
+from benchmarks.files import read_json, results_newest_first, write_text_atomic
+from benchmarks.errors import GATE_CHECKED_NOTHING, GATE_FAILED, BenchError, PipelineError, fail
 from benchmarks.manifest import fp32_twin, load_manifest, model_gates_key
 from benchmarks.text import format_table
 
 HERE = Path(__file__).resolve().parent
 GATES_FILE = HERE / "gates.toml"
 BASELINES_DIR = HERE / "baselines"
+BASELINE_SCHEMA = HERE / "baseline.schema.json"
+# the checks that judge accuracy; a gate where every one of them was skipped judged nothing, and says so
+# (TVM against LiteRT is consistency, not accuracy against float: it does not count)
+ACCURACY_METRICS = ("agreement_top1", "top1_drop_points", "relative_accuracy", "baseline_top1_drop",
+                    "baseline_agreement_top1", "accuracy")
+EXIT_CODES = {"pass": 0, "fail": GATE_FAILED, "checked nothing": GATE_CHECKED_NOTHING}
+VERDICTS = {"pass": "PASS", "fail": "FAIL", "checked nothing": "CHECKED NOTHING"}
 RUNTIMES = ("litert", "onnxruntime", "tvm")
 
 
@@ -70,22 +80,38 @@ def _validate(table: dict, where: str) -> dict:
 
 def load_thresholds(path: Path, model: str, target: str) -> Thresholds:
     try:
-        data = tomllib.loads(path.read_text())
-    except (OSError, tomllib.TOMLDecodeError) as exc:
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
+    except OSError as exc:
+        raise BenchError(f"{path}: cannot read the gates file: {exc.strerror or exc}") from None
+    except UnicodeDecodeError:
+        raise BenchError(f"{path}: the gates file is not text (a binary file?); expected TOML like "
+                         f"benchmarks/gates.toml") from None
+    except tomllib.TOMLDecodeError as exc:
         raise BenchError(f"{path}: cannot read gates: {exc}") from None
+    if not data:
+        raise BenchError(f"{path}: the gates file is empty; expected TOML like benchmarks/gates.toml")
     for key in data:
         if key not in ("defaults", "models"):
             raise BenchError(f"{path.name}: unknown key {key!r}; valid keys: defaults, models")
-    merged = _validate(data.get("defaults", {}), f"{path.name} [defaults]")
-    for name, table in data.get("models", {}).items():
+    merged = _validate(_table(data.get("defaults", {}), f"{path.name} [defaults]"), f"{path.name} [defaults]")
+    for name, table in _table(data.get("models", {}), f"{path.name} [models]").items():
+        table = _table(table, f"{path.name} [models.{name}]")
+        targets = _table(table.get("targets", {}), f"{path.name} [models.{name}.targets]")
+        for tname, ttable in targets.items():
+            _table(ttable, f"{path.name} [models.{name}.targets.{tname}]")
         if name != model:
             continue
-        targets = table.get("targets", {})
         merged |= _validate({k: v for k, v in table.items() if k != "targets"}, f"{path.name} [models.{name}]")
         for tname, ttable in targets.items():
             if tname == target:
                 merged |= _validate(ttable, f"{path.name} [models.{name}.targets.{tname}]")
     return Thresholds(**merged)
+
+
+def _table(value, where: str) -> dict:
+    if not isinstance(value, dict):
+        raise BenchError(f"{where} is {value!r}; expected a table of keys (see benchmarks/gates.toml)")
+    return value
 
 
 @dataclass
@@ -139,8 +165,8 @@ def evaluate(build_dir: Path, gates: Path = GATES_FILE, baselines: Path = BASELI
     base_file = baseline_path(baselines, manifest)
     if not base_file.is_file():
         raise BenchError(f"no baseline for model {model} on target {target} ({base_file}); create one with "
-                         f"`make baseline TARGET={target} MSG=\"why\"` and commit it")
-    baseline = json.loads(base_file.read_text())
+                         f"`{baseline_command(build_dir, baselines)}` and commit it")
+    baseline = read_json(base_file, "baseline", BASELINE_SCHEMA)
     acc, bench, acc_source = accuracy_source(build_dir, manifest)
     checks: list[Check] = []
     arts = manifest["artifacts"]
@@ -170,7 +196,7 @@ def evaluate(build_dir: Path, gates: Path = GATES_FILE, baselines: Path = BASELI
             else:
                 checks.append(Check(name, "top1_drop_points", None, None, "", "skip",
                                     "no labels for the eval set (agreement with float is gated instead)", src))
-            checks.append(_baseline_check(name, a, baseline, t, src))
+            checks.append(_baseline_check(name, a, baseline, t, src, baseline_command(build_dir, baselines)))
         fp32 = fp32_twin(arts, art)
         if fp32:
             checks.append(_compare(name, "size_ratio", art["bytes"] / fp32["bytes"], "<=", t.max_size_ratio,
@@ -187,13 +213,27 @@ def evaluate(build_dir: Path, gates: Path = GATES_FILE, baselines: Path = BASELI
                                        t.min_cross_runtime_agreement, "compile-time check",
                                        f"TVM int8 against LiteRT int8 on {vs['n']} images"))
     failed = [c for c in checks if c.status == "fail"]
+    judged = [c for c in checks if c.metric in ACCURACY_METRICS and c.status != "skip"]
+    outcome = "fail" if failed else "pass" if judged else "checked nothing"
     return {"target": target, "model": model, "accuracy_source": acc_source, "gates": str(gates),
+            "outcome": outcome, "min_eval_images": t.min_eval_images,
             "recovered": recovered(arts),
             # False: a user's model compiled without EVAL=, its figures measured on the digits
             "eval_representative": manifest["eval"].get("representative", True),
-            "thresholds": asdict(t), "baseline": str(base_file), "passed": not failed,
+            "thresholds": asdict(t), "baseline": str(base_file), "passed": outcome == "pass",
             "checks": [asdict(c) | {"message": c.message()} for c in checks],
             "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+
+
+def baseline_command(build_dir: Path, baselines: Path) -> str:
+    """The `make baseline` that records from ``build_dir`` into ``baselines``, as the user would type it."""
+    out, target = build_dir.parent, build_dir.name
+    words = ["make", "baseline", f"TARGET={shlex.quote(target)}"]
+    if Path(os.path.abspath(out)) != Path(os.path.abspath("build")):
+        words.append(f"OUT={shlex.quote(str(out))}")
+    if Path(os.path.abspath(baselines)) != BASELINES_DIR:
+        words.append(f"BASELINES={shlex.quote(str(baselines))}")
+    return " ".join(words + ['MSG="why"'])
 
 
 def recovered(artifacts: list[dict]) -> dict[str, list[str]]:
@@ -216,7 +256,7 @@ def _measured_on(a: dict | None, bench_result: dict | None) -> dict:
     return (a or {}).get("measured_on") or {}
 
 
-def _baseline_check(name: str, a: dict, baseline: dict, t: Thresholds, src: str) -> Check:
+def _baseline_check(name: str, a: dict, baseline: dict, t: Thresholds, src: str, rerecord: str) -> Check:
     """What int8 costs now against what it cost when the baseline was recorded, each against the float model
     of its own run: float training is not bit-reproducible across CPUs (AVX2 vs AVX-512 kernels), so the
     float model, and its absolute top-1, differ from machine to machine while the int8 cost should not."""
@@ -226,7 +266,7 @@ def _baseline_check(name: str, a: dict, baseline: dict, t: Thresholds, src: str)
     if base.get("n") != a.get("n"):
         return Check(name, "baseline", None, None, "", "skip",
                      f"baseline measured on {base.get('n')} images, now {a.get('n')}: not comparable; "
-                     f"re-record with make baseline", src)
+                     f"re-record with {rerecord}", src)
     tol = t.baseline_tolerance_points
     if all(x.get(k) is not None for x in (a, base) for k in ("top1", "float_top1")):
         drop, base_drop = ((x["float_top1"] - x["top1"]) * 100 for x in (a, base))
@@ -283,7 +323,8 @@ def write_outputs(report: dict, build_dir: Path) -> Path:
 def make_baseline(build_dir: Path, reason: str, baselines: Path = BASELINES_DIR) -> Path:
     """Record the current int8 accuracy as the baseline; only `make baseline MSG="why"` calls this."""
     if not reason.strip():
-        raise BenchError('a baseline needs a reason: make baseline TARGET=<t> MSG="why the numbers changed"')
+        raise BenchError(f"a baseline needs a reason: {baseline_command(build_dir, baselines)} (MSG says why the "
+                         f"numbers changed)")
     manifest = load_manifest(build_dir)
     acc, _, source = accuracy_source(build_dir, manifest)
     entries = {}
@@ -312,7 +353,15 @@ def run_gate(build_dir: Path, gates: Path = GATES_FILE, baselines: Path = BASELI
         lines.append("WARNING: these accuracy figures come from the digits test split, not from this model's own "
                      "images (compiled without EVAL=): they show int8 against float on digits only")
     lines += [f"FAILED: {c['message']}" for c in report["checks"] if c["status"] == "fail"]
-    lines.append(f"\n{'PASS' if report['passed'] else 'FAIL'}: junit {folder / 'junit.xml'}, json {folder / 'gate.json'}")
+    if report["outcome"] == "checked nothing":
+        reasons = dict.fromkeys(c["detail"] for c in report["checks"]
+                                if c["metric"] in ACCURACY_METRICS and c["status"] == "skip")
+        lines.append(f"CHECKED NOTHING: no int8 artifact's accuracy was judged ({'; '.join(reasons)}). Compile with "
+                     f"EVAL= a folder of at least {report['min_eval_images']} labelled images of your own "
+                     f"(make compile TARGET={report['target']} EVAL=dir), or measure on the board "
+                     f"(make bench TARGET={report['target']} DEVICE=user@host), then run the gate again; "
+                     f"exit {GATE_CHECKED_NOTHING}, neither pass nor fail")
+    lines.append(f"\n{VERDICTS[report['outcome']]}: junit {folder / 'junit.xml'}, json {folder / 'gate.json'}")
     return report, "\n".join(lines)
 
 
@@ -329,11 +378,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"baseline written: {make_baseline(args.build_dir, args.write_baseline, args.baselines)}")
             return 0
         report, text = run_gate(args.build_dir, args.gates, args.baselines)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    except (PipelineError, OSError) as exc:
+        return fail(exc)
     print(text)
-    return 0 if report["passed"] else 1
+    return EXIT_CODES[report["outcome"]]
 
 
 if __name__ == "__main__":

@@ -3,12 +3,13 @@ every artifact is the file the manifest hashed. Used by the runner, the ssh and 
 profile, the gate and `make verify`; needs nothing beyond the standard library.
 """
 
-import json
 from pathlib import Path
 from typing import Any, Literal, NotRequired, TypedDict
 
 from benchmarks.errors import BenchError
-from benchmarks.files import sha256_file
+from benchmarks.files import read_json, sha256_file
+
+SCHEMA = Path(__file__).resolve().parent / "manifest.schema.json"
 
 
 # -- the manifest as a typed record: the same fields as benchmarks/manifest.schema.json (a unit test keeps the two
@@ -117,10 +118,7 @@ def load_manifest(build_dir: Path) -> Manifest:
     path = build_dir / "manifest.json"
     if not path.is_file():
         raise BenchError(f"{build_dir} has no manifest.json; give a folder made by `make compile` (build/<target>)")
-    try:
-        return json.loads(path.read_text())
-    except ValueError as exc:
-        raise BenchError(f"{path} is not valid JSON: {exc}") from None
+    return read_json(path, "manifest", SCHEMA)
 
 
 def check_hashes(build_dir: Path, artifacts: list[Artifact]) -> None:

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks.files import write_text_atomic
-from benchmarks.errors import BenchError, PipelineError
+from benchmarks.errors import BenchError, PipelineError, fail
 from benchmarks.manifest import check_hashes, load_manifest
 from benchmarks.runtimes import TvmSession
 
@@ -149,13 +149,12 @@ def main(argv: list[str] | None = None) -> int:
             raise BenchError(f"{args.build_dir}: no TVM CPU library" + (f" named {', '.join(args.file)}" if args.file else ""))
         check_hashes(args.build_dir, arts)
         profiles = [profile_artifact(args.build_dir, a, args.threads, args.runs) for a in arts]
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        if args.json:
+            write_text_atomic(args.json, json.dumps(profiles, indent=1))
+    except (PipelineError, OSError) as exc:
+        return fail(exc)
     for p in profiles:
         print(format_profile(p, p["file"], args.top))
-    if args.json:
-        write_text_atomic(args.json, json.dumps(profiles, indent=1))
     return 0
 
 

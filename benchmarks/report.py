@@ -8,14 +8,13 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import json
 import os
 import shutil
 import sys
 from pathlib import Path
 
-from benchmarks.files import results_newest_first, write_text_atomic
-from benchmarks.errors import BenchError, PipelineError
+from benchmarks.files import RESULTS_SCHEMA, read_json, results_newest_first, write_text_atomic
+from benchmarks.errors import BenchError, PipelineError, fail
 from benchmarks.manifest import fp32_twin
 
 
@@ -151,7 +150,7 @@ img{{max-width:100%}}figure{{margin:1.5em 0}}</style></head>
 
 def render(build_dir: Path, results_file: Path | None = None) -> dict[str, Path]:
     results_file = results_file or latest_results(build_dir)
-    results = json.loads(results_file.read_text())
+    results = read_json(results_file, "benchmark results file", RESULTS_SCHEMA)
     if not results["results"]:
         raise BenchError(f"{results_file} holds no measured artifact; nothing to report")
     folder = build_dir / "report"
@@ -179,9 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         out = render(args.build_dir, args.results)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+    except (PipelineError, OSError) as exc:
+        return fail(exc)
     print(out["markdown"].read_text())
     for name, path in out.items():
         print(f"{name}: {path}")

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks import device
-from benchmarks.errors import BenchError, PipelineError
+from benchmarks.errors import BenchError, PipelineError, fail
 from benchmarks.files import write_text_atomic
 from benchmarks.manifest import check_hashes, load_manifest
 from benchmarks.metrics import accuracy, latency_stats
@@ -306,10 +306,9 @@ def main(argv: list[str] | None = None) -> int:
         budget = Budget(args.warmup, args.min_runs, args.min_seconds, args.max_seconds, args.accuracy_seconds)
         log = lambda message: print(message, file=sys.stderr, flush=True)
         results = run_build(args.build_dir, args.threads, budget, args.eval_n, args.only, log)
-    except PipelineError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
-    path = write_results(results, args.out or args.build_dir / "bench" / f"{results['run_id']}.json")
+        path = write_results(results, args.out or args.build_dir / "bench" / f"{results['run_id']}.json")
+    except (PipelineError, OSError) as exc:
+        return fail(exc)
     print(results_summary(results, path))
     return 3 if results["failed"] else 0
 

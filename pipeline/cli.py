@@ -1,8 +1,8 @@
 """Thin command line: parse -> call the Python API -> print -> map errors to exit codes.
 
 Exit codes: 0 ok; 1 gate failed; 2 bad input or configuration; 3 a stage failed (log path
-printed); 4 a dependency is missing; 5 the target is locked by another run; 130 Ctrl-C;
-143 SIGTERM.
+printed); 4 a dependency is missing; 5 the target is locked by another run; 6 the gate judged no accuracy;
+7 a folder cannot be written (disk full, permission, read-only); 130 Ctrl-C; 143 SIGTERM.
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from pipeline.errors import PipelineError
+from pipeline.errors import PipelineError, fail
 
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
 
@@ -164,7 +164,7 @@ def _parser() -> argparse.ArgumentParser:
     _common(pe, default_cache_dir())
 
     tg = verbs.add_parser("targets", help="list the targets and what each builds (make targets)")
-    tg.add_argument("--targets-dir", type=Path, default=None, help=argparse.SUPPRESS)
+    tg.add_argument("--targets-dir", type=Path, default=None, help="folder of target files (default targets/)")
 
     cl = verbs.add_parser("clean", help="remove OUT (build outputs); --cache also the stage cache (make clean)")
     _common(cl, default_cache_dir())
@@ -208,14 +208,13 @@ def main(argv: list[str] | None = None) -> int:
         verb = {"compile": _compile, "bench": _bench, "report": _report, "gate": _gate, "baseline": _baseline,
                 "verify": _verify, "analyze": _analyze, "peers": _peers, "tune": _tune, "targets": _targets, "clean": _clean, "test": _test}[args.verb]
         return verb(args)
-    except PipelineError as exc:
+    except (PipelineError, OSError) as exc:     # OSError: a write the storage refused, a file no step named
         if received:
             # The interrupt landed inside a library that turned it into its own error (seen: Ctrl-C or
             # SIGTERM while Keras imports optree's C extension becomes "ImportError: ... install optree"):
             # the cause is the signal, and the clean-up has run as for any failure.
             return _interrupted(received[0])
-        print(f"error: {exc}", file=sys.stderr)
-        return exc.exit_code
+        return fail(exc)
     except KeyboardInterrupt:
         return _interrupted(received[0] if received else signal.SIGINT)
     finally:
@@ -318,7 +317,7 @@ def _gate(args) -> int:
     report, text = gate.run_gate(args.out / args.target, args.gates or gate.GATES_FILE,
                                  args.baselines or gate.BASELINES_DIR)
     print(text)
-    return 0 if report["passed"] else 1
+    return gate.EXIT_CODES[report["outcome"]]
 
 
 def _baseline(args) -> int:

@@ -23,7 +23,7 @@ from pipeline import __version__
 from pipeline.cache import CacheEntry, StageCache, canonical_json, sha256_file, sha256_tree, stage_key
 from pipeline.datasets import ImageSource, folder_images
 from pipeline.emulation import GUEST_SITE, ensure_emulator, ensure_file, ensure_tool
-from pipeline.errors import InputError, MissingDependencyError, PipelineError, StageError
+from pipeline.errors import InputError, MissingDependencyError, PipelineError, StageError, storage_error
 from pipeline.output import TargetLock, ensure_writable, publish, staging_dir, write_json
 from pipeline.progress import Progress
 from pipeline.sources import ModelSource, check_size, resolve
@@ -165,11 +165,27 @@ class Compilation:
             except (PipelineError, KeyboardInterrupt):
                 raise
             except Exception as exc:
+                refused = _storage_cause(exc)
+                if refused is not None:
+                    raise storage_error(refused, f"the {label} stage's result", self.cache.root, self.cache_need(),
+                                        "free space there, or give another CACHE_DIR=") from None
                 raise StageError(self.failure(label, getattr(config, "file_name", ""), exc)) from exc
         for name, digest in entry.files.items():
             self.hashes[entry.file(name)] = digest
         self.runs.append(StageRun(module.NAME, label, key, cached))
         return entry
+
+    def cache_need(self) -> int:
+        """Roughly what a compile of this model for this target writes to the stage cache: the model, its float
+        copy, and each artifact at its precision's share of the float weights (fp16 half, int8 a quarter)."""
+        if self.built is not None:
+            model = self.built.file("model.keras").stat().st_size
+        elif self.options.weights not in ("auto", "imagenet", "reference", "random") and Path(self.options.weights).is_file():
+            model = Path(self.options.weights).stat().st_size
+        else:
+            model = 4 * XCEPTION_PARAMETERS
+        share = {"fp32": 1.0, "fp16": 0.5}
+        return int(model * (2 + sum(share.get(ARTIFACT_KINDS[k][1], 0.25) for k in self.target.artifacts)))
 
     def converted(self, kind: str) -> tuple[CacheEntry, str]:
         """The convert stage's entry for one TFLite/ONNX kind (also the source of TVM builds)."""
@@ -480,6 +496,20 @@ class Compilation:
                            f"they measured artifacts (or an eval set) this compile replaced")
 
     def _package(self, source: ModelSource, artifacts: list[MadeArtifact]) -> CompileResult:
+        """The output folder, assembled beside build/<target>/ and swapped in; a write the storage refuses is one
+        line naming OUT and the bytes needed, and leaves build/<target>/ and the cache as they were."""
+        try:
+            return self._assemble(source, artifacts)
+        except OSError as exc:
+            need = self.built.file("eval.npz").stat().st_size + sum(
+                p.stat().st_size for art in artifacts for p in (art.path, *art.extra.values()))
+            error = storage_error(exc, f"the output folder {self.target.name}/", self.options.out_dir, need,
+                                  "free space there, or give another OUT=dir")
+            if error is None:
+                raise
+            raise error from None
+
+    def _assemble(self, source: ModelSource, artifacts: list[MadeArtifact]) -> CompileResult:
         opts, target = self.options, self.target
         built, calibrated, info, model_name = self.built, self.calibrated, self.info, self.model_name
         staging = staging_dir(opts.out_dir, target.name)
@@ -533,7 +563,21 @@ class Compilation:
         return CompileResult(path, manifest, self.runs)
 
 
+XCEPTION_PARAMETERS = 22_910_480          # keras.applications.Xception, 1000 classes
+
 RESULT_FOLDERS = ("bench", "report", "gate", "analysis")   # what make bench / report / verify / gate / analyze add
+
+
+def _storage_cause(exc: BaseException) -> OSError | None:
+    """The OSError a full, read-only or forbidden folder raised, if that is what ``exc`` is or was caused by
+    (TensorFlow and Keras re-raise a refused write as their own errors)."""
+    seen = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, OSError) and storage_error(exc, "", Path(".")) is not None:
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def tflite_recovery(converted: CacheEntry) -> dict:

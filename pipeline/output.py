@@ -8,7 +8,7 @@ import shutil
 from pathlib import Path
 
 from benchmarks.files import write_text_atomic
-from pipeline.errors import BusyError, InputError
+from pipeline.errors import BusyError, InputError, storage_error
 
 
 def ensure_writable(folder: Path) -> None:
@@ -19,8 +19,9 @@ def ensure_writable(folder: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise InputError(f"output folder {folder} is not writable: {exc.strerror or exc}; "
-                         f"choose another with OUT=dir") from None
+        raise (storage_error(exc, "the output", folder, remedy="choose another with OUT=dir")
+               or InputError(f"output folder {folder} is not writable: {exc.strerror or exc}; "
+                             f"choose another with OUT=dir")) from None
 
 
 class TargetLock:

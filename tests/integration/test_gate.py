@@ -116,7 +116,9 @@ def test_missing_baseline_is_an_error_not_a_pass(gated, tmp_path, capsys):
 
 def test_baseline_needs_a_reason(gated, tmp_path, capsys):
     assert gate.main([str(gated["build"]), "--baselines", str(tmp_path), "--write-baseline", " "]) == 2
-    assert 'make baseline TARGET=<t> MSG="why' in capsys.readouterr().err
+    # the hint is the command that works for this build folder and baselines folder, as printed
+    hint = f'make baseline TARGET=gated OUT={gated["build"].parent} BASELINES={tmp_path} MSG="why"'
+    assert hint in capsys.readouterr().err
 
 
 def test_regression_against_baseline(gated, tmp_path, capsys):

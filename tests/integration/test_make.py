@@ -72,17 +72,20 @@ def _value(argv: list[str], flag: str) -> str:
 VARIABLES = {
     "compile": [("TARGET", "--target"), ("WEIGHTS", "--weights"), ("CALIB", "--calib"), ("EVAL", "--eval"),
                 ("OUT", "--out"), ("CACHE_DIR", "--cache-dir"), ("TUNING_DIR", "--tuning-dir"),
-                ("REFERENCE_DIR", "--reference-dir"), ("CALIB_N", "--calib-n"), ("INPUT_SIZE", "--input-size")],
+                ("REFERENCE_DIR", "--reference-dir"), ("CALIB_N", "--calib-n"), ("INPUT_SIZE", "--input-size"),
+                ("TARGETS_DIR", "--targets-dir")],
     "tune": [("TARGET", "--target"), ("RPC", "--rpc"), ("KEY", "--key"), ("TRIALS", "--trials"),
              ("WEIGHTS", "--weights"), ("RECOVER", "--recover"), ("RECOVER_CAP", "--recover-cap")],
     "bench": [("TARGET", "--target"), ("DEVICE", "--device"), ("SSH_OPTS", "--ssh-opts"), ("PORT", "--port"),
               ("REMOTE_PYTHON", "--remote-python"), ("THREADS", "--threads"), ("OUT", "--out")],
     "report": [("TARGET", "--target"), ("OUT", "--out")],
-    "verify": [("TARGET", "--target"), ("VERIFY_N", "--n"), ("VERIFY_CORE", "--core"), ("CACHE_DIR", "--cache-dir")],
-    "gate": [("TARGET", "--target"), ("OUT", "--out")],
-    "baseline": [("TARGET", "--target"), ("MSG", "--msg")],
+    "verify": [("TARGET", "--target"), ("VERIFY_N", "--n"), ("VERIFY_CORE", "--core"), ("CACHE_DIR", "--cache-dir"),
+               ("TARGETS_DIR", "--targets-dir")],
+    "gate": [("TARGET", "--target"), ("OUT", "--out"), ("GATES", "--gates"), ("BASELINES", "--baselines")],
+    "baseline": [("TARGET", "--target"), ("MSG", "--msg"), ("BASELINES", "--baselines")],
+    "targets": [("TARGETS_DIR", "--targets-dir")],
     "peers": [("OUT", "--out"), ("THREADS", "--threads")],
-    "clean": [("OUT", "--out"), ("CACHE_DIR", "--cache-dir")],
+    "clean": [("OUT", "--out"), ("CACHE_DIR", "--cache-dir"), ("TARGETS_DIR", "--targets-dir")],
 }
 
 
@@ -110,7 +113,7 @@ def test_profile_folder_and_pytest_arguments_arrive_as_typed(fake, tmp_path):
     assert not canary.exists()
 
 
-EXIT_CODES = [0, 1, 2, 3, 4, 5, 130, 143]     # README "Exit codes"; 130/143: interrupted by SIGINT/SIGTERM
+EXIT_CODES = [0, 1, 2, 3, 4, 5, 6, 7, 130, 143]     # benchmarks/errors.py; 130/143: interrupted by SIGINT/SIGTERM
 
 
 @pytest.mark.parametrize("code", EXIT_CODES)
@@ -119,7 +122,7 @@ def test_make_exits_with_the_programs_own_code(fake, code):
     assert calls and done.returncode == code, (done.returncode, done.stderr)
 
 
-@pytest.mark.parametrize("verb", sorted(set(VARIABLES) | {"profile", "targets", "tune", "clean-cache"}))
+@pytest.mark.parametrize("verb", sorted(set(VARIABLES) | {"profile", "tune", "clean-cache"}))
 def test_every_verb_passes_its_code_through(fake, verb):
     done, calls = fake(verb, exit_code=4)
     assert len(calls) == 1 and done.returncode == 4, (verb, done.returncode, done.stderr)

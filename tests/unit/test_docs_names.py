@@ -32,6 +32,7 @@ def wrong_names(text: str, base: Path = ROOT) -> list[str]:
     wrong = []
     for snippet in code(text):
         for command in COMMAND.findall(snippet):
+            command = re.sub(r"""=("[^"]*"|'[^']*')""", "=value", command)     # a quoted value is not verbs
             words = command.split()
             verbs = [w for w in words if re.fullmatch(r"[a-z][a-z-]*", w)]
             if words and re.fullmatch(r"[a-z][a-z-]*", words[0]):
