@@ -125,12 +125,15 @@ def load_target(name: str, folder: Path = TARGETS_DIR) -> Target:
 
 def parse_target(name: str, path: Path) -> Target:
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(path.read_bytes().decode("utf-8"))
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: malformed TOML: {exc}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: the target file is not text (a binary file?); expected TOML like "
+                          f"targets/rpi4.toml") from None
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read target file: {exc.strerror}") from None
-    where = path.name
+    where = str(path)               # the folder too: a user's TARGETS_DIR= file is told from ours
     top = _keys(data, where, required=("description", "arch", "artifacts", "cpu", "bench"),
                 optional=("gpu", "tvm"))
     arch = _choice(top["arch"], f"{where}: arch", ARCHES)
