@@ -17,6 +17,10 @@ OUT        ?= build
 CACHE_DIR  ?=
 REFERENCE_DIR ?=
 TARGETS_DIR ?=
+PREPROCESS ?=
+RESIZE     ?= bilinear
+CROP       ?= center
+LABELS     ?=
 GATES      ?=
 BASELINES  ?=
 PYTEST_ARGS ?=
@@ -50,7 +54,9 @@ PYQ = $(call qs,$(value VENV)/bin/python)
 MODEL_ARGS = --target=$(call q,TARGET) --weights=$(call q,WEIGHTS) \
   $(if $(call set,CALIB),--calib=$(call q,CALIB)) --calib-n=$(call q,CALIB_N) \
   $(if $(call set,EVAL),--eval=$(call q,EVAL)) --eval-n=$(call q,EVAL_N) \
-  --input-size=$(call q,INPUT_SIZE) --classes=$(call q,CLASSES) --calib-method=$(call q,CALIB_METHOD)
+  --input-size=$(call q,INPUT_SIZE) --classes=$(call q,CLASSES) --calib-method=$(call q,CALIB_METHOD) \
+  --preprocess=$(call q,PREPROCESS) --resize=$(call q,RESIZE) --crop=$(call q,CROP) \
+  $(if $(call set,LABELS),--labels=$(call q,LABELS))
 TARGETS = $(if $(call set,TARGETS_DIR),--targets-dir=$(call q,TARGETS_DIR))
 COMMON = --out=$(call q,OUT) $(if $(call set,CACHE_DIR),--cache-dir=$(call q,CACHE_DIR)) \
          $(if $(call set,REFERENCE_DIR),--reference-dir=$(call q,REFERENCE_DIR)) $(TARGETS)

@@ -128,6 +128,8 @@ class Check:
     def message(self) -> str:
         if self.status == "skip":
             return f"{self.artifact}: {self.metric} not checked: {self.detail}"
+        if self.value is None:
+            return f"{self.artifact}: {self.metric} {'ok' if self.status == 'pass' else 'FAILED'}: {self.detail}"
         verdict = "ok" if self.status == "pass" else "FAILED"
         return (f"{self.artifact}: {self.metric} = {_fmt(self.value)} (threshold {self.op} {_fmt(self.threshold)}) "
                 f"{verdict}{'; ' + self.detail if self.detail else ''} [{self.source}]")
@@ -212,6 +214,10 @@ def evaluate(build_dir: Path, gates: Path = GATES_FILE, baselines: Path = BASELI
                 checks.append(_compare(name, "cross_runtime_agreement", vs["agreement_top1"], ">=",
                                        t.min_cross_runtime_agreement, "compile-time check",
                                        f"TVM int8 against LiteRT int8 on {vs['n']} images"))
+    sanity = manifest["eval"].get("sanity") or {}
+    if sanity.get("status") == "suspect":       # perfect agreement with a meaningless float model is no quality
+        checks.insert(0, Check("float model", "outputs_meaningful", None, None, "", "fail",
+                               f"{sanity['why']}; check PREPROCESS=, EVAL= and the model", "compile-time check"))
     failed = [c for c in checks if c.status == "fail"]
     judged = [c for c in checks if c.metric in ACCURACY_METRICS and c.status != "skip"]
     outcome = "fail" if failed else "pass" if judged else "checked nothing"

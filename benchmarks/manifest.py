@@ -72,6 +72,7 @@ class ModelInfo(TypedDict):
     num_classes: int
     outputs: str
     parameters: int
+    preprocess: NotRequired[dict[str, Any]]   # what the artifacts take: mean, std, channel order, resize, crop, why
 
 
 class EvalInfo(TypedDict):
@@ -81,6 +82,8 @@ class EvalInfo(TypedDict):
     labels: bool
     float_top1: float | None
     representative: bool           # False: a user's model evaluated on the digits (not its own domain)
+    class_names: NotRequired[list[str]]        # labels from class-name folders (or LABELS=): id -> name
+    sanity: NotRequired[dict[str, Any]]        # is the float model's output meaningful (ok | suspect | not checked)
 
 
 class Config(TypedDict):

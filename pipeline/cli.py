@@ -54,6 +54,11 @@ def _model_options(parser) -> None:
     parser.add_argument("--eval-n", type=_int, default=0, help="evaluation images to use (default 0 = all)")
     parser.add_argument("--input-size", type=_int, default=299, help="input size for --weights random")
     parser.add_argument("--classes", type=_int, default=1000, help="class count for --weights random")
+    parser.add_argument("--preprocess", default="", help="what pixels the model takes: xception, raw, unit, "
+                        "imagenet-caffe, imagenet-torch or 'mean=R,G,B std=R,G,B' (default: read from the model)")
+    parser.add_argument("--resize", default="bilinear", help="bilinear (default), nearest, bicubic or area")
+    parser.add_argument("--crop", default="center", help="center (default: cover, crop the centre) or none")
+    parser.add_argument("--labels", type=Path, help="the model's class names, one per line, in its output order")
 
 
 def _calib_method_option(parser) -> None:
@@ -237,7 +242,8 @@ def _compile_options(args, **extra):
         target=args.target, weights=args.weights, calib_dir=args.calib, calib_n=args.calib_n,
         eval_dir=args.eval, eval_n=args.eval_n, input_size=args.input_size, num_classes=args.classes,
         out_dir=args.out, cache_dir=args.cache_dir, reference_dir=args.reference_dir,
-        targets_dir=args.targets_dir or TARGETS_DIR, calib_method=args.calib_method, **extra)
+        targets_dir=args.targets_dir or TARGETS_DIR, calib_method=args.calib_method, preprocess=args.preprocess,
+        resize=args.resize, crop=args.crop, labels_file=args.labels, **extra)
 
 
 def _compile(args) -> int:

@@ -66,6 +66,10 @@ class CompileOptions:
     calib_method: str = "minmax"          # int8 calibration: minmax | percentile | entropy
     recover: bool = True                  # int8 below the gate's agreement budget: keep damaging layers float
     recover_cap: int = 8                  # at most this many float layers
+    preprocess: str = ""                  # PREPROCESS=: what pixels the model takes; "" = read from the model
+    resize: str = "bilinear"              # RESIZE=
+    crop: str = "center"                  # CROP=: center | none
+    labels_file: Path | None = None       # LABELS=: the model's class names, one per line, in its output order
 
 
 MANIFEST_SCHEMA = Path(__file__).resolve().parent.parent / "benchmarks" / "manifest.schema.json"
@@ -116,6 +120,13 @@ def validate_options(options: CompileOptions) -> None:
                          f"valid: {', '.join(CALIB_METHODS)}")
     if options.recover_cap < 1:
         raise InputError(f"RECOVER_CAP={options.recover_cap} must be a positive number of layers")
+    from models.preprocessing import parse_preprocess
+
+    try:
+        parse_preprocess(options.preprocess or "xception", options.resize, options.crop)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+    class_names(options)
     if options.weights == "random":
         check_size(options.input_size)
         if options.num_classes < 2:
@@ -123,6 +134,23 @@ def validate_options(options: CompileOptions) -> None:
     for what, folder in (("CALIB", options.calib_dir), ("EVAL", options.eval_dir)):
         if folder is not None:
             folder_images(Path(folder), f"{what}=")
+
+
+def class_names(options: CompileOptions) -> tuple[str, ...]:
+    """LABELS=: one class name per line, in the model's output order (blank lines and # comments skipped)."""
+    if options.labels_file is None:
+        return ()
+    path = Path(options.labels_file)
+    try:
+        lines = path.read_text().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"LABELS={path}: cannot read it ({getattr(exc, 'strerror', None) or exc}); give a text "
+                         f"file with one class name per line, in the model's output order") from None
+    names = tuple(line.strip() for line in lines if line.strip() and not line.strip().startswith("#"))
+    if not names or len(set(names)) != len(names):
+        raise InputError(f"LABELS={path}: {'no class names' if not names else 'a class name appears twice'}; give "
+                         f"one class name per line, in the model's output order")
+    return names
 
 
 class Compilation:
@@ -444,7 +472,7 @@ class Compilation:
                 "No EVAL= folder: this model's accuracy figures are measured on the DIGITS test split,",
                 "not on images from its own domain. They show only how int8 agrees with float on digits;",
                 "they say nothing about your model's accuracy. Give EVAL=dir of your own images",
-                f"(labels from integer-named sub-folders, optional){' - CALIB= is for calibration only' if opts.calib_dir else ''}.",
+                f"(labels from class sub-folders, optional){' - CALIB= is for calibration only' if opts.calib_dir else ''}.",
             ])
         build_inputs = {"model": source.file} if source.file else {}
         if opts.eval_dir:
@@ -453,8 +481,19 @@ class Compilation:
             source=source.kind, eval=eval_source, eval_n=opts.eval_n,
             input_size=opts.input_size if source.kind == "random" else 0,
             num_classes=opts.num_classes if source.kind == "random" else 0,
-            seed=opts.seed, labels_known=source.kind == "reference"), build_inputs, "build")
+            seed=opts.seed, labels_known=source.kind == "reference", preprocess=opts.preprocess,
+            resize=opts.resize, crop=opts.crop, class_names=class_names(opts)), build_inputs, "build")
         info = json.loads(built.file("model.json").read_text())
+        self.progress.log(f"  preprocessing: {info['preprocess']['why']}")
+        sanity = info["eval"]["sanity"]
+        if sanity["status"] == "suspect":
+            self.progress.banner([
+                "THE FLOAT MODEL'S OUTPUTS LOOK MEANINGLESS on the eval set:",
+                f"  {sanity['why']}.",
+                "int8 agreeing with such a model proves nothing, and `make gate` fails on it.",
+                f"Check the preprocessing (PREPROCESS=, now {info['preprocess']['name']}), the eval images",
+                "(EVAL=, labels from class folders) and the model itself (its own model.evaluate).",
+            ])
 
         needs_calibration = any(precision == "int8" for _, precision, _, _ in
                                 (ARTIFACT_KINDS[k] for k in target.artifacts))
@@ -537,11 +576,13 @@ class Compilation:
                           "weights_note": source.note,
                           "weights_file": str(source.file) if source.file else None,
                           "input_shape": info["input_shape"], "num_classes": info["num_classes"],
-                          "outputs": info["outputs"], "parameters": info["parameters"]},
+                          "outputs": info["outputs"], "parameters": info["parameters"],
+                          "preprocess": info["preprocess"]},
                 "artifacts": listed,
                 "eval": {"file": "eval/eval.npz", "n": info["eval"]["n"], "source": info["eval"]["source"],
                          "labels": info["eval"]["labels"], "float_top1": info["eval"].get("float_top1"),
-                         "representative": self.eval_representative},
+                         "representative": self.eval_representative, "sanity": info["eval"]["sanity"],
+                         **({"class_names": info["eval"]["class_names"]} if info["eval"].get("class_names") else {})},
                 "calibration": (json.loads(calibrated.file("calib.json").read_text()) | {"images": None}
                                 if calibrated else None),
                 "versions": self.versions | {"pipeline": __version__},

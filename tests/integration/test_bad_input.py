@@ -128,6 +128,7 @@ def test_second_compile_of_same_target_is_refused(cli, dirs, tiny_model):
     assert_one_error(code, err, 5, r"target host is being compiled by pid \d+ .*wait for it to finish", dirs)
 
 
+@pytest.mark.system          # a real compile killed mid-stage and resumed: a minute; `make test-system`
 def test_sigterm_mid_stage_leaves_no_partial_output_and_next_run_recovers(dirs, tmp_path):
     model = make_tiny_model(tmp_path / "m.keras", seed=3)
     cmd = [sys.executable, "-m", "pipeline", *map(str, compile_args(dirs, "--target", "host", "--weights", model))]

@@ -75,6 +75,7 @@ def tiny_host(tiny_build, tiny_model, stage_cache):
             f"EVAL_N={TINY_EVAL_N}"]
 
 
+@pytest.mark.system          # a compile through make on a small disk: `make test-system`
 def test_a_full_output_disk_is_one_line_and_leaves_output_and_cache_as_they_were(tiny_host, stage_cache, mount):
     before = snapshot(stage_cache)
     out = mount(64)                                          # the eval set alone is larger
@@ -86,6 +87,7 @@ def test_a_full_output_disk_is_one_line_and_leaves_output_and_cache_as_they_were
     assert snapshot(stage_cache) == before
 
 
+@pytest.mark.system          # a compile through make on a small disk: `make test-system`
 def test_a_full_cache_disk_is_one_line_and_leaves_no_partial_entry(tiny_model, mount, tmp_path):
     cache = mount(256)
     done = make("compile", "TARGET=host", f"WEIGHTS={tiny_model}", f"CACHE_DIR={cache}", f"OUT={tmp_path / 'out'}",
@@ -99,6 +101,7 @@ def test_a_full_cache_disk_is_one_line_and_leaves_no_partial_entry(tiny_model, m
     assert not (tmp_path / "out" / "host").exists()
 
 
+@pytest.mark.system          # a compile through make on a small disk: `make test-system`
 def test_a_read_only_output_folder_is_one_line(tiny_host, mount):
     out = mount(1024, read_only=True)
     done = make("compile", *tiny_host, f"OUT={out / 'build'}")

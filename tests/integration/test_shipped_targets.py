@@ -6,6 +6,8 @@ import pytest
 
 from pipeline.targets import ARTIFACT_KINDS, available_targets, load_target
 
+pytestmark = pytest.mark.system       # every shipped target compiled: a minute; `make test-system`
+
 
 @pytest.mark.parametrize("name", available_targets())
 def test_shipped_target_compiles_its_artifact_list(tiny_build, name):

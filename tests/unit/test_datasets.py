@@ -35,18 +35,61 @@ def test_load_image_converts_to_rgb_at_size(tmp_path):
 
 def test_unreadable_files_are_named_and_skipped(tmp_path, capsys):
     make_folder(tmp_path)
-    pixels, labels, names = load_images(ImageSource("folder", folder=str(tmp_path)), tmp_path, 16, 16, 0, 0,
-                                        Progress(), "calibration")
+    (tmp_path / "notes.txt").unlink()
+    pixels, labels, names, classes = load_images(ImageSource("folder", folder=str(tmp_path)), tmp_path, 16, 16, 0,
+                                                 0, Progress(), "eval")
     assert pixels.shape == (3, 16, 16, 3)
     assert "broken.jpeg" in capsys.readouterr().err
-    assert sorted(labels.tolist()) == [3, 3, 7]          # from integer-named parent folders
+    assert sorted(labels.tolist()) == [3, 3, 7] and classes == []      # from integer-named parent folders
+
+
+def _class_folders(root, layout: dict[str, int]):
+    for folder, count in layout.items():
+        (root / folder).mkdir(parents=True, exist_ok=True)
+        for i in range(count):
+            Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(root / folder / f"{i}.png")
+    return root
+
+
+def _eval(root, **kwargs):
+    return load_images(ImageSource("folder", folder=str(root)), root, 8, 8, 0, 0, Progress(quiet=True), "eval",
+                       **kwargs)
+
+
+def test_class_name_folders_are_labels_in_keras_order(tmp_path):
+    """Sorted folder names are class ids, as image_dataset_from_directory reads them (an empty folder counts)."""
+    _class_folders(tmp_path, {"rocket": 2, "cat": 1, "coffee": 3, "zebra": 0})
+    _, labels, names, classes = _eval(tmp_path)
+    assert classes == ["cat", "coffee", "rocket", "zebra"]
+    assert {n: int(l) for n, l in zip(names, labels)} == {"cat/0.png": 0, "coffee/0.png": 1, "coffee/1.png": 1,
+                                                          "coffee/2.png": 1, "rocket/0.png": 2, "rocket/1.png": 2}
+
+
+def test_labels_file_gives_the_models_order(tmp_path):
+    _class_folders(tmp_path, {"rocket": 1, "cat": 1})
+    _, labels, names, classes = _eval(tmp_path, class_names=("rocket", "dog", "cat"))
+    assert classes == ["rocket", "dog", "cat"] and {n: int(l) for n, l in zip(names, labels)} == {
+        "rocket/0.png": 0, "cat/0.png": 2}
+    with pytest.raises(InputError, match=r"class folder rocket/ is not in LABELS= \(cat, dog\)"):
+        _eval(tmp_path, class_names=("cat", "dog"))
+
+
+@pytest.mark.parametrize("layout,message", [
+    ({"3": 1, "cat": 1}, r"mixes integer-named class folders \(3/\) with named ones \(cat/\)"),
+    ({"cat": 1, ".": 1}, r"has images at its top \(0.png\) beside class folders"),
+])
+def test_a_mixed_tree_is_one_line(tmp_path, layout, message):
+    _class_folders(tmp_path, layout)
+    with pytest.raises(InputError, match=message):
+        _eval(tmp_path)
+    assert _eval(tmp_path, labelled=False)[1] is None              # calibration reads no labels: any tree
 
 
 def test_limit_takes_a_deterministic_subset(tmp_path):
     make_folder(tmp_path)
     src = ImageSource("folder", folder=str(tmp_path))
-    a = load_images(src, tmp_path, 8, 8, 2, 0, Progress(quiet=True), "calibration")[2]
-    b = load_images(src, tmp_path, 8, 8, 2, 0, Progress(quiet=True), "calibration")[2]
+    a = load_images(src, tmp_path, 8, 8, 2, 0, Progress(quiet=True), "calibration", labelled=False)[2]
+    b = load_images(src, tmp_path, 8, 8, 2, 0, Progress(quiet=True), "calibration", labelled=False)[2]
     assert a == b and len(a) == 2
 
 
