@@ -92,16 +92,7 @@ def plots(results: dict, folder: Path) -> dict[str, Path]:
     ax.set_title(f"Latency distribution: {results['target']}")
     paths["latency"] = _save(fig, folder / "latency.png")
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    for r in table:
-        y = r["top1"] if r["top1"] is not None else r["agreement"]
-        ax.scatter(r["p50"], y * 100, s=40)
-        ax.annotate(r["file"], (r["p50"], y * 100), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.set_xscale("log")
-    ax.set_xlabel("p50 latency (ms, log)")
-    ax.set_ylabel("top-1 accuracy (%)" if any(r["top1"] is not None for r in table) else "top-1 agreement with float (%)")
-    ax.set_title("Accuracy against latency")
-    paths["accuracy_latency"] = _save(fig, folder / "accuracy_latency.png")
+    paths["accuracy_latency"] = _save(accuracy_latency_figure(table), folder / "accuracy_latency.png")
 
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4.5))
     ax.bar(names, [r["mb"] for r in table], color=["#4c72b0" if r["precision"] == "fp32" else "#dd8452" for r in table])
@@ -110,6 +101,30 @@ def plots(results: dict, folder: Path) -> dict[str, Path]:
     ax.set_title("Artifact size")
     paths["size"] = _save(fig, folder / "size.png")
     return paths
+
+
+def accuracy_latency_figure(table: list[dict]):
+    """Accuracy against p50 latency, one marker and colour per artifact named in a legend beside the axes (labels
+    printed at the points fall on each other when artifacts are close); the y axis ends at 100%."""
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 4.8))
+    markers, colours = "osD^v<>ph*X", plt.get_cmap("tab10").colors
+    ys = []
+    for i, r in enumerate(table):
+        y = (r["top1"] if r["top1"] is not None else r["agreement"]) * 100
+        ys.append(y)
+        ax.scatter(r["p50"], y, s=55, marker=markers[i % len(markers)], color=colours[i % len(colours)],
+                   label=f"{r['file']} ({r['runtime']})", edgecolors="black", linewidths=0.4, zorder=3)
+    low = min(ys, default=0.0)
+    ax.set_ylim(max(0.0, low - max(1.0, (100 - low) * 0.15)), 100.0)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    ax.set_xscale("log")
+    ax.set_xlabel("p50 latency (ms, log)")
+    ax.set_ylabel("top-1 accuracy (%)" if any(r["top1"] is not None for r in table) else "top-1 agreement with float (%)")
+    ax.set_title("Accuracy against latency")
+    return fig
 
 
 def _save(fig, path: Path) -> Path:

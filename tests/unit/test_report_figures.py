@@ -69,3 +69,18 @@ def test_peer_table_states_the_int8_goals_from_the_same_run():
     table = peer_table({"peers": RESULTS, "peers-tuned": tuned})
     assert "- TVM int8 (tuned) / LiteRT int8: 1.50x (misses the goal <= 1.0x)" in table      # LiteRT int8: 30 ms
     assert "- TVM int8 (tuned) is 2.00x faster than TVM fp32 (tuned) (meets the goal >= 1.5x)" in table
+
+
+def test_accuracy_against_latency_is_readable_with_many_artifacts():
+    """Seven artifacts close together: each named once in a legend (no labels printed over each other at the
+    points), the y axis ending at 100%."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from benchmarks.report import accuracy_latency_figure
+
+    table = [{"file": f"xception_{i}.tflite", "runtime": "litert", "p50": 10 + i * 0.1, "top1": 0.99 - i * 0.001,
+              "agreement": 1.0} for i in range(7)]
+    ax = accuracy_latency_figure(table).axes[0]
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"xception_{i}.tflite (litert)" for i in range(7)]
+    assert not ax.texts and ax.get_ylim()[1] == 100.0 and ax.get_ylim()[0] >= 0
