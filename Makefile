@@ -11,7 +11,7 @@ RECOVER_CAP ?= 8
 ANALYZE_N  ?= 16
 EVAL       ?=
 EVAL_N     ?= 0
-INPUT_SIZE ?= 299
+INPUT_SIZE ?=
 CLASSES    ?= 1000
 OUT        ?= build
 CACHE_DIR  ?=
@@ -54,7 +54,7 @@ PYQ = $(call qs,$(value VENV)/bin/python)
 MODEL_ARGS = --target=$(call q,TARGET) --weights=$(call q,WEIGHTS) \
   $(if $(call set,CALIB),--calib=$(call q,CALIB)) --calib-n=$(call q,CALIB_N) \
   $(if $(call set,EVAL),--eval=$(call q,EVAL)) --eval-n=$(call q,EVAL_N) \
-  --input-size=$(call q,INPUT_SIZE) --classes=$(call q,CLASSES) --calib-method=$(call q,CALIB_METHOD) \
+  $(if $(call set,INPUT_SIZE),--input-size=$(call q,INPUT_SIZE)) --classes=$(call q,CLASSES) --calib-method=$(call q,CALIB_METHOD) \
   --preprocess=$(call q,PREPROCESS) --resize=$(call q,RESIZE) --crop=$(call q,CROP) \
   $(if $(call set,LABELS),--labels=$(call q,LABELS))
 TARGETS = $(if $(call set,TARGETS_DIR),--targets-dir=$(call q,TARGETS_DIR))
@@ -127,7 +127,7 @@ tune: .run-tune ; $(PASS_EXIT)
 .run-tune: setup
 	$(PYQ) -m pipeline tune --target=$(call q,TARGET) --weights=$(call q,WEIGHTS) \
 	  $(if $(call set,CALIB),--calib=$(call q,CALIB)) --calib-n=$(call q,CALIB_N) \
-	  --input-size=$(call q,INPUT_SIZE) --classes=$(call q,CLASSES) --trials=$(call q,TRIALS) --timeout=$(call q,TUNE_TIMEOUT) \
+	  $(if $(call set,INPUT_SIZE),--input-size=$(call q,INPUT_SIZE)) --classes=$(call q,CLASSES) --trials=$(call q,TRIALS) --timeout=$(call q,TUNE_TIMEOUT) \
 	  --recover=$(call q,RECOVER) --recover-cap=$(call q,RECOVER_CAP) \
 	  $(if $(call set,RPC),--rpc=$(call q,RPC)) $(if $(call set,KEY),--key=$(call q,KEY)) $(TUNING) $(COMMON)
 

@@ -36,6 +36,8 @@ class Accuracy(TypedDict):
     mean_abs_logit_delta: float
     measured_on: MeasuredOn
     vs_litert: NotRequired[dict[str, Any]]
+    per_class: NotRequired[dict[str, list]]       # labelled eval: per class id, n, top-1, float top-1
+    confusions: NotRequired[list[dict[str, int]]]  # most frequent (float class, artifact class) disagreements
 
 
 class Artifact(TypedDict):

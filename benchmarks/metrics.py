@@ -26,7 +26,25 @@ def accuracy(logits: np.ndarray, reference_logits: np.ndarray, labels: np.ndarra
         k = min(5, logits.shape[1])
         top_k = np.argsort(-logits, axis=1)[:, :k]
         result["top5"] = float(np.mean(np.any(top_k == labels[:, None], axis=1)))
+        reference = np.argmax(reference_logits, axis=1)
+        present = np.unique(labels)
+        result["per_class"] = {"class": present.tolist(),
+                               "n": [int(np.sum(labels == c)) for c in present],
+                               "top1": [float(np.mean(predicted[labels == c] == c)) for c in present],
+                               "float_top1": [float(np.mean(reference[labels == c] == c)) for c in present]}
+    result["confusions"] = confusions(predicted, np.argmax(reference_logits, axis=1))
     return result
+
+
+def confusions(predicted: np.ndarray, reference: np.ndarray, top: int = 5) -> list[dict]:
+    """Where the artifact answers otherwise than the float model: the most frequent (float class, artifact class)
+    pairs, most frequent first."""
+    pairs: dict[tuple[int, int], int] = {}
+    for f, a in zip(reference.tolist(), predicted.tolist()):
+        if f != a:
+            pairs[(f, a)] = pairs.get((f, a), 0) + 1
+    ranked = sorted(pairs.items(), key=lambda item: (-item[1], item[0]))[:top]
+    return [{"float": f, "artifact": a, "n": n} for (f, a), n in ranked]
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

@@ -13,6 +13,8 @@ import shutil
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks.files import RESULTS_SCHEMA, read_json, results_newest_first, write_text_atomic
 from benchmarks.errors import BenchError, PipelineError, fail
 from benchmarks.manifest import fp32_twin
@@ -66,6 +68,16 @@ def markdown(results: dict) -> str:
         rss = "-" if r["rss"] is None else f"{r['rss']:.0f}"
         lines.append(f"| {r['file']} | {r['runtime']} | {r['precision']} | {r['p50']:.2f} | {r['p90']:.2f} | "
                      f"{speedup} | {rss} | {r['mb']:.1f} | {r['change']} |")
+    names = results["eval"].get("class_names") or []
+    label = lambda i: names[i] if i < len(names) else str(i)
+    disagree = [(r["file"], r["accuracy"]["confusions"]) for r in results["results"]
+                if r["accuracy"].get("confusions") and r["precision"] != "fp32"]
+    if disagree:
+        lines += ["", "## Where int8 answers otherwise than float", "", "| artifact | float class -> artifact class (images) |",
+                  "|---|---|"]
+        for file, pairs in disagree:
+            text = ", ".join(f"{label(c['float'])} -> {label(c['artifact'])} ({c['n']})" for c in pairs)
+            lines.append(f"| {file} | {text} |")
     for s in results.get("skipped", []):
         lines.append(f"\nskipped {s['file']}: {s['reason']}")
     for f in results.get("failed", []):
@@ -100,7 +112,37 @@ def plots(results: dict, folder: Path) -> dict[str, Path]:
     ax.set_ylabel("size (MB)")
     ax.set_title("Artifact size")
     paths["size"] = _save(fig, folder / "size.png")
+    per_class = per_class_figure(results)
+    if per_class is not None:
+        paths["per_class"] = _save(per_class, folder / "per_class.png")
     return paths
+
+
+def per_class_figure(results: dict):
+    """Top-1 per class, float against each artifact (labelled eval sets only), or None."""
+    import matplotlib.pyplot as plt
+
+    labelled = [r for r in results["results"] if r["accuracy"].get("per_class")]
+    if not labelled:
+        return None
+    names = results["eval"].get("class_names") or []
+    classes = labelled[0]["accuracy"]["per_class"]["class"]
+    ticks = [names[c] if c < len(names) else str(c) for c in classes]
+    width = 0.8 / (len(labelled) + 1)
+    fig, ax = plt.subplots(figsize=(max(7, 0.5 * len(classes) * (len(labelled) + 1)), 4.8))
+    x = np.arange(len(classes))
+    ax.bar(x, [v * 100 for v in labelled[0]["accuracy"]["per_class"]["float_top1"]], width, label="float (Keras)",
+           color="#999999")
+    for i, r in enumerate(labelled, start=1):
+        pc = r["accuracy"]["per_class"]
+        if pc["class"] == classes:
+            ax.bar(x + i * width, [v * 100 for v in pc["top1"]], width, label=r["file"])
+    ax.set_xticks(x + width * len(labelled) / 2, ticks, rotation=30 if len(classes) > 6 else 0, ha="right")
+    ax.set_ylim(0, 100)
+    ax.set_ylabel("top-1 (%)")
+    ax.set_title("Top-1 per class")
+    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    return fig
 
 
 def accuracy_latency_figure(table: list[dict]):
@@ -153,13 +195,19 @@ def html_page(results: dict, md: str, images: dict[str, Path]) -> str:
     pictures = "".join(
         f'<figure><img alt="{name}" src="data:image/png;base64,{base64.b64encode(path.read_bytes()).decode()}">'
         f"<figcaption>{name.replace('_', ' ')}</figcaption></figure>" for name, path in images.items())
+    sections = md.split("\n## ")[1:]              # the Markdown's later sections (where int8 answers otherwise)
+    extra = "".join(f"<h2>{html.escape(sec.splitlines()[0])}</h2><pre>{html.escape(chr(10).join(sec.splitlines()[1:]).strip())}</pre>"
+                    for sec in sections)
+    # on load, the page says how many of its images decoded (a headless browser reads it back: tests/integration)
+    check = ("<script>addEventListener('load',()=>{const i=[...document.images];document.body.dataset.images="
+             "'loaded '+i.filter(x=>x.complete&&x.naturalWidth>0).length+' of '+i.length})</script>")
     return f"""<!doctype html>
 <html><head><meta charset="utf-8"><title>{html.escape(results['target'])} benchmark</title>
 <style>body{{font-family:sans-serif;max-width:1100px;margin:2em auto}}table{{border-collapse:collapse}}
 td,th{{border:1px solid #ccc;padding:4px 8px;text-align:right}}td:first-child,th:first-child{{text-align:left}}
 img{{max-width:100%}}figure{{margin:1.5em 0}}</style></head>
 <body><h1>Benchmark: {html.escape(results['target'])}</h1><ul>{intro}</ul>
-<table>{head}\n{body}</table>{pictures}</body></html>
+<table>{head}\n{body}</table>{extra}{pictures}{check}</body></html>
 """
 
 

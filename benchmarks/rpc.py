@@ -98,6 +98,7 @@ def run_over_rpc(build_dir: Path, tracker: str, key: str, budget: Budget = Budge
         "device": {"cpu_model": f"TVM RPC device '{key}'", "cores": None, "threads": 0, "governor": None,
                    "before": unknown, "after": unknown, "throttled": False, "throttle_reasons": []},
         "budget": asdict(budget),
-        "eval": {"n": len(inputs), "float_top1": manifest["eval"].get("float_top1"), "labels": labels is not None},
+        "eval": {"n": len(inputs), "float_top1": manifest["eval"].get("float_top1"), "labels": labels is not None,
+                 **({"class_names": manifest["eval"]["class_names"]} if manifest["eval"].get("class_names") else {})},
         "results": results, "skipped": [], "failed": failed,
     }

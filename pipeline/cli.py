@@ -52,7 +52,9 @@ def _model_options(parser) -> None:
     parser.add_argument("--calib-n", type=_int, default=100, help="calibration images to use (default 100)")
     parser.add_argument("--eval", type=Path, help="folder of evaluation images (default: reference test split)")
     parser.add_argument("--eval-n", type=_int, default=0, help="evaluation images to use (default 0 = all)")
-    parser.add_argument("--input-size", type=_int, default=299, help="input size for --weights random")
+    parser.add_argument("--input-size", type=_size, default=None,
+                        help="N or HxW: the input size for --weights random (default 299), or for a model without a "
+                             "fixed height and width")
     parser.add_argument("--classes", type=_int, default=1000, help="class count for --weights random")
     parser.add_argument("--preprocess", default="", help="what pixels the model takes: xception, raw, unit, "
                         "imagenet-caffe, imagenet-torch or 'mean=R,G,B std=R,G,B' (default: read from the model)")
@@ -79,6 +81,15 @@ def _int(text: str) -> int:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+
+
+def _size(text: str) -> tuple[int, int]:
+    import re
+
+    found = re.fullmatch(r"\s*(\d+)\s*(?:[xX]\s*(\d+))?\s*", text)
+    if not found:
+        raise argparse.ArgumentTypeError(f"expected N or HxW (e.g. 299 or 240x320), got {text!r}")
+    return int(found.group(1)), int(found.group(2) or found.group(1))
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -240,7 +251,8 @@ def _compile_options(args, **extra):
 
     return CompileOptions(
         target=args.target, weights=args.weights, calib_dir=args.calib, calib_n=args.calib_n,
-        eval_dir=args.eval, eval_n=args.eval_n, input_size=args.input_size, num_classes=args.classes,
+        eval_dir=args.eval, eval_n=args.eval_n, input_size=args.input_size[0] if args.input_size else 299,
+        input_hw=args.input_size, num_classes=args.classes,
         out_dir=args.out, cache_dir=args.cache_dir, reference_dir=args.reference_dir,
         targets_dir=args.targets_dir or TARGETS_DIR, calib_method=args.calib_method, preprocess=args.preprocess,
         resize=args.resize, crop=args.crop, labels_file=args.labels, **extra)
@@ -270,7 +282,9 @@ def _tune(args) -> int:
 
     options = TuneOptions(
         CompileOptions(target=args.target, weights=args.weights, calib_dir=args.calib, calib_n=args.calib_n,
-                       input_size=args.input_size, num_classes=args.classes, out_dir=args.out,
+                       input_size=args.input_size[0] if args.input_size else 299, input_hw=args.input_size,
+                       num_classes=args.classes, out_dir=args.out, preprocess=args.preprocess, resize=args.resize,
+                       crop=args.crop, labels_file=args.labels,
                        cache_dir=args.cache_dir, reference_dir=args.reference_dir,
                        targets_dir=args.targets_dir or TARGETS_DIR, tuning_dir=args.tuning_dir,
                        recover=args.recover == "1", recover_cap=args.recover_cap),

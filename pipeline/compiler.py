@@ -55,6 +55,7 @@ class CompileOptions:
     eval_dir: Path | None = None          # folder of images; None = the reference test split
     eval_n: int = 0                       # 0 = all
     input_size: int = 299                 # random weights only
+    input_hw: tuple[int, int] | None = None   # INPUT_SIZE= as given: (H, W) for a model without a fixed size
     num_classes: int = 1000               # random weights only
     out_dir: Path = Path("build")
     cache_dir: Path = field(default_factory=default_cache_dir)
@@ -128,6 +129,9 @@ def validate_options(options: CompileOptions) -> None:
         raise InputError(str(exc)) from None
     class_names(options)
     if options.weights == "random":
+        if options.input_hw and options.input_hw[0] != options.input_hw[1]:
+            raise InputError(f"INPUT_SIZE={options.input_hw[0]}x{options.input_hw[1]}: WEIGHTS=random builds a "
+                             f"square Xception; give one number (e.g. INPUT_SIZE=299)")
         check_size(options.input_size)
         if options.num_classes < 2:
             raise InputError(f"CLASSES={options.num_classes} must be 2 or more")
@@ -480,6 +484,7 @@ class Compilation:
         built = self.stage(build, build.Config(
             source=source.kind, eval=eval_source, eval_n=opts.eval_n,
             input_size=opts.input_size if source.kind == "random" else 0,
+            input_hw=tuple(opts.input_hw) if opts.input_hw and source.kind == "file" else (),
             num_classes=opts.num_classes if source.kind == "random" else 0,
             seed=opts.seed, labels_known=source.kind == "reference", preprocess=opts.preprocess,
             resize=opts.resize, crop=opts.crop, class_names=class_names(opts)), build_inputs, "build")

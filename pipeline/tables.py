@@ -13,6 +13,16 @@ from pipeline.peers import VARIANTS
 from pipeline.tvm.records import MIN_GAIN, estimate, uses_tuned
 
 
+def class_name(i: int, ev: dict) -> str:
+    names = ev.get("class_names") or []
+    return names[i] if i < len(names) else str(i)
+
+
+def confusion_text(confusions: list[dict], ev: dict) -> str:
+    """The most frequent float -> artifact disagreements, with class names where the eval set has them."""
+    return ", ".join(f"{class_name(c['float'], ev)} -> {class_name(c['artifact'], ev)} x{c['n']}" for c in confusions)
+
+
 def compile_table(manifest: dict) -> str:
     """`make compile`: the artifacts, their accuracy against float, where it was measured, notes."""
     model = manifest["model"]
@@ -20,6 +30,8 @@ def compile_table(manifest: dict) -> str:
     head = (f"target {manifest['target']} | model {model['name']} ({model['weights']} weights, input "
             f"{'x'.join(map(str, model['input_shape'][1:3]))}, {model['num_classes']} classes) | eval: "
             f"{ev['n']} images from {ev['source']}"
+            + (f" ({len(ev['class_names'])} classes: {', '.join(ev['class_names'][:8])}"
+               f"{', ...' if len(ev['class_names']) > 8 else ''})" if ev.get("class_names") else "")
             + (f", float top-1 {ev['float_top1'] * 100:.1f}%" if ev.get("float_top1") is not None else ""))
     here = manifest.get("compiled_on")
     if here:
@@ -46,6 +58,8 @@ def compile_table(manifest: dict) -> str:
                      f"{acc['mean_abs_logit_delta']:.4f}"))
         if acc["n"] != ev["n"]:
             notes.append(f"{a['file']}: checked on the first {acc['n']} of {ev['n']} eval images")
+        if acc.get("confusions") and a["precision"] != "fp32":
+            notes.append(f"{a['file']}: answers otherwise than float: {confusion_text(acc['confusions'], ev)}")
         where = acc.get("measured_on") or {}
         if where.get("emulated"):
             notes.append(f"{a['file']}: accuracy measured as the board runs it: {where['cpu_model']}")

@@ -29,6 +29,7 @@ class Config:
     eval: ImageSource
     eval_n: int = 0               # 0 = the whole eval source
     input_size: int = 0           # random weights only
+    input_hw: tuple[int, ...] = ()    # INPUT_SIZE=HxW: the size a model without a fixed one is compiled at
     num_classes: int = 0          # random weights only
     seed: int = 0
     labels_known: bool = False    # digits labels mean something only for the reference model
@@ -42,6 +43,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     from benchmarks.metrics import softmax
 
     model = _load(inputs.get("model"), config, progress)
+    model = _fixed_size(model, inputs.get("model"), config, progress)
     shape = _check_input(model, inputs.get("model"))
     if len(model.outputs) != 1 or len(model.outputs[0].shape) != 2:
         raise InputError(f"model output must be one tensor of shape (batch, classes); got "
@@ -167,6 +169,30 @@ def _load(path: Path | None, config: Config, progress: Progress):
                          f"(accepted: a Keras .keras or .h5 model)") from None
 
 
+def _fixed_size(model, path: Path | None, config: Config, progress: Progress):
+    """A model that takes any height and width gets the one INPUT_SIZE= names (said in one line); a model with a
+    fixed size keeps it, and an INPUT_SIZE= that differs from it is one line."""
+    from models.xception import describe_input
+
+    shape = describe_input(model)
+    if len(model.inputs) != 1 or len(shape) != 4:
+        return model                                   # _check_input says what is wrong
+    if shape[1] is not None and shape[2] is not None:
+        if config.input_hw and tuple(config.input_hw) != (shape[1], shape[2]):
+            raise InputError(f"{path or 'the model'} takes {shape[1]}x{shape[2]} images; INPUT_SIZE="
+                             f"{config.input_hw[0]}x{config.input_hw[1]} is only for a model without a fixed size "
+                             f"(leave it out)")
+        return model
+    if not config.input_hw:
+        return model
+    import keras
+
+    height, width = config.input_hw
+    inp = keras.Input((height, width, shape[3]))
+    progress.log(f"  the model takes any height and width; compiled at {height}x{width} (INPUT_SIZE=)")
+    return keras.Model(inp, model(inp))
+
+
 def _check_input(model, path: Path | None) -> tuple:
     from models.xception import describe_input
 
@@ -176,6 +202,6 @@ def _check_input(model, path: Path | None) -> tuple:
         raise InputError(f"{name}: input shape {shape} is not an image batch; accepted: one input of "
                          f"rank 4, (batch, height, width, 3) channels-last RGB")
     if shape[1] is None or shape[2] is None:
-        raise InputError(f"{name}: input shape {shape} has no fixed height/width; save the model with "
-                         f"a fixed input size (e.g. Input((299, 299, 3)))")
+        raise InputError(f"{name}: input shape {shape} has no fixed height/width; give the size to compile it at "
+                         f"with INPUT_SIZE=HxW (e.g. INPUT_SIZE=224x224)")
     return shape

@@ -26,7 +26,7 @@ from pipeline.errors import StageError
 from pipeline.progress import Progress
 
 NAME = "check"
-VERSION = 5
+VERSION = 6
 TOOLS = ("ai-edge-litert", "onnxruntime", "apache-tvm", "numpy")
 FP32_RELATIVE_TOLERANCE = 1e-4
 INT8_STEP_TOLERANCE = 1

@@ -147,3 +147,40 @@ def test_a_preprocessing_layer_we_cannot_read_asks_for_preprocess(photos, tmp_pa
         photos["build"]("normalized", "out-norm")
     manifest = photos["build"]("normalized", "out-norm", preprocess="raw").manifest     # told: it compiles
     assert manifest["model"]["preprocess"]["name"] == "raw"
+
+
+def _conv_net(inputs, outputs: int = 1):
+    import keras
+
+    x = keras.layers.Conv2D(4, 3)(inputs[0])
+    x = keras.layers.GlobalAveragePooling2D()(x)
+    heads = [keras.layers.Dense(3)(x) for _ in range(outputs)]
+    return keras.Model(inputs if len(inputs) > 1 else inputs[0], heads if outputs > 1 else heads[0])
+
+
+def test_a_model_of_any_size_is_compiled_at_input_size(photos, tmp_path, cli):
+    """A model without a fixed height and width needs INPUT_SIZE=HxW (one line without it) and is compiled at
+    that size; several inputs or several outputs are one line."""
+    import keras
+
+    free = tmp_path / "any_size.keras"
+    _conv_net([keras.Input((None, None, 3))]).save(free)
+    targets = photos["root"] / "targets"
+    common = ["compile", "--target", "photo", "--targets-dir", targets, "--weights", free, "--eval", photos["eval"],
+              "--calib-n", "10", "--out", tmp_path / "out", "--quiet"]
+    code, _, err = cli(*common)
+    assert code == 2 and re.search(r"has no fixed height/width; give the size to compile it at with INPUT_SIZE=HxW",
+                                   err), err
+    code, out, err = cli(*common, "--input-size", f"{HEIGHT}x{WIDTH}", "--crop", "none")
+    assert code == 0, err
+    import json
+    manifest = json.loads((tmp_path / "out" / "photo" / "manifest.json").read_text())
+    assert manifest["model"]["input_shape"] == [1, HEIGHT, WIDTH, 3]
+    for model, message in (
+            (_conv_net([keras.Input((HEIGHT, WIDTH, 3)), keras.Input((HEIGHT, WIDTH, 3))]), r"not an image batch"),
+            (_conv_net([keras.Input((HEIGHT, WIDTH, 3))], outputs=2), r"model output must be one tensor")):
+        path = tmp_path / "several.keras"
+        model.save(path)
+        code, _, err = cli(*common[:6], path, *common[7:])
+        errors = [line for line in err.splitlines() if line.startswith("error:")]
+        assert code == 2 and len(errors) == 1 and re.search(message, errors[0]), err
