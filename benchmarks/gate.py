@@ -23,6 +23,7 @@ from pathlib import Path
 from benchmarks.files import read_json, results_newest_first, write_text_atomic
 from benchmarks.errors import GATE_CHECKED_NOTHING, GATE_FAILED, BenchError, PipelineError, fail
 from benchmarks.manifest import fp32_twin, load_manifest, model_gates_key
+from benchmarks.runtimes import RUNTIMES
 from benchmarks.text import format_table
 
 HERE = Path(__file__).resolve().parent
@@ -35,7 +36,6 @@ ACCURACY_METRICS = ("agreement_top1", "top1_drop_points", "relative_accuracy", "
                     "baseline_agreement_top1", "accuracy")
 EXIT_CODES = {"pass": 0, "fail": GATE_FAILED, "checked nothing": GATE_CHECKED_NOTHING}
 VERDICTS = {"pass": "PASS", "fail": "FAIL", "checked nothing": "CHECKED NOTHING"}
-RUNTIMES = ("litert", "onnxruntime", "tvm")
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ def analyze_target(options, n: int = 16, progress: Progress | None = None) -> tu
     target = load_target(options.target, options.targets_dir)
     validate_options(options)
     if "tflite-int8" not in target.artifacts:
-        int8 = [k for k in target.artifacts if ARTIFACT_KINDS[k][1] == "int8"]
+        int8 = [k for k in target.artifacts if ARTIFACT_KINDS[k].precision == "int8"]
         raise InputError(f"target {target.name} has no tflite-int8 artifact to analyze (its int8 artifacts: "
                          f"{', '.join(int8) or 'none'}); analyze a target that lists tflite-int8, e.g. host")
     ensure_writable(options.out_dir)

@@ -33,7 +33,6 @@ from pipeline.tvm.link import ZIG, describe, zig_spec
 from pipeline.tvm.records import TUNING_FILES
 from pipeline.versions import tool_versions
 
-EXTENSIONS = {"tflite": "tflite", "onnx": "onnx"}
 # With default schedules the on-host TVM check runs the whole eval set. Without them (tvm.schedules
 # = "none") TVM runs Xception at about 0.7 s per 71x71 image (11 s at 299x299) on 2 cores, so the
 # check uses the first images: 32 at 71x71, fewer for larger inputs (at least 4); n is recorded.
@@ -217,18 +216,18 @@ class Compilation:
         else:
             model = 4 * XCEPTION_PARAMETERS
         share = {"fp32": 1.0, "fp16": 0.5}
-        return int(model * (2 + sum(share.get(ARTIFACT_KINDS[k][1], 0.25) for k in self.target.artifacts)))
+        return int(model * (2 + sum(share.get(ARTIFACT_KINDS[k].precision, 0.25) for k in self.target.artifacts)))
 
     def converted(self, kind: str) -> tuple[CacheEntry, str]:
         """The convert stage's entry for one TFLite/ONNX kind (also the source of TVM builds)."""
-        fmt, precision, _, _ = ARTIFACT_KINDS[kind]
-        file_name = f"{self.model_name}_{precision}.{EXTENSIONS[fmt]}"
+        made = ARTIFACT_KINDS[kind]
+        file_name = f"{self.model_name}_{made.precision}.{made.extension}"
         inputs = {"model": self.built.file("model.keras")}
-        if kind in convert.NEEDS_CALIBRATION:
+        if made.needs_calibration:
             inputs["calib"] = self.calibrated.file("calib.npz")
         scheme = self.onnx_int8_scheme()[0] if kind == "onnx-int8" else ""
         config = convert.Config(kind, file_name, scheme)
-        if kind in convert.NEEDS_CALIBRATION:
+        if made.needs_calibration:
             config = dataclasses.replace(config, calib_method=self.options.calib_method)
         if kind == "tflite-int8" and self.options.recover:
             budget = self.recovery_budget()
@@ -435,12 +434,12 @@ class Compilation:
 
     # -- the compilation ------------------------------------------------------------------------
     def run(self) -> CompileResult:
-        if any(ARTIFACT_KINDS[kind][0] == "tvm" for kind in self.target.artifacts):
+        if any(ARTIFACT_KINDS[kind].format == "tvm" for kind in self.target.artifacts):
             describe(self.linker())           # a missing linker is one line before any stage runs
         source = self.prepare()
         artifacts = []
         for kind in self.target.artifacts:
-            fmt, precision, runtime, device = ARTIFACT_KINDS[kind]
+            fmt, precision, runtime, device = ARTIFACT_KINDS[kind][:4]
             head = {"kind": kind, "format": fmt, "precision": precision, "runtime": runtime, "device": device}
             if fmt == "tvm":
                 made_artifact = self._tvm_artifact(kind, precision, device)
@@ -500,8 +499,7 @@ class Compilation:
                 "(EVAL=, labels from class folders) and the model itself (its own model.evaluate).",
             ])
 
-        needs_calibration = any(precision == "int8" for _, precision, _, _ in
-                                (ARTIFACT_KINDS[k] for k in target.artifacts))
+        needs_calibration = any(ARTIFACT_KINDS[k].precision == "int8" for k in target.artifacts)
         self.calibrated = None
         if needs_calibration:
             calib_source = (ImageSource("folder", folder=str(opts.calib_dir)) if opts.calib_dir
@@ -645,7 +643,7 @@ def validate_manifest(manifest: Manifest) -> None:
 
 def describes_target(kind: str, onnx_scheme: str, measured_on: dict, target: Target) -> tuple[bool, str]:
     """Whether an accuracy figure measured on ``measured_on`` is what ``target`` computes, and why."""
-    _, precision, runtime, _ = ARTIFACT_KINDS[kind]
+    precision, runtime = ARTIFACT_KINDS[kind].precision, ARTIFACT_KINDS[kind].runtime
     isa = measured_on.get("int8_isa")
     if measured_on.get("emulated"):
         return True, f"run under qemu-user as the board's core ({measured_on['emulated']})"

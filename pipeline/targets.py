@@ -7,7 +7,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from benchmarks.device import cpu_flags, int8_isa, int8_saturates
 from pipeline.errors import ConfigError
@@ -15,18 +15,27 @@ from pipeline.errors import ConfigError
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 TUNING_DIR = TARGETS_DIR / "tuning"          # make tune writes <target>/<model>/ here; commit it
 
-# artifact kind -> (format, precision, runtime, device)
-ARTIFACT_KINDS: dict[str, tuple[str, str, str, str]] = {
-    "tflite-fp32": ("tflite", "fp32", "litert", "cpu"),
-    "tflite-int8": ("tflite", "int8", "litert", "cpu"),
-    "tflite-dynamic": ("tflite", "dynamic", "litert", "cpu"),
-    "tflite-fp16": ("tflite", "fp16", "litert", "gpu"),
-    "onnx-fp32": ("onnx", "fp32", "onnxruntime", "cpu"),
-    "onnx-int8": ("onnx", "int8", "onnxruntime", "cpu"),
-    "tvm-fp32": ("tvm", "fp32", "tvm", "cpu"),
-    "tvm-int8": ("tvm", "int8", "tvm", "cpu"),
-    "tvm-gpu-fp32": ("tvm", "fp32", "tvm", "gpu"),
-    "tvm-gpu-fp16": ("tvm", "fp16", "tvm", "gpu"),      # fp16 compute, fp32 input and output
+class ArtifactKind(NamedTuple):
+    """One artifact kind: the one record of what it is and how it is made (no other table lists kinds)."""
+    format: str                     # tflite | onnx | tvm
+    precision: str                  # fp32 | int8 | dynamic | fp16
+    runtime: str                    # one of benchmarks.runtimes.RUNTIMES
+    device: str                     # cpu | gpu
+    extension: str                  # the file's suffix
+    needs_calibration: bool = False     # made from the calibration images (static int8)
+
+
+ARTIFACT_KINDS: dict[str, ArtifactKind] = {
+    "tflite-fp32": ArtifactKind("tflite", "fp32", "litert", "cpu", "tflite"),
+    "tflite-int8": ArtifactKind("tflite", "int8", "litert", "cpu", "tflite", needs_calibration=True),
+    "tflite-dynamic": ArtifactKind("tflite", "dynamic", "litert", "cpu", "tflite"),
+    "tflite-fp16": ArtifactKind("tflite", "fp16", "litert", "gpu", "tflite"),
+    "onnx-fp32": ArtifactKind("onnx", "fp32", "onnxruntime", "cpu", "onnx"),
+    "onnx-int8": ArtifactKind("onnx", "int8", "onnxruntime", "cpu", "onnx", needs_calibration=True),
+    "tvm-fp32": ArtifactKind("tvm", "fp32", "tvm", "cpu", "so"),
+    "tvm-int8": ArtifactKind("tvm", "int8", "tvm", "cpu", "so"),
+    "tvm-gpu-fp32": ArtifactKind("tvm", "fp32", "tvm", "gpu", "so"),
+    "tvm-gpu-fp16": ArtifactKind("tvm", "fp16", "tvm", "gpu", "so"),      # fp16 compute, fp32 input and output
 }
 ARCHES = ("aarch64", "x86_64")
 GPU_APIS = ("opencl",)
@@ -255,8 +264,8 @@ def _tvm_kind(spec: Any) -> str:
 def _check_processor(where: str, artifacts: list[str], tvm: TvmSpec | None, gpu: GpuSpec | None) -> None:
     """Each TVM artifact kind is built for the processor it names, from that processor's TVM target: a CPU
     kind from tvm.cpu (llvm), a GPU kind from tvm.gpu (never llvm: that would be a CPU-only library)."""
-    cpu_kinds = [k for k in artifacts if k.startswith("tvm-") and ARTIFACT_KINDS[k][3] == "cpu"]
-    gpu_kinds = [k for k in artifacts if k.startswith("tvm-") and ARTIFACT_KINDS[k][3] == "gpu"]
+    cpu_kinds = [k for k in artifacts if ARTIFACT_KINDS[k].format == "tvm" and ARTIFACT_KINDS[k].device == "cpu"]
+    gpu_kinds = [k for k in artifacts if ARTIFACT_KINDS[k].format == "tvm" and ARTIFACT_KINDS[k].device == "gpu"]
     if cpu_kinds and (tvm is None or tvm.cpu is None):
         raise ConfigError(f"{where}: {', '.join(cpu_kinds)} run on the CPU and need a CPU TVM target: "
                           f"[tvm] cpu = {{ kind = \"llvm\", ... }}")

@@ -59,8 +59,8 @@ def tune_target(options: TuneOptions, progress: Progress | None = None) -> dict:
     target = load_target(options.compile.target, options.compile.targets_dir)
     _check(options)
     validate_options(options.compile)
-    precisions = [ARTIFACT_KINDS[k][1] for k in target.artifacts
-                  if ARTIFACT_KINDS[k][0] == "tvm" and ARTIFACT_KINDS[k][3] == "cpu"]
+    precisions = [ARTIFACT_KINDS[k].precision for k in target.artifacts
+                  if ARTIFACT_KINDS[k].format == "tvm" and ARTIFACT_KINDS[k].device == "cpu"]
     if not precisions:
         raise ConfigError(f"target {target.name} builds no TVM CPU library (artifacts: {', '.join(target.artifacts)}); "
                           f"tuning is for tvm-fp32 / tvm-int8 on llvm targets")

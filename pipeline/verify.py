@@ -35,6 +35,7 @@ from benchmarks.device import this_cpu
 from benchmarks.gate import GATES_FILE, load_thresholds
 from benchmarks.manifest import check_hashes, load_manifest, model_gates_key
 from benchmarks.run import ONE_PASS, child_command, write_results
+from benchmarks.runtimes import RUNTIMES
 from pipeline.cache import canonical_json
 from pipeline.emulation import CORES, ensure_emulator, ensure_file, ensure_intel_opencl, ensure_lavapipe, ensure_tool
 from pipeline.errors import InputError, MissingDependencyError
@@ -51,7 +52,7 @@ OPENCL_RELATIVE_TOLERANCE = 1e-4      # fp32 kernels on OpenCL against LiteRT fp
 FP16_RELATIVE_TOLERANCE = 1e-2
 FP16_MIN_AGREEMENT = 0.99
 SOFTWARE_OPENCL_PLATFORM = "Portable Computing Language"      # POCL: Debian's CPU OpenCL
-VERIFIED_RUNTIMES = ("litert", "onnxruntime", "tvm")
+VERIFIED_RUNTIMES = RUNTIMES                         # every runtime a CPU artifact can have
 
 
 def _run(cmd: list[str], env: dict | None = None) -> tuple[int, str, float]:

@@ -23,12 +23,13 @@ from typing import Mapping
 import numpy as np
 
 from pipeline.progress import Progress
+from pipeline.targets import ARTIFACT_KINDS
 
 NAME = "convert"
 VERSION = 6
 TOOLS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy")
 ONNX_OPSET = 17
-NEEDS_CALIBRATION = ("tflite-int8", "onnx-int8")
+NEEDS_CALIBRATION = tuple(k for k, made in ARTIFACT_KINDS.items() if made.needs_calibration)
 
 # ONNX int8 schemes: (activation type, weight type, reduce_range, what it is). Weights are per-channel.
 # On x86 without VNNI, ONNX Runtime runs int8 convolutions as u8 x s8 with VPMADDUBSW, whose int16

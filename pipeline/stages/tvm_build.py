@@ -121,7 +121,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     # kernels, a CPU artifact holds none (nothing is cached or shipped otherwise)
     source = _opencl_source(executable.mod)
     kernels = opencl_kernel_count(source)
-    if ARTIFACT_KINDS[config.kind][3] == "gpu":
+    if ARTIFACT_KINDS[config.kind].device == "gpu":
         if not kernels:
             raise StageError(f"TVM built no OpenCL kernels for {config.file_name} (target {json.dumps(target_spec)}): "
                              f"the functions were not GPU-scheduled and would run on the CPU; refusing the artifact")
