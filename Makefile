@@ -128,6 +128,7 @@ tune: .run-tune ; $(PASS_EXIT)
 	$(PYQ) -m pipeline tune --target=$(call q,TARGET) --weights=$(call q,WEIGHTS) \
 	  $(if $(call set,CALIB),--calib=$(call q,CALIB)) --calib-n=$(call q,CALIB_N) \
 	  $(if $(call set,INPUT_SIZE),--input-size=$(call q,INPUT_SIZE)) --classes=$(call q,CLASSES) --trials=$(call q,TRIALS) --timeout=$(call q,TUNE_TIMEOUT) \
+  --preprocess=$(call q,PREPROCESS) --resize=$(call q,RESIZE) --crop=$(call q,CROP) $(if $(call set,LABELS),--labels=$(call q,LABELS)) \
 	  --recover=$(call q,RECOVER) --recover-cap=$(call q,RECOVER_CAP) \
 	  $(if $(call set,RPC),--rpc=$(call q,RPC)) $(if $(call set,KEY),--key=$(call q,KEY)) $(TUNING) $(COMMON)
 

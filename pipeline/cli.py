@@ -52,6 +52,11 @@ def _model_options(parser) -> None:
     parser.add_argument("--calib-n", type=_int, default=100, help="calibration images to use (default 100)")
     parser.add_argument("--eval", type=Path, help="folder of evaluation images (default: reference test split)")
     parser.add_argument("--eval-n", type=_int, default=0, help="evaluation images to use (default 0 = all)")
+    _input_options(parser)
+
+
+def _input_options(parser) -> None:
+    """What the model takes and how images become it (compile, analyze and tune prepare the model alike)."""
     parser.add_argument("--input-size", type=_size, default=None,
                         help="N or HxW: the input size for --weights random (default 299), or for a model without a "
                              "fixed height and width")
@@ -113,8 +118,7 @@ def _parser() -> argparse.ArgumentParser:
     tu.add_argument("--weights", default="auto", help="the model, as for compile")
     tu.add_argument("--calib", type=Path, help="calibration images, as for compile (int8 functions)")
     tu.add_argument("--calib-n", type=_int, default=100)
-    tu.add_argument("--input-size", type=_int, default=299, help="input size for --weights random")
-    tu.add_argument("--classes", type=_int, default=1000, help="class count for --weights random")
+    _input_options(tu)
     tu.add_argument("--trials", type=_int, default=1000,
                     help="trial budget of the records (a re-run resumes up to it; default 1000)")
     tu.add_argument("--rpc", help="host:port of a TVM RPC tracker: measure on the boards registered under --key")
