@@ -18,8 +18,8 @@ CACHE_DIR  ?=
 REFERENCE_DIR ?=
 TARGETS_DIR ?=
 PREPROCESS ?=
-RESIZE     ?= bilinear
-CROP       ?= center
+RESIZE     ?=
+CROP       ?=
 LABELS     ?=
 GATES      ?=
 BASELINES  ?=
@@ -55,8 +55,8 @@ MODEL_ARGS = --target=$(call q,TARGET) --weights=$(call q,WEIGHTS) \
   $(if $(call set,CALIB),--calib=$(call q,CALIB)) --calib-n=$(call q,CALIB_N) \
   $(if $(call set,EVAL),--eval=$(call q,EVAL)) --eval-n=$(call q,EVAL_N) \
   $(if $(call set,INPUT_SIZE),--input-size=$(call q,INPUT_SIZE)) --classes=$(call q,CLASSES) --calib-method=$(call q,CALIB_METHOD) \
-  --preprocess=$(call q,PREPROCESS) --resize=$(call q,RESIZE) --crop=$(call q,CROP) \
-  $(if $(call set,LABELS),--labels=$(call q,LABELS))
+  --preprocess=$(call q,PREPROCESS) $(if $(call set,RESIZE),--resize=$(call q,RESIZE)) \
+  $(if $(call set,CROP),--crop=$(call q,CROP)) $(if $(call set,LABELS),--labels=$(call q,LABELS))
 TARGETS = $(if $(call set,TARGETS_DIR),--targets-dir=$(call q,TARGETS_DIR))
 COMMON = --out=$(call q,OUT) $(if $(call set,CACHE_DIR),--cache-dir=$(call q,CACHE_DIR)) \
          $(if $(call set,REFERENCE_DIR),--reference-dir=$(call q,REFERENCE_DIR)) $(TARGETS)
@@ -128,7 +128,7 @@ tune: .run-tune ; $(PASS_EXIT)
 	$(PYQ) -m pipeline tune --target=$(call q,TARGET) --weights=$(call q,WEIGHTS) \
 	  $(if $(call set,CALIB),--calib=$(call q,CALIB)) --calib-n=$(call q,CALIB_N) \
 	  $(if $(call set,INPUT_SIZE),--input-size=$(call q,INPUT_SIZE)) --classes=$(call q,CLASSES) --trials=$(call q,TRIALS) --timeout=$(call q,TUNE_TIMEOUT) \
-  --preprocess=$(call q,PREPROCESS) --resize=$(call q,RESIZE) --crop=$(call q,CROP) $(if $(call set,LABELS),--labels=$(call q,LABELS)) \
+  --preprocess=$(call q,PREPROCESS) $(if $(call set,RESIZE),--resize=$(call q,RESIZE)) $(if $(call set,CROP),--crop=$(call q,CROP)) $(if $(call set,LABELS),--labels=$(call q,LABELS)) \
 	  --recover=$(call q,RECOVER) --recover-cap=$(call q,RECOVER_CAP) \
 	  $(if $(call set,RPC),--rpc=$(call q,RPC)) $(if $(call set,KEY),--key=$(call q,KEY)) $(TUNING) $(COMMON)
 

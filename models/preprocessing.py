@@ -21,7 +21,9 @@ def preprocess(pixels: np.ndarray) -> np.ndarray:
     return pixels.astype(np.float32) / 127.5 - 1.0
 
 
-RESIZE = ("bilinear", "nearest", "bicubic", "area")
+# "keras": what Keras' image_dataset_from_directory does (tf.image.resize, bilinear, half-pixel centres, no
+# antialiasing, float result); the others are PIL's filters, which antialias when they shrink
+RESIZE = ("keras", "bilinear", "nearest", "bicubic", "area")
 CROPS = ("center", "none")
 
 
@@ -140,8 +142,18 @@ def load_image(path: Path, height: int, width: int, resize: str = "bilinear", cr
 
 def resize_center_crop(img, height: int, width: int, resize: str = "bilinear", crop: str = "center") -> np.ndarray:
     """Resize a PIL image so it covers (height, width) and crop the centre, or (``crop="none"``) resize it to
-    exactly (height, width)."""
+    exactly (height, width). uint8 pixels, or float32 for ``resize="keras"`` (as Keras hands them to a model)."""
     from PIL import Image
+
+    if resize == "keras":
+        pixels = np.asarray(img, dtype=np.float32)
+        if crop == "none":
+            return bilinear_like_keras(pixels, height, width)
+        scale = max(height / img.height, width / img.width)
+        new_h, new_w = max(height, round(img.height * scale)), max(width, round(img.width * scale))
+        big = bilinear_like_keras(pixels, new_h, new_w)
+        top, left = (new_h - height) // 2, (new_w - width) // 2
+        return big[top:top + height, left:left + width]
 
     method = {"bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "bicubic": Image.BICUBIC,
               "area": Image.BOX}[resize]
@@ -154,6 +166,23 @@ def resize_center_crop(img, height: int, width: int, resize: str = "bilinear", c
     left = (new_w - width) // 2
     top = (new_h - height) // 2
     return np.asarray(img.crop((left, top, left + width, top + height)), dtype=np.uint8)
+
+
+def bilinear_like_keras(pixels: np.ndarray, height: int, width: int) -> np.ndarray:
+    """(H, W, C) -> (height, width, C) float32 as tf.image.resize(method="bilinear", antialias=False) computes it:
+    half-pixel centres, the two nearest source rows and columns, edges clamped."""
+    def axis(out_size: int, in_size: int):
+        src = (np.arange(out_size, dtype=np.float64) + 0.5) * (in_size / out_size) - 0.5
+        src = np.clip(src, 0, in_size - 1)
+        low = np.floor(src).astype(np.int64)
+        high = np.minimum(low + 1, in_size - 1)
+        return low, high, (src - low).astype(np.float32)
+
+    y0, y1, fy = axis(height, pixels.shape[0])
+    x0, x1, fx = axis(width, pixels.shape[1])
+    top = pixels[y0][:, x0] * (1 - fx)[None, :, None] + pixels[y0][:, x1] * fx[None, :, None]
+    bottom = pixels[y1][:, x0] * (1 - fx)[None, :, None] + pixels[y1][:, x1] * fx[None, :, None]
+    return (top * (1 - fy)[:, None, None] + bottom * fy[:, None, None]).astype(np.float32)
 
 
 def find_images(folder: Path) -> list[Path]:

@@ -63,8 +63,10 @@ def _input_options(parser) -> None:
     parser.add_argument("--classes", type=_int, default=1000, help="class count for --weights random")
     parser.add_argument("--preprocess", default="", help="what pixels the model takes: xception, raw, unit, "
                         "imagenet-caffe, imagenet-torch or 'mean=R,G,B std=R,G,B' (default: read from the model)")
-    parser.add_argument("--resize", default="bilinear", help="bilinear (default), nearest, bicubic or area")
-    parser.add_argument("--crop", default="center", help="center (default: cover, crop the centre) or none")
+    parser.add_argument("--resize", default="", help="keras, bilinear, nearest, bicubic or area (default: keras for "
+                        "your own model, as image_dataset_from_directory resizes; bilinear otherwise)")
+    parser.add_argument("--crop", default="", help="center (cover, crop the centre) or none (default: none for your "
+                        "own model, center otherwise)")
     parser.add_argument("--labels", type=Path, help="the model's class names, one per line, in its output order")
 
 

@@ -67,8 +67,8 @@ class CompileOptions:
     recover: bool = True                  # int8 below the gate's agreement budget: keep damaging layers float
     recover_cap: int = 8                  # at most this many float layers
     preprocess: str = ""                  # PREPROCESS=: what pixels the model takes; "" = read from the model
-    resize: str = "bilinear"              # RESIZE=
-    crop: str = "center"                  # CROP=: center | none
+    resize: str = ""                      # RESIZE=; "": as Keras reads a user's images (keras), else bilinear
+    crop: str = ""                        # CROP=: center | none; "": none for a user's model, else center
     labels_file: Path | None = None       # LABELS=: the model's class names, one per line, in its output order
 
 
@@ -123,7 +123,7 @@ def validate_options(options: CompileOptions) -> None:
     from models.preprocessing import parse_preprocess
 
     try:
-        parse_preprocess(options.preprocess or "xception", options.resize, options.crop)
+        parse_preprocess(options.preprocess or "xception", options.resize or "bilinear", options.crop or "center")
     except ValueError as exc:
         raise InputError(str(exc)) from None
     class_names(options)

@@ -34,8 +34,8 @@ class Config:
     seed: int = 0
     labels_known: bool = False    # digits labels mean something only for the reference model
     preprocess: str = ""          # PREPROCESS= as given; "" = decided from the model (models/preprocessing.py)
-    resize: str = "bilinear"      # RESIZE=
-    crop: str = "center"          # CROP=
+    resize: str = ""              # RESIZE=; "": keras for a user's model (as Keras reads its images), else bilinear
+    crop: str = ""                # CROP=; "": none for a user's model, else center
     class_names: tuple[str, ...] = ()   # LABELS=: the model's class names, in its output order
 
 
@@ -99,8 +99,10 @@ def _preprocessing(model, path: Path | None, config: Config):
     asking for PREPROCESS=; otherwise Xception's own."""
     from models.preprocessing import ACCEPTED, leading_preprocessing, parse_preprocess
 
+    user = config.source == "file"
+    resize, crop = config.resize or ("keras" if user else "bilinear"), config.crop or ("none" if user else "center")
     try:
-        chosen = parse_preprocess(config.preprocess or "xception", config.resize, config.crop)
+        chosen = parse_preprocess(config.preprocess or "xception", resize, crop)
     except ValueError as exc:
         raise InputError(str(exc)) from None
     leading = leading_preprocessing(model) if config.source == "file" else None
@@ -113,7 +115,7 @@ def _preprocessing(model, path: Path | None, config: Config):
                         "PREPROCESS= if it was trained on other pixels)")
     kind, name, detail = leading
     if kind == "Rescaling":
-        return (parse_preprocess("raw", config.resize, config.crop),
+        return (parse_preprocess("raw", resize, crop),
                 f"raw 0..255 pixels: the model's first layer {name} is {detail}, so it scales its input itself "
                 f"(PREPROCESS=raw, read from the model)")
     raise InputError(f"{path or 'the model'}: its first layer {name} ({detail}) preprocesses the input in a way "

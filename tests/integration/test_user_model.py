@@ -21,6 +21,7 @@ from tests.conftest import ROOT, write_target
 
 HEIGHT, WIDTH = 40, 48                       # non-square, far below Xception's 71
 CLASSES = ["china", "flower", "hopper"]      # sorted: the ids Keras gives the folders
+EPOCHS = 3          # short of perfect: a top-1 below 100% shows more when the figures must agree
 
 
 def _photos():
@@ -34,7 +35,7 @@ def _photos():
 
 
 def _crops(folder, photos, n, seed):
-    """n random crops per photo, saved at the model's exact size as PNG: Keras and we read the same pixels."""
+    """n random crops per photo as PNG files of random sizes, so that Keras and we both resize them."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
@@ -46,7 +47,8 @@ def _crops(folder, photos, n, seed):
             cw = int(ch * WIDTH / HEIGHT)
             top, left = int(rng.integers(0, h - ch)), int(rng.integers(0, w - cw))
             crop = Image.fromarray(photo[top:top + ch, left:left + cw])
-            crop.resize((WIDTH, HEIGHT), Image.BILINEAR).save(folder / name / f"{i}.png")
+            size = (int(rng.integers(WIDTH // 2, WIDTH * 3)), int(rng.integers(HEIGHT // 2, HEIGHT * 3)))
+            crop.resize(size, Image.BILINEAR).save(folder / name / f"{i}.png")
     return folder
 
 
@@ -64,7 +66,7 @@ def _train(path, train_dir, rescaling: bool):
     model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
     if not rescaling:
         data = data.map(lambda images, labels: (images / 127.5 - 1, labels))
-    model.fit(data, epochs=12, verbose=0)
+    model.fit(data, epochs=EPOCHS, verbose=0)
     model.save(path)
     return path
 
@@ -97,7 +99,7 @@ def photos(tmp_path_factory, stage_cache):
     def build(model: str, out: str, **options):
         return compile_target(CompileOptions(target="photo", weights=str(models[model]), calib_dir=train, calib_n=30,
                                              eval_dir=evaluation, out_dir=root / out, cache_dir=stage_cache,
-                                             targets_dir=targets, crop="none", **options), Progress(quiet=True))
+                                             targets_dir=targets, **options), Progress(quiet=True))
     return {"root": root, "eval": evaluation, "models": models, "build": build}
 
 
@@ -107,8 +109,11 @@ def test_float_top1_is_keras_own_evaluation_with_class_names_from_the_folders(ph
     ev = manifest["eval"]
     assert ev["labels"] and ev["class_names"] == CLASSES and ev["n"] == 60
     keras_top1 = _keras_top1(photos["models"][model], photos["eval"], model == "rescaling")
-    assert ev["float_top1"] == pytest.approx(keras_top1, abs=1e-9), (ev["float_top1"], keras_top1)
+    # the same images resized as image_dataset_from_directory resizes them (RESIZE=keras CROP=none, the defaults
+    # for a user's model): the same figure, up to float rounding in the resize deciding at most one image
+    assert abs(ev["float_top1"] - keras_top1) <= 1 / 60 + 1e-9, (ev["float_top1"], keras_top1)
     prep = manifest["model"]["preprocess"]
+    assert (prep["resize"], prep["crop"]) == ("keras", "none")
     assert prep["name"] == ("raw" if model == "rescaling" else "xception")
     if model == "rescaling":                               # read from the model, and said
         assert "to_unit_range is Rescaling(scale=0.00784314, offset=-1)" in prep["why"]
