@@ -23,6 +23,7 @@ from pipeline import __version__
 from pipeline.cache import CacheEntry, StageCache, canonical_json, sha256_file, sha256_tree, stage_key
 from pipeline.datasets import ImageSource, folder_images
 from pipeline.emulation import GUEST_SITE, ensure_emulator, ensure_file, ensure_tool
+from benchmarks.errors import STORAGE_ERRNOS
 from pipeline.errors import InputError, MissingDependencyError, PipelineError, StageError, storage_error
 from pipeline.output import TargetLock, ensure_writable, publish, staging_dir, write_json
 from pipeline.progress import Progress
@@ -618,7 +619,7 @@ def _storage_cause(exc: BaseException) -> OSError | None:
     seen = set()
     while exc is not None and id(exc) not in seen:
         seen.add(id(exc))
-        if isinstance(exc, OSError) and storage_error(exc, "", Path(".")) is not None:
+        if isinstance(exc, OSError) and exc.errno in STORAGE_ERRNOS:
             return exc
         exc = exc.__cause__ or exc.__context__
     return None
