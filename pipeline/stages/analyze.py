@@ -40,7 +40,7 @@ class Config:
 def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progress) -> None:
     import keras
 
-    from pipeline import quantization as q
+    from pipeline import layer_damage as damage, quantization as q
     from pipeline.stages.convert import saved_model
 
     started = time.monotonic()
@@ -52,16 +52,16 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     int8 = q.quantize(calibrated)
     reference = q.outputs(calibrated, calib)
     overall = q.compare(reference, q.outputs(int8, calib))
-    ops = q.model_ops(int8, [layer.name for layer in model.layers])
-    progress.log(f"  per-layer error of {len(ops)} ops on {min(len(calib), q.ERROR_IMAGES)} calibration images")
-    quantized = [op for op in ops if op.kind in q.QUANTIZED_OPS]
-    found = q.measure(calibrated, int8, reference, calib, ops, config.n or len(quantized), progress)
+    ops = damage.model_ops(int8, [layer.name for layer in model.layers])
+    progress.log(f"  per-layer error of {len(ops)} ops on {min(len(calib), damage.ERROR_IMAGES)} calibration images")
+    quantized = [op for op in ops if op.kind in damage.QUANTIZED_OPS]
+    found = damage.measure(calibrated, int8, reference, calib, ops, config.n or len(quantized), progress)
     errors, measured, sens, ranked = found.errors, found.measured, found.sensitivities, found.ranked
     rank = {name: i + 1 for i, name in enumerate(ranked)}
     layer_of = {op.tensor: op.layer for op in ops}
     layers = []
     for op in ops:
-        if op.kind not in q.QUANTIZED_OPS:
+        if op.kind not in damage.QUANTIZED_OPS:
             continue
         row = {"index": op.index, "op": op.kind, "layer": op.layer, "keras_layers": op.layers, "tensor": op.tensor,
                "flow": flow(op.layer), **errors.get(op.tensor, {"sqnr_db": None, "relative_rmse": None})}
@@ -73,15 +73,15 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     onnx_rows = None
     if "onnx_int8" in inputs:
         progress.log("  per-layer error of the ONNX int8 model")
-        onnx_rows = q.onnx_layer_errors(inputs["onnx_fp32"], inputs["onnx_int8"], calib[:q.ERROR_IMAGES],
+        onnx_rows = damage.onnx_layer_errors(inputs["onnx_fp32"], inputs["onnx_int8"], calib[:damage.ERROR_IMAGES],
                                         [layer.name for layer in model.layers])
         for row in onnx_rows:
             row["flow"] = flow(row["layer"])
         _fill_flow(onnx_rows)
     (out / "analysis.json").write_text(json.dumps({
         "artifact": "tflite-int8", "calib_method": config.calib_method, "calibration_images": int(len(calib)),
-        "error_images": int(min(len(calib), q.ERROR_IMAGES)),
-        "sensitivity_images": int(min(len(calib), q.SENSITIVITY_IMAGES)),
+        "error_images": int(min(len(calib), damage.ERROR_IMAGES)),
+        "sensitivity_images": int(min(len(calib), damage.SENSITIVITY_IMAGES)),
         "sensitivity_measured": len(measured), "quantized_ops": len(quantized),
         "sensitivity_form": "end-to-end outputs against float with only this op quantized",
         "overall": overall, "layers": layers, "onnx_layers": onnx_rows,

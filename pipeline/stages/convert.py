@@ -133,14 +133,14 @@ def _tflite_int8(model, calib, evaluation, work: Path, progress: Progress, confi
     """TFLite's calibration, the activation ranges of the calibration method, quantization; then, when the
     int8 model misses the gate's budget on the eval images (as the gate will judge it), float fallback of the
     layers that cost most (sensitivity measured on the calibration images)."""
-    from pipeline import quantization as q
+    from pipeline import layer_damage as damage, quantization as q, recovery as rec
 
     calibrated = q.calibrate(saved_model(model, work), calib, config.calib_method, progress)
     plain = q.quantize(calibrated)
     info = {"calib_method": config.calib_method, "calibration_images": int(len(calib))}
     if not config.recover_budget or evaluation is None:
         return plain, info | {"recovery": {"status": "off"}}
-    budget = q.Budget(config.recover_budget, config.recover_max_drop, evaluation["logits"],
+    budget = rec.Budget(config.recover_budget, config.recover_max_drop, evaluation["logits"],
                       evaluation.get("labels"))
     judged = budget.judge(q.outputs(plain, evaluation["inputs"]))
     if judged["met"]:
@@ -149,13 +149,13 @@ def _tflite_int8(model, calib, evaluation, work: Path, progress: Progress, confi
     started = time.monotonic()
     progress.log(f"  int8 misses the gate's budget on the {len(evaluation['inputs'])} eval images ({judged['why']}): "
                  f"measuring which layers cost it")
-    reference = q.outputs(calibrated, calib[:q.SENSITIVITY_IMAGES])    # float, on the sensitivity images
-    ops = q.model_ops(plain, [layer.name for layer in model.layers])
-    found = q.measure(calibrated, plain, reference, calib, ops, config.sensitivity_n, progress)
+    reference = q.outputs(calibrated, calib[:damage.SENSITIVITY_IMAGES])    # float, on the sensitivity images
+    ops = damage.model_ops(plain, [layer.name for layer in model.layers])
+    found = damage.measure(calibrated, plain, reference, calib, ops, config.sensitivity_n, progress)
     sens, ranked = found.sensitivities, found.ranked
-    result = q.recover(calibrated, plain, budget, evaluation["inputs"], ops, ranked, config.recover_cap,
+    result = rec.recover(calibrated, plain, budget, evaluation["inputs"], ops, ranked, config.recover_cap,
                        progress.log)
-    plain_ms, recovered_ms = q.median_ms(plain, calib[0]), q.median_ms(result.model, calib[0])
+    plain_ms, recovered_ms = rec.median_ms(plain, calib[0]), rec.median_ms(result.model, calib[0])
     layer_of = {op.tensor: op.layer for op in ops}
     recovery = {
         "status": "recovered" if result.met else ("cap reached" if result.capped else "not met"),
@@ -224,7 +224,7 @@ def _onnx_int8(model, calib, work: Path, target: Path, progress: Progress, schem
     tensors between excluded nodes stay float). Returns the excluded node names."""
     import onnx
 
-    from pipeline.quantization import keras_layers_in
+    from pipeline.layer_damage import keras_layers_in
 
     from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
                                           QuantType, quantize_static)
