@@ -22,7 +22,8 @@ from benchmarks.manifest import Artifact, Manifest
 from pipeline import __version__
 from pipeline.cache import CacheEntry, StageCache, canonical_json, sha256_file, sha256_tree, stage_key
 from pipeline.datasets import ImageSource, folder_images
-from pipeline.emulation import GUEST_SITE, ensure_emulator, ensure_file, ensure_tool
+from pipeline.emulation import GUEST_SITE, ensure_emulator
+from pipeline.host_tools import ensure_file, ensure_tool
 from benchmarks.errors import STORAGE_ERRNOS
 from pipeline.errors import InputError, MissingDependencyError, PipelineError, StageError, storage_error
 from pipeline.output import TargetLock, ensure_writable, publish, staging_dir, write_json

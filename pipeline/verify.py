@@ -37,7 +37,8 @@ from benchmarks.manifest import check_hashes, load_manifest, model_gates_key
 from benchmarks.run import ONE_PASS, child_command, write_results
 from benchmarks.runtimes import RUNTIMES
 from pipeline.cache import canonical_json
-from pipeline.emulation import CORES, ensure_emulator, ensure_file, ensure_intel_opencl, ensure_lavapipe, ensure_tool
+from pipeline.emulation import CORES, ensure_emulator
+from pipeline.host_tools import ensure_file, ensure_intel_opencl, ensure_lavapipe, ensure_tool
 from pipeline.errors import InputError, MissingDependencyError
 from pipeline.progress import Progress
 from pipeline.targets import Target

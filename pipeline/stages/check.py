@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,6 +22,7 @@ from typing import Mapping
 import numpy as np
 
 from pipeline.errors import StageError
+from pipeline.host_tools import run_tool
 from pipeline.progress import Progress
 
 NAME = "check"
@@ -90,10 +90,9 @@ def _run_emulated(artifact: Path, runtime: str, io: dict | None, eval_file: Path
         cmd = child_command(folder, {"file": artifact.name, "runtime": runtime, "io": io}, threads, ONE_PASS, n,
                             folder / "result.json", emulator.python(), logits_file)
         root = Path(__file__).resolve().parent.parent.parent
-        done = subprocess.run(cmd, cwd=root, capture_output=True, text=True, env=emulator.env(emulated["core"]))
-        if done.returncode or not logits_file.is_file():
-            tail = " | ".join(done.stderr.strip().splitlines()[-3:])
-            raise StageError(f"{artifact.name} failed under qemu as {emulated['core']} (exit {done.returncode}): {tail}")
+        run_tool(cmd, f"{artifact.name} under qemu as {emulated['core']}", cwd=root, env=emulator.env(emulated["core"]))
+        if not logits_file.is_file():
+            raise StageError(f"{artifact.name} under qemu as {emulated['core']} wrote no outputs")
         ran_on = json.loads((folder / "result.json").read_text())["measured_on"]
         return np.load(logits_file), ran_on | {"cpu_model": f"{emulated['core']} emulated by qemu-user",
                                                "emulated": emulated["core"]}

@@ -15,12 +15,12 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Mapping
 
 from pipeline.errors import StageError
+from pipeline.host_tools import run_tool
 from pipeline.progress import Progress
 from pipeline.tvm.library import elf_info
 
@@ -91,10 +91,7 @@ def _opencl_stub(source: str, compiler: str, folder: Path) -> None:
 
 
 def _compile(cmd: list[str], what: str) -> None:
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode:
-        errors = [line for line in done.stderr.splitlines() if "error" in line] or done.stderr.strip().splitlines()
-        raise StageError(f"compiling {what} failed (exit {done.returncode}): {' | '.join(errors[:3])[:400]}")
+    run_tool(cmd, f"compiling {what}", pick="error")
 
 
 def _version_key(version) -> tuple[int, ...]:

@@ -14,6 +14,7 @@ import sys
 from importlib import metadata
 
 from pipeline.errors import MissingDependencyError
+from pipeline.host_tools import run_tool
 
 ZIG = "zig"             # tvm.linker's default: the pinned zig cc
 
@@ -53,9 +54,7 @@ def linker_options(spec: str) -> dict:
 
     def fcompile(output, objects, options=None):
         cmd = [*command, "-shared", "-fPIC", "-o", output, *objects, *(options or [])]
-        done = subprocess.run(cmd, capture_output=True, text=True)
-        if done.returncode:
-            raise RuntimeError(f"linker failed ({' '.join(cmd)}):\n{done.stdout}\n{done.stderr}")
+        run_tool(cmd, f"linker ({' '.join(cmd)})", error=RuntimeError)
 
     fcompile.output_format = "so"
     return {"fcompile": fcompile}

@@ -34,7 +34,7 @@ def opencl_setup():
     """What the project installs itself where it can (root, apt): POCL, the ICD loader, headers, g++."""
     import platform
 
-    from pipeline.emulation import ensure_file, ensure_tool
+    from pipeline.host_tools import ensure_file, ensure_tool
     from pipeline.progress import Progress
 
     progress = Progress(quiet=True)

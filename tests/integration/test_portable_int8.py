@@ -43,7 +43,7 @@ max_size_ratio = 0.45       # fixed flatbuffer / scale overhead dominates a 90 k
 
 @pytest.fixture(scope="module")
 def haswell() -> list[str]:
-    from pipeline.emulation import ensure_tool
+    from pipeline.host_tools import ensure_tool
 
     try:
         qemu = ensure_tool("qemu-x86_64", "qemu-user", Progress(quiet=True))

@@ -1,6 +1,6 @@
 """The x86 dot-product forms on a CPU that has their instructions: each form's tensorized convolutions (and the
 depthwise ones), compiled by TVM for its own target, run on Bochs' emulated Tiger Lake (AVX512-VNNI) with no
-operating system (pipeline/x86_emulation.py), byte for byte against the numpy model of LiteRT's arithmetic.
+operating system (tests/support/x86_emulation.py), byte for byte against the numpy model of LiteRT's arithmetic.
 
 - avx512-vnni: 512-bit VPDPBUSD, as a Cascade Lake / Ice Lake / Zen 4 build has it.
 - avx-vnni: its 8-lane schedule, built for Tiger Lake, where LLVM encodes the same 256-bit VPDPBUSD with EVEX
@@ -25,7 +25,7 @@ import pytest
 
 tvm = pytest.importorskip("tvm")
 
-from pipeline import x86_emulation  # noqa: E402
+from tests.support import x86_emulation  # noqa: E402
 from pipeline.errors import MissingDependencyError  # noqa: E402
 from pipeline.progress import Progress  # noqa: E402
 from pipeline.tvm import dot  # noqa: E402

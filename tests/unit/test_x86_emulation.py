@@ -1,10 +1,10 @@
-"""pipeline/x86_emulation.py without Bochs: the runner's table of calls, its output's parsing, bad inputs."""
+"""tests/support/x86_emulation.py without Bochs: the runner's table of calls, its output's parsing, bad inputs."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipeline import x86_emulation as emu
+from tests.support import x86_emulation as emu
 from pipeline.errors import InputError, StageError
 
 

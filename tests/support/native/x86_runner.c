@@ -1,4 +1,4 @@
-/* Bare-metal runner for pipeline/x86_emulation.py: calls TVM-compiled functions (object files, TVM's FFI calling
+/* Bare-metal runner for tests/support/x86_emulation.py: calls TVM-compiled functions (object files, TVM's FFI calling
  * convention: DLTensor arguments) on an emulated x86 CPU with no operating system and no TVM runtime, and says
  * for each whether its output equals the expected one, byte for byte. Calls whose instruction sets the CPU does
  * not report (CPUID) are skipped. Output on COM1 (8N1), a line before and after each call, then RESULT; then it asks Bochs to

@@ -1,4 +1,4 @@
-/* Boot code for pipeline/x86_emulation.py's bare-metal image (an emulated x86 CPU, no operating system).
+/* Boot code for tests/support/x86_emulation.py's bare-metal image (an emulated x86 CPU, no operating system).
  * A Multiboot header with the address fields (a flat binary loaded at 1 MiB by syslinux's mboot.c32), then, from
  * 32-bit protected mode: an identity map of the first GiB in 2 MiB pages, PAE + long mode, SSE and XSAVE on,
  * XCR0 = the x87/SSE/AVX/AVX-512 state the CPU offers (CPUID leaf 0xD), a 1 MiB stack, and runner_main().
