@@ -16,11 +16,13 @@ FLOW_COLOURS = {"entry": "#1f77b4", "middle": "#2ca02c", "exit": "#d62728", "net
 
 
 def analyze_target(options, n: int = 16, progress: Progress | None = None) -> tuple[dict, Path]:
-    from pipeline.compiler import Compilation, validate_options
+    from pipeline.artifacts import Producer
+    from pipeline.compile_options import validate_options
+    from pipeline.compiler import runner_for
+    from pipeline.model_inputs import prepare
     from pipeline.output import TargetLock, ensure_writable
     from pipeline.stages import analyze
     from pipeline.targets import ARTIFACT_KINDS, load_target
-    from pipeline.versions import tool_versions
 
     progress = progress or Progress(quiet=True)
     if n < 0:
@@ -34,16 +36,19 @@ def analyze_target(options, n: int = 16, progress: Progress | None = None) -> tu
     ensure_writable(options.out_dir)
     with TargetLock(options.out_dir, target.name):
         # the int8 models as quantized before any recovery: the analysis shows what int8 does to each layer
-        comp = Compilation(dataclasses.replace(options, recover=False), target, progress, dict(tool_versions()))
-        comp.prepare()
-        inputs = {"model": comp.built.file("model.keras"), "calib": comp.calibrated.file("calib.npz")}
+        options = dataclasses.replace(options, recover=False)
+        runner = runner_for(options, target, progress)
+        progress.log(f"analyzing int8 on target {target.name}: {target.description}")
+        model = prepare(runner, options, True, progress)
+        producer = Producer(options, target, runner, model, progress)
+        inputs = {"model": model.file("model.keras"), "calib": model.file("calib.npz")}
         if "onnx-int8" in target.artifacts:
-            int8, int8_file = comp.converted("onnx-int8")
-            fp32, fp32_file = comp.converted("onnx-fp32")
+            int8, int8_file = producer.converted("onnx-int8")
+            fp32, fp32_file = producer.converted("onnx-fp32")
             inputs |= {"onnx_int8": int8.file(int8_file), "onnx_fp32": fp32.file(fp32_file)}
-        entry = comp.stage(analyze, analyze.Config(options.calib_method, n), inputs, "analyze int8")
+        entry = runner.stage(analyze, analyze.Config(options.calib_method, n), inputs, "analyze int8")
         result = json.loads(entry.file("analysis.json").read_text())
-        result["model"] = f"{comp.model_name}-{comp.source_kind}"
+        result["model"] = model.gates_key
         result["target"] = target.name
         folder = options.out_dir / target.name / "analysis"
         staging = folder.with_name(".analysis.tmp")

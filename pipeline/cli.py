@@ -100,7 +100,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def _parser() -> argparse.ArgumentParser:
-    from pipeline.compiler import default_cache_dir
+    from pipeline.compile_options import default_cache_dir
 
     parser = _Parser(
         prog="python -m pipeline",

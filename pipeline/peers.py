@@ -15,9 +15,10 @@ from pathlib import Path
 from benchmarks import run
 from benchmarks.manifest import load_manifest
 from benchmarks.profile import profile_artifact
-from pipeline.compiler import CompileOptions, compile_target, records_path
+from pipeline.compiler import CompileOptions, compile_target
 from pipeline.progress import Progress
 from pipeline.targets import TUNING_DIR
+from pipeline.tvm.records import records_path
 
 PEER_ARTIFACTS = ("tflite-fp32", "tflite-int8", "onnx-fp32", "onnx-int8", "tvm-fp32", "tvm-int8")
 # target name -> (artifacts, tvm.schedules, row label)

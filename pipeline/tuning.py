@@ -22,12 +22,14 @@ from pathlib import Path
 
 from benchmarks.device import cpu_model
 from benchmarks.rpc import parse_tracker
-from pipeline.compiler import Compilation, CompileOptions, validate_options
+from pipeline.artifacts import Producer, linker, records_dir, tvm_spec
+from pipeline.compile_options import CompileOptions, validate_options
+from pipeline.compiler import needs_int8, runner_for
+from pipeline.model_inputs import Prepared, prepare
 from pipeline.errors import ConfigError, InputError, MissingDependencyError, StageError
 from pipeline.output import TargetLock, ensure_writable
 from pipeline.progress import Progress
-from pipeline.targets import ARTIFACT_KINDS, load_target
-from pipeline.versions import tool_versions
+from pipeline.targets import ARTIFACT_KINDS, Target, load_target
 
 MAX_TRIALS = 1_000_000
 
@@ -72,22 +74,25 @@ def tune_target(options: TuneOptions, progress: Progress | None = None) -> dict:
         raise InputError(f"target {target.name} is {target.arch} and this machine is {platform.machine()}: its "
                          f"functions must be measured on the board; give RPC=host:port KEY=<key> of a TVM RPC tracker")
     ensure_writable(options.compile.out_dir)
-    compilation = Compilation(options.compile, target, progress, dict(tool_versions()))
-    compilation.prepare()
-    records_dir = compilation.records_dir()
+    runner = runner_for(options.compile, target, progress)
+    progress.log(f"tuning target {target.name}: {target.description}")
+    model = prepare(runner, options.compile, needs_int8(target), progress)
+    records = records_dir(options.compile, target, model)
     try:
-        records_dir.mkdir(parents=True, exist_ok=True)
+        records.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise InputError(f"records folder {records_dir} cannot be created: {exc.strerror or exc}") from None
-    with TargetLock(records_dir.parent, records_dir.name):
-        sources = {p: compilation.converted("tflite-int8" if p == "int8" else "tflite-fp32") for p in precisions}
+        raise InputError(f"records folder {records} cannot be created: {exc.strerror or exc}") from None
+    with TargetLock(records.parent, records.name):
+        producer = Producer(options.compile, target, runner, model, progress)
+        sources = {p: producer.converted("tflite-int8" if p == "int8" else "tflite-fp32") for p in precisions}
         try:
-            return _tune(options, compilation, records_dir, {p: e.file(f) for p, (e, f) in sources.items()}, progress)
+            return _tune(options, target, model, records, {p: e.file(f) for p, (e, f) in sources.items()}, progress)
         except (RuntimeError, ValueError) as exc:          # TVM's errors are RuntimeErrors
-            raise StageError(compilation.failure("tune", "", exc) + f"; records so far are kept in {records_dir}") from exc
+            raise StageError(runner.failure("tune", "", exc) + f"; records so far are kept in {records}") from exc
 
 
-def _tune(options: TuneOptions, compilation: Compilation, records_dir: Path, tflites: dict, progress: Progress) -> dict:
+def _tune(options: TuneOptions, board: Target, model: Prepared, records_dir: Path, tflites: dict,
+          progress: Progress) -> dict:
     progress.log("[tune] loading TVM MetaSchedule")
     started = time.monotonic()
     try:
@@ -101,7 +106,7 @@ def _tune(options: TuneOptions, compilation: Compilation, records_dir: Path, tfl
     from pipeline.tvm import tuning as tvm_tuning       # registers TVM's tensor intrinsics (pipeline/tvm/intrinsics.py)
 
     progress.log(f"[tune] MetaSchedule and TVM's tensor intrinsics loaded in {time.monotonic() - started:.0f} s")
-    spec, detect_cpu = compilation.tvm_spec()
+    spec, detect_cpu = tvm_spec(board)
     if detect_cpu:
         spec = spec | {"mcpu": llvm_get_system_cpu()}
     target = tvm.target.Target(spec)
@@ -117,7 +122,7 @@ def _tune(options: TuneOptions, compilation: Compilation, records_dir: Path, tfl
     else:
         runner = ms.runner.LocalRunner(timeout_sec=options.timeout_sec)
         where = {"runner": "local", "cpu": cpu_model(), "machine": platform.node()}
-    builder = tvm_tuning.builder(compilation.linker(), workers, options.timeout_sec)
+    builder = tvm_tuning.builder(linker(board), workers, options.timeout_sec)
 
     tasks = []
     for precision, tflite in tflites.items():
@@ -125,12 +130,12 @@ def _tune(options: TuneOptions, compilation: Compilation, records_dir: Path, tfl
         progress.log(f"[tune] {precision}: {len(found)} functions to tune from {tflite.name}")
         tasks += found
     started = time.monotonic()
-    work = options.compile.out_dir / "logs" / f"tune-{compilation.target.name}-{compilation.model_shape_id}"
+    work = options.compile.out_dir / "logs" / f"tune-{board.name}-{model.shape_id}"
     work.mkdir(parents=True, exist_ok=True)
     progress.log(f"[tune] MetaSchedule's own log: {work / 'metaschedule.log'}")
     tuner = tvm_tuning.Tuner(target, records_dir, builder, runner, progress.log, work)
     tuner.summary |= {
-        "target": compilation.target.name, "model": compilation.model_shape_id, "tvm_target": spec,
+        "target": board.name, "model": model.shape_id, "tvm_target": spec,
         "tuned_on": where, "trials_budget": max(options.trials, tuner.summary.get("trials_budget", 0)),
     }
     progress.log(f"[tune] {len({t.key for t in tasks})} distinct functions, budget {options.trials} trials, "

@@ -318,7 +318,7 @@ def emulator_cache(stage_cache) -> Path:
     """The run's stage cache, holding the emulated aarch64 board (qemu-user + arm64 sysroot), built once per run.
     Where the user's own cache already holds boards (a `make compile TARGET=rpi4` before the tests, as in CI),
     the run uses them: a board only measures, it shapes no artifact, and it is keyed by its packages' versions."""
-    from pipeline.compiler import default_cache_dir
+    from pipeline.compile_options import default_cache_dir
     from pipeline.emulation import ensure_emulator
     from pipeline.errors import MissingDependencyError, StageError
     from pipeline.progress import Progress

@@ -6,9 +6,15 @@ gzipped (Xception: 10 MB of JSON -> 0.4 MB, for users who commit it).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 TUNING_FILES = ("tuning.json", "database_workload.json.gz", "database_tuning_record.json.gz")
+
+
+def records_path(tuning_dir: Path, target: str, model_shape_id: str) -> Path:
+    """Where `make tune` keeps the MetaSchedule records of one target and model."""
+    return Path(tuning_dir) / target / model_shape_id
 
 # A tuned schedule replaces the default one only when it measured at least this much faster: the
 # runner measures a function alone, with warm caches, and a marginal win there can be a loss inside

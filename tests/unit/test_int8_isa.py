@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from benchmarks.device import cpu_flags, int8_isa, int8_saturates, this_cpu
-from pipeline.compiler import describes_target
+from pipeline.accuracy import describes_target
 from pipeline.stages.convert import ONNX_INT8_SCHEMES, onnx_int8_scheme
 from pipeline.targets import HOST_FEATURES, load_target
 

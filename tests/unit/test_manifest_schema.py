@@ -7,7 +7,7 @@ import json
 import jsonschema
 import pytest
 
-from pipeline.compiler import MANIFEST_SCHEMA, validate_manifest
+from pipeline.packaging import MANIFEST_SCHEMA, validate_manifest
 from pipeline.errors import StageError
 
 CPU = {"cpu_model": "AMD EPYC", "machine": "x86_64", "int8_isa": "avx2", "int8_saturates": True}
