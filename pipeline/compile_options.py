@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pipeline.datasets import folder_images
 from pipeline.errors import InputError
+from pipeline.options import option
 from pipeline.sources import check_size
 from pipeline.targets import TARGETS_DIR, TUNING_DIR
 
@@ -18,31 +19,36 @@ def default_cache_dir() -> Path:
     return Path(base) / "xception-edge"
 
 
+def _default(var: str, kind=str):
+    return kind(option(var).default)
+
+
 @dataclass(frozen=True)
 class CompileOptions:
+    """The API's options; the defaults are the option table's (pipeline/options.py), the variable in comments."""
     target: str
-    weights: str = "auto"                 # auto | imagenet | reference | random | path to .keras/.h5
-    calib_dir: Path | None = None         # folder of images; None = the reference calibration split
-    calib_n: int = 100
-    eval_dir: Path | None = None          # folder of images; None = the reference test split
-    eval_n: int = 0                       # 0 = all
-    input_size: int = 299                 # random weights only
-    input_hw: tuple[int, int] | None = None   # INPUT_SIZE= as given: (H, W) for a model without a fixed size
-    num_classes: int = 1000               # random weights only
-    out_dir: Path = Path("build")
-    cache_dir: Path = field(default_factory=default_cache_dir)
-    reference_dir: Path | None = None     # None = <cache_dir>/reference
-    targets_dir: Path = TARGETS_DIR
+    weights: str = _default("WEIGHTS")                   # WEIGHTS
+    calib_dir: Path | None = None                         # CALIB; None = the reference calibration split
+    calib_n: int = _default("CALIB_N", int)               # CALIB_N
+    eval_dir: Path | None = None                          # EVAL; None = the reference test split
+    eval_n: int = _default("EVAL_N", int)                 # EVAL_N; 0 = all
+    input_size: int = 299                                 # INPUT_SIZE for random weights
+    input_hw: tuple[int, int] | None = None               # INPUT_SIZE as given: (H, W) for a model without a fixed size
+    num_classes: int = _default("CLASSES", int)           # CLASSES, random weights only
+    out_dir: Path = Path(_default("OUT"))                 # OUT
+    cache_dir: Path = field(default_factory=default_cache_dir)     # CACHE_DIR
+    reference_dir: Path | None = None                     # REFERENCE_DIR; None = <cache_dir>/reference
+    targets_dir: Path = TARGETS_DIR                       # TARGETS_DIR
     seed: int = 0
-    tuning_dir: Path | None = TUNING_DIR  # MetaSchedule records (make tune); None = do not apply them
-    records_target: str = ""              # look records up under this target's name (default: the target's)
-    calib_method: str = "minmax"          # int8 calibration: minmax | percentile | entropy
-    recover: bool = True                  # int8 below the gate's agreement budget: keep damaging layers float
-    recover_cap: int = 8                  # at most this many float layers
-    preprocess: str = ""                  # PREPROCESS=: what pixels the model takes; "" = read from the model
-    resize: str = ""                      # RESIZE=; "": as Keras reads a user's images (keras), else bilinear
-    crop: str = ""                        # CROP=: center | none; "": none for a user's model, else center
-    labels_file: Path | None = None       # LABELS=: the model's class names, one per line, in its output order
+    tuning_dir: Path | None = TUNING_DIR                  # TUNING_DIR; None = do not apply records (TUNED=0)
+    records_target: str = ""                              # look records up under this target's name (default: its own)
+    calib_method: str = _default("CALIB_METHOD")          # CALIB_METHOD
+    recover: bool = _default("RECOVER") == "1"            # RECOVER
+    recover_cap: int = _default("RECOVER_CAP", int)       # RECOVER_CAP
+    preprocess: str = ""                                  # PREPROCESS; "" = read from the model
+    resize: str = ""                                      # RESIZE; "": keras for a user's model, else bilinear
+    crop: str = ""                                        # CROP; "": none for a user's model, else center
+    labels_file: Path | None = None                       # LABELS
 
 
 def validate_options(options: CompileOptions) -> None:

@@ -14,9 +14,10 @@ from typing import Sequence
 import numpy as np
 
 from benchmarks.runtimes import dequantize, quantize as quantize_input
+from pipeline.options import option
 
-CALIB_METHODS = ("minmax", "percentile", "entropy")
-DEFAULT_CALIB_METHOD = "minmax"
+CALIB_METHODS = option("CALIB_METHOD").choices
+DEFAULT_CALIB_METHOD = option("CALIB_METHOD").default
 PERCENTILE = 99.99           # two-sided: 0.005% of the values clipped at each end
 HISTOGRAM_BINS = 2048
 ENTROPY_LEVELS = 128         # quantized bins of |x| compared with the reference distribution (TensorRT's method)

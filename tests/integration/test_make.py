@@ -149,7 +149,7 @@ def test_real_program_codes_through_make():
 def test_without_the_plugin_a_failure_is_makes_2(fake, tmp_path):
     """No C compiler: the Makefile falls back to plain recipes (make's own 2, and its 'Error N' line)."""
     (tmp_path / "pipeline" / "native").mkdir(parents=True)
-    for name in ("Makefile", "requirements.lock", "pipeline/native/make_exit.c"):
+    for name in ("Makefile", "pipeline/options.mk", "requirements.lock", "pipeline/native/make_exit.c"):
         shutil.copy(ROOT / name, tmp_path / name)
     venv = next(tmp_path.glob("ven*"))
     done = subprocess.run(["make", "-s", "gate", "CC=false", f"VENV={venv}"], cwd=tmp_path, capture_output=True,

@@ -10,7 +10,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-MAKEFILE = (ROOT / "Makefile").read_text()
+MAKEFILE = (ROOT / "Makefile").read_text() + (ROOT / "pipeline" / "options.mk").read_text()   # options.mk: generated variables
 
 VERBS = set(re.search(r"^VERBS = (.+)$", MAKEFILE, re.M).group(1).split()) | {"setup", "help"}
 VARIABLES = set(re.findall(r"^([A-Z][A-Z0-9_]*) *\?=", MAKEFILE, re.M))
