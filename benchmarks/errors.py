@@ -1,14 +1,8 @@
-"""The one error hierarchy of the project, with exit codes on the classes.
-
-It lives in the device-side package because the benchmark runner travels to boards without the
-compiler (``pipeline/``), and both must raise the same errors; ``pipeline.errors`` re-exports it.
-Every message is one line that names the value received and what is accepted. The CLI prints
-``error: <message>`` and exits with the class's code; nothing else maps errors to codes.
-
-Exit codes: 0 ok; 1 a gate failed; 2 bad input or configuration; 3 a stage or an artifact failed;
-4 a missing dependency; 5 busy (another run holds the lock); 6 the gate judged no accuracy (every accuracy check
-skipped: it neither passed nor failed); 7 a folder cannot be written (disk full, quota, permission denied,
-read-only); 130 / 143 interrupted.
+"""The one error hierarchy of the project, with exit codes on the classes. It lives in the device-side package
+because the runner travels to boards without ``pipeline/``; ``pipeline.errors`` re-exports it. Every message is
+one line naming the value received and what is accepted; the CLI prints ``error: <message>`` and exits with the
+class's code. Exit codes: 0 ok; 1 gate failed; 2 bad input; 3 stage failed; 4 missing dependency; 5 busy;
+6 the gate judged no accuracy; 7 a folder cannot be written; 130 / 143 interrupted.
 """
 from __future__ import annotations
 

@@ -14,9 +14,7 @@ import datetime
 import json
 import os
 import shlex
-import sys
 import tomllib
-import xml.etree.ElementTree as ET
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,7 +22,7 @@ from benchmarks.files import read_json, results_newest_first, write_text_atomic
 from benchmarks.errors import GATE_CHECKED_NOTHING, GATE_FAILED, BenchError, PipelineError, fail
 from benchmarks.manifest import fp32_twin, load_manifest, model_gates_key
 from benchmarks.runtimes import RUNTIMES
-from benchmarks.text import format_table
+from benchmarks.gate_report import fmt, junit, table as report_table
 
 HERE = Path(__file__).resolve().parent
 GATES_FILE = HERE / "gates.toml"
@@ -131,12 +129,8 @@ class Check:
         if self.value is None:
             return f"{self.artifact}: {self.metric} {'ok' if self.status == 'pass' else 'FAILED'}: {self.detail}"
         verdict = "ok" if self.status == "pass" else "FAILED"
-        return (f"{self.artifact}: {self.metric} = {_fmt(self.value)} (threshold {self.op} {_fmt(self.threshold)}) "
+        return (f"{self.artifact}: {self.metric} = {fmt(self.value)} (threshold {self.op} {fmt(self.threshold)}) "
                 f"{verdict}{'; ' + self.detail if self.detail else ''} [{self.source}]")
-
-
-def _fmt(v) -> str:
-    return "-" if v is None else (f"{v:.4f}" if isinstance(v, float) else str(v))
 
 
 def _compare(artifact, metric, value, op, threshold, source, detail="") -> Check:
@@ -294,30 +288,6 @@ def _speed_check(art: dict, fp32: dict | None, bench: dict, acc_source: str) -> 
                     f"p50 {q:.2f} ms int8 / {f:.2f} ms fp32 ({fp32['file']})")
 
 
-def junit(report: dict) -> str:
-    checks = report["checks"]
-    suite = ET.Element("testsuite", name=f"gate-{report['target']}", tests=str(len(checks)),
-                       failures=str(sum(c["status"] == "fail" for c in checks)),
-                       skipped=str(sum(c["status"] == "skip" for c in checks)), timestamp=report["created"])
-    for c in checks:
-        case = ET.SubElement(suite, "testcase", classname=f"gate.{report['target']}.{c['artifact']}", name=c["metric"])
-        if c["status"] == "fail":
-            ET.SubElement(case, "failure", message=c["message"], type="GateFailed").text = c["message"]
-        elif c["status"] == "skip":
-            ET.SubElement(case, "skipped", message=c["detail"])
-        ET.SubElement(case, "system-out").text = f"source: {c['source']}"
-    return ET.tostring(suite, encoding="unicode", xml_declaration=True)
-
-
-def table(report: dict) -> str:
-    rows = [("artifact", "metric", "value", "threshold", "result", "source")]
-    for c in report["checks"]:
-        thr = "" if c["threshold"] is None else f"{c['op']} {_fmt(c['threshold'])}"
-        rows.append((c["artifact"], c["metric"], _fmt(c["value"]), thr, c["status"].upper(),
-                     c["source"] if c["status"] != "skip" else c["detail"]))
-    return format_table(rows)
-
-
 def write_outputs(report: dict, build_dir: Path) -> Path:
     folder = build_dir / "gate"
     folder.mkdir(parents=True, exist_ok=True)
@@ -351,7 +321,7 @@ def run_gate(build_dir: Path, gates: Path = GATES_FILE, baselines: Path = BASELI
     """Evaluate the gates, write junit.xml and gate.json, and return the report and the text to print."""
     report = evaluate(build_dir, gates, baselines)
     folder = write_outputs(report, build_dir)
-    lines = [f"gate {report['model']} on {report['target']}; accuracy from {report['accuracy_source']}", table(report)]
+    lines = [f"gate {report['model']} on {report['target']}; accuracy from {report['accuracy_source']}", report_table(report)]
     lines += [f"RECOVERED: {name} was compiled with {len(layers)} layers kept float to meet the accuracy budget "
               f"({', '.join(layers)}); these figures are the recovered artifact's"
               for name, layers in report.get("recovered", {}).items()]

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import statistics
 import sys
 import time
@@ -22,6 +21,7 @@ import numpy as np
 from benchmarks.files import write_text_atomic
 from benchmarks.errors import BenchError, PipelineError, fail
 from benchmarks.manifest import check_hashes, load_manifest
+from benchmarks.profile_report import format_profile
 from benchmarks.runtimes import TvmSession
 
 
@@ -78,50 +78,6 @@ def summarize(per_run: list[dict[str, float]], totals: list[float], calls: dict[
     rows.sort(key=lambda r: -r["ms"])
     return {"total_ms": total_ms, "runs": len(totals), "functions": rows,
             "instrumented_ms": 1e3 * statistics.median(sum(r.values()) for r in per_run)}
-
-
-def kind_of(name: str) -> str:
-    """A function's kind: its name without the numbers TVM appends to tell same-kind functions apart
-    (``fused_conv2d18_add9_relu7`` -> ``fused_conv2d_add_relu``, ``int8_dot_conv9`` -> ``int8_dot_conv``)."""
-    return re.sub(r"(?<!int)(?<!float)(?<!\d)\d+(?=_|$)", "", name)
-
-
-def by_kind(rows: list[dict]) -> list[dict]:
-    """The functions' rows summed per kind, slowest first."""
-    kinds: dict[str, dict] = {}
-    for r in rows:
-        kind = kind_of(r["name"])
-        k = kinds.setdefault(kind, {"kind": kind, "functions": 0, "calls": 0, "ms": 0.0, "share": 0.0})
-        k["functions"] += 1
-        for field in ("calls", "ms", "share"):
-            k[field] += r[field]
-    return sorted(kinds.values(), key=lambda k: -k["ms"])
-
-
-def _table(rows: list[dict], label: str, key: str, counts: tuple[str, ...], top: int, others: str) -> list[str]:
-    """Markdown: a row per entry (its ``key``, ``counts`` columns, ms, share); past ``top``, one row for the rest."""
-    def line(name: str, entries: list[dict]) -> str:
-        cells = [name, *(str(sum(e[c] for e in entries)) for c in counts),
-                 f"{sum(e['ms'] for e in entries):.2f}", f"{sum(e['share'] for e in entries) * 100:.1f}%"]
-        return "| " + " | ".join(cells) + " |"
-
-    head = [label, *counts, "ms", "share"]
-    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
-    lines += [line(r[key], [r]) for r in rows[:top]]
-    if rows[top:]:
-        lines.append(line(f"({len(rows[top:])} {others})", rows[top:]))
-    return lines
-
-
-def format_profile(profile: dict, title: str, top: int = 12, top_kinds: int = 6) -> str:
-    rows = profile["functions"]
-    kinds = by_kind(rows)
-    lines = [f"{title}: {profile['total_ms']:.1f} ms per inference (median of {profile['runs']}, instrumented), "
-             f"{len(rows)} functions of {len(kinds)} kinds.", ""]
-    lines += _table(kinds, "kind", "kind", ("functions", "calls"), top_kinds, "other kinds")
-    lines += ["", f"The {min(top, len(rows))} slowest functions:", ""]
-    lines += _table(rows, "function", "name", ("calls",), top, "others")
-    return "\n".join(lines) + "\n"
 
 
 def profile_artifact(build_dir: Path, art: dict, threads: int, runs: int) -> dict:

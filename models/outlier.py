@@ -1,10 +1,6 @@
-"""A model that int8 breaks on purpose, with its float function unchanged: an outlier channel.
-
-One output channel of a convolution (ReLU or linear activation) is multiplied by ``factor`` (its kernel slice and
-bias), and the next layer's weights for that input channel are divided by it. Float outputs are the same up to
-rounding; but the convolution's output tensor now spans ``factor`` times its old range, so per-tensor int8 gives
-its other channels a step ``factor`` times coarser. This is how real models (transformers, some CNNs after
-fine-tuning) defeat per-tensor activation quantization.
+"""A model that int8 breaks on purpose, with its float function unchanged: one output channel of a convolution is
+multiplied by ``factor`` and the next layer's weights for it divided by it, so per-tensor int8 gives the other
+channels a step ``factor`` times coarser (how real models defeat per-tensor quantization).
 
     python -m models.outlier model.keras damaged.keras --layer conv_a [--channel 0] [--factor 1000]
 """

@@ -246,7 +246,8 @@ def _baseline(args) -> int:
 
 
 def _analyze(args) -> int:
-    from pipeline.analysis import analyze_target, table
+    from pipeline.analysis import analyze_target
+    from pipeline.analysis_report import table
     from pipeline.progress import Progress
 
     options = _compile_options(args)
@@ -258,7 +259,7 @@ def _analyze(args) -> int:
           f"({result['seconds']:.0f} s)")
     print(table(result))
     if result.get("onnx_layers"):
-        from pipeline.analysis import onnx_table
+        from pipeline.analysis_report import onnx_table
 
         print("\nONNX int8, lowest SQNR first:")
         print(onnx_table(result, 5))

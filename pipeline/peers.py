@@ -1,12 +1,7 @@
-"""Peer comparison on this machine: Xception 299x299 through LiteRT, ONNX Runtime and TVM, one run.
-
-Compiles Xception with random weights (latency does not depend on the weights) three times from the
-same TFLite/ONNX files: every runtime at fp32 and int8 with TVM's default schedules; TVM untuned
-(tvm.schedules = "none", what TVM 0.27 gives out of the box); TVM with the host's tuning records
-(`make tune TARGET=host WEIGHTS=random RECOVER=0`; skipped, and said so, when there are none). Every artifact
-is measured with the device-side runner, with the same thread count, one after the other in one
-process run; then the TVM libraries' time is broken down per function. Writes a dated Markdown
-table naming the machine.
+"""`make peers`: Xception 299x299 through LiteRT, ONNX Runtime and TVM (untuned, default schedules, tuned with the
+host's records when there are any) on this machine, one run, same threads, measured back to back by the
+device-side runner; then TVM's time per function. Random weights: latency does not depend on them.
+Details: docs/peers.md and docs/internals.md (module notes).
 """
 from __future__ import annotations
 

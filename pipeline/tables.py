@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks.device import this_cpu
-from benchmarks.profile import format_profile
+from benchmarks.profile_report import format_profile
 from benchmarks.text import format_table
 from pipeline.peers import VARIANTS
 from pipeline.tvm.records import MIN_GAIN, estimate, uses_tuned

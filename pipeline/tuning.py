@@ -3,13 +3,8 @@
     from pipeline.tuning import TuneOptions, tune_target
     summary = tune_target(TuneOptions(CompileOptions(target="host"), trials=2000))
 
-The model goes through the compile stages (cached) up to its TFLite files; their fused TIR functions
-(exactly those the TVM stage compiles) are tuned one at a time. Candidates are built and linked
-here (the board needs no compiler) and measured by MetaSchedule's local runner, or on a board
-taken from the tracker under KEY. Records go to <tuning dir>/<target>/<model>/ (default
-targets/tuning/, meant to be committed); `make compile` applies those that beat the default
-schedules. TRIALS is the budget of the records folder: a re-run goes on where the last one stopped
-and tunes nothing more once the budget is spent; a larger TRIALS adds to it.
+Must hold: the functions tuned are exactly those the TVM stage compiles (same prepared model, same TFLite files);
+TRIALS is the budget of the records folder, so a re-run resumes. Details: docs/tuning.md.
 """
 from __future__ import annotations
 

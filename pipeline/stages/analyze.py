@@ -1,16 +1,7 @@
-"""analyze: where int8 loses accuracy, layer by layer (make analyze).
-
-For the TFLite int8 model as the compile makes it before any recovery (same calibration images and method):
-- every op's output tensor against the float model's same tensor: SQNR (dB) and relative RMSE, on
-  ``ERROR_IMAGES`` calibration images (the error accumulated up to that layer);
-- the ``n`` ops that lose the most SQNR themselves: the end-to-end logit error and top-1 agreement with float
-  when only that op is quantized (pipeline/quantization.py says why this form), on ``SENSITIVITY_IMAGES``;
-- the order in which recovery would keep them float.
-
-With the target's ONNX int8 model (inputs onnx_int8, onnx_fp32): every quantized activation of it against the float
-ONNX model's, the same way (no sensitivity: ONNX Runtime's quantizer recalibrates on every call).
-
-Outputs: analysis.json.
+"""analyze (make analyze): where int8 loses accuracy, layer by layer, for the TFLite int8 model before recovery:
+each op's SQNR against float, the end-to-end sensitivity of the ops that lose most, the order recovery would
+follow; with an ONNX int8 model, its activations against float ONNX. Output: analysis.json.
+Details: docs/internals.md (module notes).
 """
 from __future__ import annotations
 

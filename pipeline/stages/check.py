@@ -1,14 +1,7 @@
-"""check: run an artifact on the eval set right after it is made, against the float reference.
-
-Output: accuracy.json with top-1 agreement with float, top-1/top-5 when labels are known, and the
-mean absolute logit difference. Uses the same runtime code as the device runner. A TVM library is
-also compared with LiteRT running the TFLite model it was compiled from (fp32 logits within 1e-4
-relative, int8 outputs within one quantization step): the result is recorded as measured.
-
-Where it ran is part of the result (``measured_on``: CPU, machine, int8 dot-product ISA, emulated core)
-and of the cache key: an int8 figure depends on the CPU's int8 instructions. With ``emulate`` the
-artifact runs in the benchmark runner's child under qemu-user as the board's core (an aarch64 Python
-with the aarch64 wheels), so the figure is what the board computes.
+"""check: run an artifact on the eval set right after it is made, against the float reference (accuracy.json). A TVM
+library is also compared with LiteRT on the TFLite file it came from (recorded as measured). Where it ran
+(``measured_on``: CPU, int8 ISA, emulated core) is part of the result and of the cache key; with ``emulate`` it
+runs under qemu-user as the board's core. Details: docs/internals.md (module notes).
 """
 from __future__ import annotations
 

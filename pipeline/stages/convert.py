@@ -1,14 +1,7 @@
-"""convert: one deployable artifact from the Keras model (and calibration data for int8).
-
-tflite-fp32      TFLite, float32
-tflite-int8      TFLite full-integer: int8 weights (per-channel) and activations, int8 input/output; calibrated by
-                 CALIB_METHOD (pipeline/quantization.py); when it misses the gate's accuracy budget on the eval
-                 images, the most damaging layers are kept float (recovery)
-tflite-fp16      TFLite with float16 weights (for GPU delegates)
-tflite-dynamic   TFLite dynamic-range: int8 weights, float activations
-onnx-fp32        ONNX via tf2onnx
-onnx-int8        ONNX static QDQ (onnxruntime.quantization, per-channel weights), same calibration set, in
-                 the scheme that suits the target's CPU (ONNX_INT8_SCHEMES, onnx_int8_scheme)
+"""convert: one deployable artifact from the Keras model (and calibration data for int8): tflite-fp32, tflite-int8
+(calibrated by CALIB_METHOD, recovered when it misses the gate's budget), tflite-fp16, tflite-dynamic, onnx-fp32
+(tf2onnx), onnx-int8 (static QDQ in the scheme that suits the target's CPU, ONNX_INT8_SCHEMES).
+Details: docs/artifacts.md and docs/internals.md (module notes).
 """
 from __future__ import annotations
 

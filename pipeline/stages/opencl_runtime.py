@@ -1,15 +1,7 @@
-"""opencl_runtime: our TVM OpenCL device runtime (pipeline/native/opencl_runtime.cc), built for a board.
-
-The pip TVM runtime has no OpenCL support; `import tvm` loads a library named libtvm_runtime_opencl when it
-finds one, and this is ours. Built with the C++ compiler for the target's architecture (g++ here,
-aarch64-linux-gnu-g++ for boards) against the wheel's headers, linked against libtvm_runtime / libtvm_ffi of
-that architecture (inputs ``libtvm_runtime`` and ``libtvm_ffi``: this machine's, or the emulated board's)
-and against the standard OpenCL ICD loader by its soname, libOpenCL.so.1: at link time through
-a stub of the functions the runtime calls (made here, never shipped), on the board the real loader and the
-vendor's driver.
-
-Outputs: libtvm_runtime_opencl.so and opencl_runtime.json (arch, compiler, the libraries it needs, the
-functions it registers with TVM, the highest glibc / libstdc++ symbol versions it needs).
+"""opencl_runtime: our TVM OpenCL device runtime (pipeline/native/opencl_runtime.cc) built for a board's architecture,
+linked against that architecture's libtvm_runtime / libtvm_ffi and the OpenCL ICD loader by soname (through a
+stub here; the vendor's driver on the board). Outputs: libtvm_runtime_opencl.so, opencl_runtime.json.
+Details: docs/gpu.md and docs/internals.md (module notes).
 """
 from __future__ import annotations
 

@@ -1,13 +1,7 @@
-"""tvm: a TVM-compiled library from the pipeline's own TFLite artifact (fp32 or int8).
-
-CPU targets: one shared library for the target's exact CPU (mtriple / mcpu / mattr from the target
-file), linked by the native compiler or a cross linker. GPU targets (OpenCL): the library holds an
-OpenCL module and aarch64 host code; the stage refuses a build whose OpenCL module is missing or
-has no kernels (TVM silently builds CPU-only code when GPU schedules are missing) and writes the
-OpenCL source beside the library.
-
-Outputs: <file_name>, tvm.json (target actually used, arch, io quantization, kernel count),
-and <stem>.cl for OpenCL builds.
+"""tvm: a TVM-compiled library from the pipeline's own TFLite artifact (fp32 or int8), for the target's exact CPU or
+its GPU (OpenCL module + host code; refused when the OpenCL module has no kernels). Outputs: <file_name>,
+tvm.json (target used, io quantization, kernel count), and <stem>.cl for OpenCL builds.
+Details: docs/internals.md (module notes).
 """
 from __future__ import annotations
 

@@ -1,25 +1,8 @@
-"""Adreno GPU builds: the network in TVM's Adreno layout (NCHW4c) so that TVM 0.27's Adreno schedule rules apply.
-
-TVM's dlight ``adreno`` rules schedule convolutions (``Conv2d``) and layout transforms (``LayoutTransform``) only
-in the channel-blocked layout NCHW4c (four channels in a vector, what Adreno's texture and vector units read).
-TVM reaches that layout only through its ``texture`` target key, whose passes stop on our model in TVM 0.27 and
-place tensors in image memory, which our OpenCL runtime does not offer. So Adreno builds take this pipeline:
-
-1. ``prepare`` (before fp16 conversion): a convolution whose input channels are not a multiple of 4 (the 3-channel
-   stem) gets a zero channel on its input and zero weights for it (the same function); a 1-D bias becomes
-   ``(1, 1, 1, C)``, so that ``ConvertLayout`` carries the blocked layout through the bias adds, ReLUs, poolings
-   and residual adds instead of converting back and forth around every convolution.
-2. ``ConvertLayout`` to NCHW4c / OIHW4o; convolutions are legalized with TOPI's Adreno convolution
-   (``conv2d_NCHWc_OIHWo``, keeping the call's output type, which TVM's own Adreno legalization drops: fp16 would
-   come out fp32), depthwise convolutions (which it does not handle: it ignores groups) with ours below.
-3. dlight ``adreno.Conv2d`` and ``adreno.LayoutTransform``, then the generic GPU rules, in global buffers.
-
-``adreno.Pool2D`` is left out: in TVM 0.27 it computes wrong results on a max pooling fused with Xception's
-residual add (its per-thread accumulator holds one float while it is vectorized over four channels, so all four
-lanes get the last channel's maximum; ``make verify TARGET=adreno`` measured 0.67 relative error with it).
-
-A model the layout cannot take (output channels not a multiple of 4, grouped convolutions that are not
-depthwise, dilated depthwise convolutions) is built with TVM's plain Adreno pipeline instead, and the stage says so.
+"""Adreno GPU builds: the network in TVM's Adreno layout (NCHW4c) so that TVM 0.27's dlight Adreno rules apply:
+channels padded to a multiple of 4, ConvertLayout to NCHW4c / OIHW4o, convolutions legalized with TOPI's Adreno
+convolution (depthwise with ours), then dlight's Adreno rules in global buffers. ``adreno.Pool2D`` is left out:
+it computes wrong results in TVM 0.27 (0.67 relative error measured). A model the layout cannot take gets TVM's
+plain Adreno pipeline, and the stage says so. Details: docs/gpu.md and docs/internals.md (module notes).
 """
 from __future__ import annotations
 

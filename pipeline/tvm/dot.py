@@ -1,25 +1,8 @@
-"""Int8 convolutions and products on the CPU's integer dot-product instructions.
-
-``pipeline/tvm/int8.py`` writes each int8 convolution in LiteRT's arithmetic. With a dot-product ISA
-(``isa_for(target)``) the convolution (groups = 1) and the classifier become one TIR function each:
-
-    pad    x (NHWC int8) padded with the input zero point (+128 where the instruction takes uint8
-           data), its channels to a multiple of K: per inference, activations only
-    acc    int32 sum of data x weights, the weights packed at compile time as [O/L, KH, KW, C/K, L, K]
-           (zero-filled), so that every inner step is one instruction: L output channels x K input
-           channels -> L int32 sums (sdot: 4x4, VNNI: 16x4, AVX2 VPMADDWD: 8x2, NEON SMULL+SADDLP: 4x4)
-    out    (acc + bias') in float32 x scale, clamped, rounded half to even, + output zero point
-
-    bias' = bias - (zero point [+128]) x sum(W[., o]): sum((x - zp) W) = sum(x W) - zp sum(W), padded
-    taps included (they hold zp). Integer sums are exact in any order: the result is LiteRT's, bit for bit.
-
-Depthwise convolutions (no reduction over channels: nothing for a dot product) get the same form with
-int8 x int8 -> int16 products widened into int32 sums, vectorized over channels (NEON's widening
-multiply-accumulate, AVX2's VPMULLW): no float, no per-inference weight cast.
-
-The functions are scheduled here (register tile of WIDTH_TILE pixels x a few channel blocks, the
-dot-product instruction innermost via ``tensorize``) and marked scheduled, so the default schedules and
-tuning records leave them alone. This module imports TVM.
+"""Int8 convolutions and products on the CPU's integer dot-product instructions (sdot, VNNI, AVX2 VPMADDWD, NEON
+SMULL+SADDLP): weights packed at compile time, the instruction innermost via ``tensorize``, the zero point folded
+into the bias. Integer sums are exact in any order, so the result is LiteRT's bit for bit; depthwise convolutions
+get int8 x int8 -> int16 -> int32 products vectorized over channels. This module imports TVM.
+Details: docs/int8.md and docs/internals.md (module notes).
 """
 from __future__ import annotations
 

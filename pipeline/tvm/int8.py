@@ -1,36 +1,8 @@
-"""Integer arithmetic for int8 TFLite models in TVM: the convolutions and the classifier computed as
-LiteRT's int8 kernels compute them, not in float.
-
-TVM 0.27's TFLite frontend imports an int8 convolution as
-    quantize(add(conv2d(dequantize(x), dequantize(W)), dequantize(bias)))
-i.e. float32 arithmetic on dequantized values, rounded half away from zero. LiteRT (XNNPACK's
-qs8/qc8w kernels) instead accumulates (x - x_zero_point) * W exactly in int32, adds the int32 bias,
-scales the accumulator in float32 by input_scale * weight_scale[c] / output_scale (computed in that
-order, in float32), clamps, rounds half to even and adds the output zero point. The two agree to
-within rounding, but the float path's different roundings add up over Xception's 75 convolutions:
-2 of 3,600 reference outputs ended 2 quantization steps from LiteRT (issue 3).
-
-``integer_arithmetic`` rewrites every such chain (conv2d, depthwise conv2d, fully connected) into
-that integer form with Relax operators, so it is fused, scheduled and tuned like any other function:
-    acc   = conv2d(x - x_zero_point, W) + bias        exact integers
-    y     = clip(float32(acc) * scale[c], qmin - zp, qmax - zp)
-    out   = int8(round_half_even(y) + zp)
-``acc`` is computed in float32 when no partial sum can reach 2**24 (max|x - zp| * sum|W[., c]| +
-|bias[c]| below it, known from the weights): float32 then holds every partial sum exactly, in any
-order, and the product runs at float speed with the fp32 convolution's tuning records. Otherwise
-it is int16 x int8 -> int32. Chains that do not have that exact form (non-zero weight zero point,
-a bias whose scale is not input_scale * weight_scale, float bias) are left as imported.
-
-Residual ADDs are imported as quantize(add(dequantize(a), dequantize(b))): float32 sums rounded once.
-XNNPACK's qs8 add instead scales each input by a fixed-point multiplier, adds in int32 and shifts:
-    shift = 20 - floor(log2(max(a_scale / y_scale, b_scale / y_scale)))
-    m_a = round(a_scale / y_scale * 2**shift)          (likewise m_b; ratios in float32)
-    y = clamp(((a - a_zp) * m_a + (b - b_zp) * m_b + 2**(shift - 1)) >> shift, ...) + y_zp
-The float form lands one step away now and then (measured: 271 of 373,248 outputs of the first residual
-add of a random-weight Xception at 96x96), and the steps compound through the network (3 steps at the
-logits). ``integer_arithmetic`` writes those adds in XNNPACK's form too. The rest of Xception's int8
-operators already compute what LiteRT computes: max pooling and ReLU exactly (compared per tensor,
-every operator's output exposed as a model output), the mean over each channel likewise.
+"""Integer arithmetic for int8 TFLite models in TVM: convolutions, the classifier and residual adds computed as
+LiteRT's int8 kernels compute them (exact int32 sums, float32 scale, round half to even; XNNPACK's fixed-point
+add), not as TVM's frontend imports them (float on dequantized values, which lands steps away from LiteRT).
+Must hold: every rewritten chain gives LiteRT's outputs bit for bit; chains without that exact form stay as
+imported. Details: docs/int8.md and docs/internals.md (module notes).
 """
 from __future__ import annotations
 

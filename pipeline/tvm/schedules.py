@@ -1,17 +1,7 @@
-"""Default CPU schedules for the TVM stage: TVM 0.27 gives llvm builds none, and untuned code runs
-single-threaded and scalar (Xception-71 about 0.7 s per image, ~100x LiteRT).
-
-Applied with dlight's ApplyDefaultSchedule to every function no earlier rule scheduled:
-  ConvLike   [injective prologue] -> one spatial x reduction block (convolutions, 1x1 as a matrix
-             product, depthwise 3x3) -> [injective epilogue]: outer spatial loops in parallel,
-             width blocked by 4 (unrolled, 4 accumulator rows), output channels split to the
-             vector width and vectorized innermost, reductions in between, epilogue fused per tile.
-  Injective  element-wise, pooling-free chains (pad, add, relu, (de)quantize): intermediate steps
-             inlined, the last fused, split to the vector width, vectorized and parallelized.
-  dlight's GEMV and Reduction rules for the rest (the classifier, the global mean).
-Reduction order is never changed (vectorization runs over output channels), so a scheduled
-function gives the same result as the unscheduled one; tests/unit/test_tvm_schedules.py checks
-every function of a model that way. This module imports TVM: only the TVM stage imports it.
+"""Default CPU schedules for the TVM stage (TVM 0.27 gives llvm builds none: untuned code runs scalar and
+single-threaded, ~100x LiteRT): dlight's ApplyDefaultSchedule with our ConvLike and Injective rules, then GEMV
+and Reduction. Must hold: reduction order is never changed, so a scheduled function gives the unscheduled one's
+result (tests/integration/test_tvm_schedules.py). This module imports TVM. Details: docs/internals.md (module notes).
 """
 from __future__ import annotations
 

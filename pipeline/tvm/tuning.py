@@ -1,15 +1,7 @@
-"""MetaSchedule tuning of the TVM stage's functions, with records kept per target and model.
-
-A records folder (the path is chosen by pipeline/tuning.py) holds MetaSchedule's own JSON database
-(database_workload.json, database_tuning_record.json) and tuning.json, our summary: one entry per
-tuned function (keyed by its workload hash) with the trials spent, the best tuned time and the time
-of our default schedule (pipeline/tvm/schedules.py) measured by the same runner. The compile
-stage applies a tuned schedule only where it beat the default one.
-
-Tuning runs one function at a time. Each function is tuned into copies of the database files that
-replace the originals (os.replace) only once the function is done, followed by tuning.json: an
-interrupted run loses at most the function in progress, and a re-run with the same TRIALS goes on
-where it stopped (TRIALS is the total for the records, not per run). This module imports TVM.
+"""MetaSchedule tuning of the TVM stage's functions, with records kept per target and model: MetaSchedule's JSON
+database and tuning.json, our summary (trials, best tuned time and our default schedule's time per function).
+Tuning runs one function at a time and publishes each with os.replace: an interrupted run loses at most the
+function in progress. This module imports TVM. Details: docs/tuning.md and docs/internals.md (module notes).
 """
 from __future__ import annotations
 

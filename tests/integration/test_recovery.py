@@ -107,7 +107,8 @@ def test_a_cap_reached_first_is_said_and_the_gate_fails(outlier, capsys):
 
 
 def test_the_analysis_names_the_damaged_layer_first(outlier):
-    from pipeline.analysis import analyze_target, table, worst
+    from pipeline.analysis import analyze_target
+    from pipeline.analysis_report import table, worst
 
     result, folder = analyze_target(outlier["options"](True, "recovered"), n=0)
     assert result["recovery_order"][0] in DAMAGED and set(result["recovery_order"][:2]) == DAMAGED

@@ -150,3 +150,40 @@ def test_no_private_attribute_of_another_object_is_used():
                         and ast.unparse(node) not in STDLIB_UNDERSCORED:
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno} {ast.unparse(node)}")
     assert offenders == []
+
+
+MAX_LINES = 400
+MAX_DOCSTRING_LINES = 8
+
+
+def test_no_module_is_over_400_lines():
+    """A module holds one job; past 400 lines it holds two (split it along its seam)."""
+    long = {f"{p.relative_to(ROOT)}: {n}" for p in _sources().values()
+            if (n := len(p.read_text().splitlines())) > MAX_LINES}
+    assert long == set()
+
+
+def test_module_docstrings_say_what_and_what_must_hold_in_a_few_lines():
+    """Long explanations belong in docs/ (docs/internals.md, module notes), not in the code."""
+    long = {f"{p.relative_to(ROOT)}: {len(d.strip().splitlines())}" for p in _sources().values()
+            if (d := ast.get_docstring(ast.parse(p.read_text()), clean=False))
+            and len(d.strip().splitlines()) > MAX_DOCSTRING_LINES}
+    assert long == set()
+
+
+def test_emulation_is_qemu_only_and_test_only_code_lives_under_tests():
+    """Set-up helpers are in pipeline/host_tools.py; the bare-metal x86 emulation serves only tests."""
+    emulation = _sources()["pipeline.emulation"].read_text()
+    assert "apt-get" not in emulation and "lavapipe" not in emulation.lower()
+    assert not [p for p in (ROOT / "pipeline").rglob("*") if p.name.startswith("x86_")]
+
+
+def test_running_a_tool_and_raising_with_its_stderr_is_written_once():
+    """``subprocess.run`` with a returncode check and an error: pipeline/host_tools.run_tool, nowhere else."""
+    offenders = []
+    for name, path in _sources().items():
+        text = path.read_text()
+        if name != "pipeline.host_tools" and name.startswith("pipeline") and "subprocess.run(" in text \
+                and "stderr" in text and "raise " in text and ".returncode" in text:
+            offenders.append(name)
+    assert offenders == []

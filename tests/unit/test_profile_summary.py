@@ -1,7 +1,8 @@
 """The profile's figures from per-run timings (benchmarks.profile.summarize), without TVM."""
 import pytest
 
-from benchmarks.profile import by_kind, format_profile, kind_of, summarize
+from benchmarks.profile import summarize
+from benchmarks.profile_report import by_kind, format_profile, kind_of
 
 
 def test_delays_landing_on_different_functions_do_not_make_the_parts_exceed_the_whole():
