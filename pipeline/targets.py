@@ -7,7 +7,7 @@ from __future__ import annotations
 import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
 from benchmarks.device import cpu_flags, int8_isa, int8_saturates
 from pipeline.errors import ConfigError
@@ -15,7 +15,8 @@ from pipeline.errors import ConfigError
 TARGETS_DIR = Path(__file__).resolve().parent.parent / "targets"
 TUNING_DIR = TARGETS_DIR / "tuning"          # make tune writes <target>/<model>/ here; commit it
 
-class ArtifactKind(NamedTuple):
+@dataclass(frozen=True)
+class ArtifactKind:
     """One artifact kind: the one record of what it is and how it is made (no other table lists kinds)."""
     format: str                     # tflite | onnx | tvm
     precision: str                  # fp32 | int8 | dynamic | fp16

@@ -22,7 +22,6 @@ NAME = "convert"
 VERSION = 6
 TOOLS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy")
 ONNX_OPSET = 17
-NEEDS_CALIBRATION = tuple(k for k, made in ARTIFACT_KINDS.items() if made.needs_calibration)
 
 # ONNX int8 schemes: (activation type, weight type, reduce_range, what it is). Weights are per-channel.
 # On x86 without VNNI, ONNX Runtime runs int8 convolutions as u8 x s8 with VPMADDUBSW, whose int16
@@ -68,7 +67,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
 
     started = time.monotonic()
     model = keras.saving.load_model(inputs["model"], compile=False)
-    calib = np.load(inputs["calib"])["inputs"] if config.kind in NEEDS_CALIBRATION else None
+    calib = np.load(inputs["calib"])["inputs"] if ARTIFACT_KINDS[config.kind].needs_calibration else None
     evaluation = dict(np.load(inputs["eval"])) if "eval" in inputs else None
     target = out / config.file_name
     work = out / ".work"          # scratch space, removed before the entry is published

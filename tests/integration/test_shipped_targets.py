@@ -17,7 +17,8 @@ def test_shipped_target_compiles_its_artifact_list(tiny_build, name):
     assert sorted(a["kind"] for a in manifest["artifacts"]) == sorted(target.artifacts)
     folder = options.out_dir / name
     for art in manifest["artifacts"]:
-        fmt, precision, runtime, device = ARTIFACT_KINDS[art["kind"]][:4]
+        made = ARTIFACT_KINDS[art["kind"]]
+        fmt, precision, runtime, device = made.format, made.precision, made.runtime, made.device
         assert (art["format"], art["precision"], art["runtime"], art["device"]) == (fmt, precision, runtime, device)
         assert (folder / art["file"]).stat().st_size == art["bytes"] > 0
         if art["kind"] == "onnx-int8" and target.arch == "aarch64":     # measured as the board computes it
