@@ -22,7 +22,7 @@ from benchmarks.files import read_json, results_newest_first, write_text_atomic
 from benchmarks.errors import GATE_CHECKED_NOTHING, GATE_FAILED, BenchError, PipelineError, fail
 from benchmarks.manifest import fp32_twin, load_manifest, model_gates_key
 from benchmarks.runtimes import RUNTIMES
-from benchmarks.gate_report import fmt, junit, table as report_table
+from benchmarks.gate_report import fmt, junit, ladder_summary, table as report_table
 
 HERE = Path(__file__).resolve().parent
 GATES_FILE = HERE / "gates.toml"
@@ -217,7 +217,7 @@ def evaluate(build_dir: Path, gates: Path = GATES_FILE, baselines: Path = BASELI
     outcome = "fail" if failed else "pass" if judged else "checked nothing"
     return {"target": target, "model": model, "accuracy_source": acc_source, "gates": str(gates),
             "outcome": outcome, "min_eval_images": t.min_eval_images,
-            "recovered": recovered(arts),
+            "recovered": recovered(arts), "equalized": equalized(arts),
             # False: a user's model compiled without EVAL=, its figures measured on the digits
             "eval_representative": manifest["eval"].get("representative", True),
             "thresholds": asdict(t), "baseline": str(base_file), "passed": outcome == "pass",
@@ -246,6 +246,16 @@ def recovered(artifacts: list[dict]) -> dict[str, list[str]]:
                   else q.get("float_layers") or art.get("float_layers"))
         if art["precision"] == "int8" and layers:
             found[art["file"]] = list(layers)
+    return found
+
+
+def equalized(artifacts: list[dict]) -> dict[str, str]:
+    """int8 artifacts whose compile equalized the model (and kept no layer float): file -> what the ladder did."""
+    found = {}
+    for art in artifacts:
+        recovery = (art.get("quantization") or {}).get("recovery") or {}
+        if art["precision"] == "int8" and recovery.get("equalized") and not recovery.get("float_layers"):
+            found[art["file"]] = ladder_summary(recovery)
     return found
 
 
@@ -325,6 +335,8 @@ def run_gate(build_dir: Path, gates: Path = GATES_FILE, baselines: Path = BASELI
     lines += [f"RECOVERED: {name} was compiled with {len(layers)} layers kept float to meet the accuracy budget "
               f"({', '.join(layers)}); these figures are the recovered artifact's"
               for name, layers in report.get("recovered", {}).items()]
+    lines += [f"RECOVERED: {name}: {what}; these figures are the equalized model's"
+              for name, what in report.get("equalized", {}).items()]
     if not report["eval_representative"]:
         lines.append("WARNING: these accuracy figures come from the digits test split, not from this model's own "
                      "images (compiled without EVAL=): they show int8 against float on digits only")

@@ -32,3 +32,16 @@ def table(report: dict) -> str:
         rows.append((c["artifact"], c["metric"], fmt(c["value"]), thr, c["status"].upper(),
                      c["source"] if c["status"] != "skip" else c["detail"]))
     return format_table(rows)
+
+
+def ladder_summary(recovery: dict) -> str:
+    """What the int8 recovery ladder did, in a few words: "CLE on 3 layer pairs; all int8", "2 layers kept float
+    (conv_a, conv_b) after CLE on 3 layer pairs", ""."""
+    cle = next((r for r in recovery.get("rungs", []) if r.get("rung") == "cle" and r.get("applied")), None)
+    equalized = f"CLE on {len(cle['pairs'])} layer pairs" if cle and recovery.get("equalized") else ""
+    floated = recovery.get("float_layers") or []
+    if recovery.get("status") == "recovered" and floated:
+        return f"{len(floated)} layers kept float ({', '.join(floated)})" + (f" after {equalized}" if equalized else "")
+    if equalized:
+        return f"{equalized}; all int8"
+    return ""

@@ -33,7 +33,7 @@ def analyze_target(options, n: int = 16, progress: Progress | None = None) -> tu
     ensure_writable(options.out_dir)
     with TargetLock(options.out_dir, target.name):
         # the int8 models as quantized before any recovery: the analysis shows what int8 does to each layer
-        options = dataclasses.replace(options, recover=False)
+        options = dataclasses.replace(options, recover=False, equalize="off")
         runner = runner_for(options, target, progress)
         progress.log(f"analyzing int8 on target {target.name}: {target.description}")
         model = prepare(runner, options, True, progress)

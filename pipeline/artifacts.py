@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from benchmarks.device import cpu_model
+from benchmarks.gate_report import ladder_summary
 from benchmarks.manifest import Artifact
 from pipeline.accuracy import Checker, onnx_int8_scheme
 from pipeline.cache import CacheEntry, canonical_json
@@ -78,15 +79,19 @@ class Producer:
         config = convert.Config(kind, file_name, scheme)
         if made.needs_calibration:
             config = dataclasses.replace(config, calib_method=opts.calib_method)
-        if kind == "tflite-int8" and opts.recover:
-            budget = recovery_budget(self.model, self.target)
-            config = dataclasses.replace(config, recover_budget=budget.min_agreement_top1,
-                                         recover_max_drop=budget.max_top1_drop_points, recover_cap=opts.recover_cap)
-            inputs["eval"] = self.model.file("eval.npz")
-        if kind == "onnx-int8" and opts.recover:
-            # ONNX Runtime's quantizer recalibrates on every call: too slow to search; it keeps float the Keras
-            # layers that the TFLite recovery found (same model, same calibration images)
-            recovery = tflite_recovery(self.converted("tflite-int8")[0])
+        if kind == "tflite-int8":
+            config = dataclasses.replace(config, equalize=opts.equalize)
+            if opts.recover:
+                budget = recovery_budget(self.model, self.target)
+                config = dataclasses.replace(config, recover_budget=budget.min_agreement_top1,
+                                             recover_max_drop=budget.max_top1_drop_points, recover_cap=opts.recover_cap)
+        if kind == "onnx-int8" and (opts.recover or opts.equalize == "on"):
+            # ONNX Runtime's quantizer recalibrates on every call: too slow to search; it takes the model the
+            # TFLite ladder chose (equalized or not) and keeps float the Keras layers it kept float
+            tflite = self.converted("tflite-int8")[0]
+            recovery = tflite_recovery(tflite)
+            if recovery.get("equalized"):
+                inputs["model"] = tflite.file("equalized.keras")
             if recovery.get("status") == "recovered":
                 layers = dict.fromkeys(l for ls in recovery.get("float_keras_layers", []) for l in ls)
                 config = dataclasses.replace(config, float_layers=tuple(layers))
@@ -123,7 +128,7 @@ class Producer:
                   "source_tflite": source_file, "accuracy": None}
         if precision == "int8":
             recovery = tflite_recovery(source)
-            if recovery.get("status") == "recovered":
+            if recovery.get("status") == "recovered" and recovery["float_layers"]:
                 record["float_layers"] = recovery["float_layers"]      # from the recovered TFLite file
         extra = {}
         if device == "gpu":
@@ -228,9 +233,12 @@ def say_recovery(progress: Progress, file_name: str, recovery: dict) -> None:
     if recovery["status"] == "recovered":
         size = recovery["size_bytes"]["recovered"] / recovery["size_bytes"]["int8"]
         latency = recovery["latency_ms_here"]["recovered"] / max(recovery["latency_ms_here"]["int8"], 1e-9)
-        progress.log(f"{file_name}: recovered: {len(recovery['float_layers'])} layers kept float "
-                     f"({', '.join(recovery['float_layers'])}); on the eval images {recovery['before']['why']} -> "
-                     f"{recovery['after']['why']}; size x{size:.2f}, latency here x{latency:.2f}")
+        progress.log(f"{file_name}: recovered: {ladder_summary(recovery)}; on the calibration images "
+                     f"{recovery['before']['why']} -> {recovery['after']['why']}; size x{size:.2f}, latency here "
+                     f"x{latency:.2f}")
     elif recovery["status"] in ("cap reached", "not met"):
+        tried = [f"{r['rung']}: {r.get('reason') or r['after']['why']}" for r in recovery.get("rungs", [])
+                 if r["rung"] == "cle"]
         progress.warn(f"{file_name}: int8 recovery failed ({recovery['status']}, cap {recovery['cap_layers']} "
-                      f"float layers): {recovery['after']['why']} on the eval images; the gate will fail")
+                      f"float layers): {recovery['after']['why']} on the calibration images"
+                      f"{' (' + '; '.join(tried) + ')' if tried else ''}; the gate will fail")

@@ -169,7 +169,7 @@ def _compile(args) -> int:
     from pipeline.tables import compile_table
     from pipeline.progress import Progress
 
-    options = _compile_options(args, tuning_dir=args.tuning_dir if args.tuned == "1" else None,
+    options = _compile_options(args, tuning_dir=args.tuning_dir if args.tuned == "1" else None, equalize=args.equalize,
                                recover=args.recover == "1", recover_cap=args.recover_cap)
     result = compile_target(options, Progress(quiet=args.quiet))
     print(compile_table(result.manifest))
@@ -184,7 +184,7 @@ def _tune(args) -> int:
     from pipeline.tables import tuning_table
     from pipeline.tuning import TuneOptions, tune_target
 
-    options = TuneOptions(_compile_options(args, tuning_dir=args.tuning_dir, recover=args.recover == "1",
+    options = TuneOptions(_compile_options(args, tuning_dir=args.tuning_dir, recover=args.recover == "1", equalize=args.equalize,
                                            recover_cap=args.recover_cap),
                           trials=args.trials, rpc=args.rpc, key=args.key, timeout_sec=args.timeout)
     summary = tune_target(options, Progress(quiet=args.quiet))

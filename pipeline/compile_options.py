@@ -45,6 +45,7 @@ class CompileOptions:
     calib_method: str = _default("CALIB_METHOD")          # CALIB_METHOD
     recover: bool = _default("RECOVER") == "1"            # RECOVER
     recover_cap: int = _default("RECOVER_CAP", int)       # RECOVER_CAP
+    equalize: str = _default("EQUALIZE")                  # EQUALIZE: auto | on | off
     preprocess: str = ""                                  # PREPROCESS; "" = read from the model
     resize: str = ""                                      # RESIZE; "": keras for a user's model, else bilinear
     crop: str = ""                                        # CROP; "": none for a user's model, else center
@@ -61,6 +62,8 @@ def validate_options(options: CompileOptions) -> None:
     if options.calib_method not in CALIB_METHODS:
         raise InputError(f"CALIB_METHOD={options.calib_method!r} is not a calibration method; "
                          f"valid: {', '.join(CALIB_METHODS)}")
+    if options.equalize not in option("EQUALIZE").choices:
+        raise InputError(f"EQUALIZE={options.equalize!r} is not accepted; valid: {', '.join(option('EQUALIZE').choices)}")
     if options.recover_cap < 1:
         raise InputError(f"RECOVER_CAP={options.recover_cap} must be a positive number of layers")
     from models.preprocessing import parse_preprocess

@@ -7,6 +7,7 @@ CALIB_N ?= 100
 CALIB_METHOD ?= minmax
 RECOVER ?= 1
 RECOVER_CAP ?= 8
+EQUALIZE ?= auto
 ANALYZE_N ?= 16
 PREPROCESS ?=
 RESIZE ?=
@@ -53,6 +54,7 @@ ARGS_compile = --target=$(call q,TARGET) \
   --calib-method=$(call q,CALIB_METHOD) \
   --recover=$(call q,RECOVER) \
   --recover-cap=$(call q,RECOVER_CAP) \
+  --equalize=$(call q,EQUALIZE) \
   $(if $(call set,PREPROCESS),--preprocess=$(call q,PREPROCESS)) \
   $(if $(call set,RESIZE),--resize=$(call q,RESIZE)) \
   $(if $(call set,CROP),--crop=$(call q,CROP)) \
@@ -91,6 +93,7 @@ ARGS_tune = --target=$(call q,TARGET) \
   --calib-n=$(call q,CALIB_N) \
   --recover=$(call q,RECOVER) \
   --recover-cap=$(call q,RECOVER_CAP) \
+  --equalize=$(call q,EQUALIZE) \
   $(if $(call set,PREPROCESS),--preprocess=$(call q,PREPROCESS)) \
   $(if $(call set,RESIZE),--resize=$(call q,RESIZE)) \
   $(if $(call set,CROP),--crop=$(call q,CROP)) \

@@ -47,6 +47,10 @@ OPTIONS = (
            choices=("0", "1")),
     Option("RECOVER_CAP", "--recover-cap", "8", ("compile", "tune"), "at most this many float layers; when recovery "
            "would need more it stops, says so, and the gate fails", kind="int"),
+    Option("EQUALIZE", "--equalize", "auto", ("compile", "tune"), "cross-layer equalization of the int8 model "
+           "(exact in float): `auto`: the recovery ladder's first rung, when int8 misses the gate's budget; `on`: "
+           "always, on the whole model; `off`: never ([recovery.md](recovery.md))", kind="choice",
+           choices=("auto", "on", "off")),
     Option("ANALYZE_N", "--analyze-n", "16", ("analyze",), "how many layers get the end-to-end sensitivity "
            "measurement (those losing the most SQNR); `0` = all", kind="int"),
     Option("PREPROCESS", "--preprocess", "", MODEL, "what pixels the model takes: `xception` ([-1, 1]), `raw` "

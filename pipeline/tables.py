@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks.device import this_cpu
+from benchmarks.gate_report import ladder_summary
 from benchmarks.profile_report import format_profile
 from benchmarks.text import format_table
 from pipeline.peers import VARIANTS
@@ -100,8 +101,8 @@ def recovery_note(q: dict) -> str:
     r = q.get("recovery") or {"status": "off"}
     head = f"{q['calib_method']} calibration ({q['calibration_images']} images)"
     if r["status"] == "recovered":
-        return (f"{head}; RECOVERED: {len(r['float_layers'])} layers float ({', '.join(r['float_layers'])}), "
-                f"eval top-1 agreement {r['before']['agreement_top1']:.1%} -> {r['after']['agreement_top1']:.1%} "
+        return (f"{head}; RECOVERED: {ladder_summary(r)}, top-1 agreement on the calibration images "
+                f"{r['before']['agreement_top1']:.1%} -> {r['after']['agreement_top1']:.1%} "
                 f"(budget {r['budget']:.1%}), size x{r['size_bytes']['recovered'] / r['size_bytes']['int8']:.2f}")
     if r["status"] in ("cap reached", "not met"):
         return f"{head}; recovery FAILED ({r['status']}, cap {r['cap_layers']} layers): plain int8 kept"

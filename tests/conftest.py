@@ -196,6 +196,44 @@ def make_outlier_model(path: Path, size: int = 32, factor: float = 1000.0, seed:
     return path
 
 
+def make_residual_outlier_model(path: Path, size: int = 32, factor: float = 1000.0, seed: int = 3,
+                                epochs: int = 15) -> Path:
+    """A small residual net trained on the digits whose outlier channel flows through a residual ADD: channel k of
+    both branches (conv_b, shortcut) scaled up by ``factor``, conv_c's weights for it down. Float unchanged (ReLU and
+    ADD commute with a positive scale); the ADD's int8 range ruined, and no single layer pair can undo it."""
+    import keras
+    import numpy as np
+
+    from models import digits
+    from models.preprocessing import preprocess
+
+    keras.utils.set_random_seed(seed + TRAIN_SEED_SHIFT)
+    inp = keras.Input((size, size, 3))
+    a = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="conv_a")(inp)
+    b = keras.layers.Conv2D(16, 3, padding="same", name="conv_b")(a)
+    s = keras.layers.Conv2D(16, 1, name="shortcut")(a)
+    x = keras.layers.ReLU(name="add_relu")(keras.layers.Add(name="add")([b, s]))
+    x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", name="conv_c")(x)
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    model = keras.Model(inp, keras.layers.Dense(10, name="logits")(x))
+    x_train, y_train = digits.load_split("train", size, size)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(preprocess(x_train), y_train, epochs=epochs, batch_size=32, verbose=0)
+    relu = keras.Model(model.inputs, model.get_layer("add_relu").output)
+    k = int(np.argmax(np.asarray(relu.predict(preprocess(x_train[:256]), verbose=0)).max(axis=(0, 1, 2))))
+    for name in ("conv_b", "shortcut"):
+        kernel, bias = model.get_layer(name).get_weights()
+        kernel[..., k] *= factor
+        bias[k] *= factor
+        model.get_layer(name).set_weights([kernel, bias])
+    kernel, bias = model.get_layer("conv_c").get_weights()
+    kernel[:, :, k, :] /= factor
+    model.get_layer("conv_c").set_weights([kernel, bias])
+    model.save(path)
+    return path
+
+
 def labelled_digits(folder: Path, n: int = 120, size: int = 32) -> Path:
     """The first ``n`` images of the digits test split as an EVAL= folder (one sub-folder per label)."""
     from PIL import Image

@@ -19,7 +19,7 @@ from pipeline.progress import Progress
 from pipeline.targets import ARTIFACT_KINDS
 
 NAME = "convert"
-VERSION = 6
+VERSION = 7
 TOOLS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy")
 ONNX_OPSET = 17
 
@@ -54,10 +54,11 @@ class Config:
     onnx_scheme: str = "" # onnx-int8 only: an ONNX_INT8_SCHEMES key
     calib_method: str = "minmax"    # int8 kinds: minmax | percentile | entropy
     recover_budget: float = 0.0     # tflite-int8: top-1 agreement with float to reach by recovery (0: off)
-    recover_max_drop: float = 1.0   # and, where the eval images have labels, the largest top-1 drop in points
+    recover_max_drop: float = 1.0   # the gate's top-1 drop budget in points (recorded)
     recover_cap: int = 8            # at most this many float layers
     sensitivity_n: int = 16         # ops whose end-to-end sensitivity is measured when recovering
     float_layers: tuple[str, ...] = ()   # onnx-int8: Keras layers kept float (those TFLite recovery kept float)
+    equalize: str = ""              # tflite-int8: auto | on | off (EQUALIZE=): cross-layer equalization rung
 
 ONNX_CALIBRATION = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
@@ -68,13 +69,12 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     started = time.monotonic()
     model = keras.saving.load_model(inputs["model"], compile=False)
     calib = np.load(inputs["calib"])["inputs"] if ARTIFACT_KINDS[config.kind].needs_calibration else None
-    evaluation = dict(np.load(inputs["eval"])) if "eval" in inputs else None
     target = out / config.file_name
     work = out / ".work"          # scratch space, removed before the entry is published
     work.mkdir()
     quantization = None
     if config.kind == "tflite-int8":
-        data, quantization = _tflite_int8(model, calib, evaluation, work, progress, config)
+        data, quantization = _tflite_int8(inputs["model"], calib, work, out, progress, config)
         target.write_bytes(data)
     elif config.kind.startswith("tflite-"):
         target.write_bytes(_tflite(model, config.kind, work))
@@ -121,49 +121,27 @@ def saved_model(model, work: Path) -> Path:
     return saved
 
 
-def _tflite_int8(model, calib, evaluation, work: Path, progress: Progress, config: Config) -> tuple[bytes, dict]:
-    """TFLite's calibration, the activation ranges of the calibration method, quantization; then, when the
-    int8 model misses the gate's budget on the eval images (as the gate will judge it), float fallback of the
-    layers that cost most (sensitivity measured on the calibration images)."""
-    from pipeline import layer_damage as damage, quantization as q, recovery as rec
+def _tflite_int8(model_file: Path, calib, work: Path, out: Path, progress: Progress, config: Config) -> tuple[bytes, dict]:
+    """TFLite's calibration, the calibration method's ranges, quantization; then the recovery ladder (ladder.py)
+    when the int8 model misses the gate's budget. An equalized Keras model is kept as equalized.keras (the ONNX
+    int8 conversion takes it)."""
+    from pipeline import quantization as q
+    from pipeline.ladder import Ladder, climb
 
-    calibrated = q.calibrate(saved_model(model, work), calib, config.calib_method, progress)
-    plain = q.quantize(calibrated)
+    runs = iter(range(1_000_000))
+
+    def calibrate(model) -> bytes:
+        folder = work / f"calibrate-{next(runs)}"
+        folder.mkdir()
+        return q.calibrate(saved_model(model, folder), calib, config.calib_method, progress)
+
+    ladder = Ladder(config.recover_budget, config.recover_max_drop, config.recover_cap, config.sensitivity_n,
+                    config.equalize or "off")
+    result = climb(model_file, calibrate, calib, ladder, progress)
+    if result.equalized is not None:
+        result.equalized.save(out / "equalized.keras")
     info = {"calib_method": config.calib_method, "calibration_images": int(len(calib))}
-    if not config.recover_budget or evaluation is None:
-        return plain, info | {"recovery": {"status": "off"}}
-    budget = rec.Budget(config.recover_budget, config.recover_max_drop, evaluation["logits"],
-                      evaluation.get("labels"))
-    judged = budget.judge(q.outputs(plain, evaluation["inputs"]))
-    if judged["met"]:
-        return plain, info | {"recovery": {"status": "not needed", "budget": config.recover_budget,
-                                           "eval": judged}}
-    started = time.monotonic()
-    progress.log(f"  int8 misses the gate's budget on the {len(evaluation['inputs'])} eval images ({judged['why']}): "
-                 f"measuring which layers cost it")
-    reference = q.outputs(calibrated, calib[:damage.SENSITIVITY_IMAGES])    # float, on the sensitivity images
-    ops = damage.model_ops(plain, [layer.name for layer in model.layers])
-    found = damage.measure(calibrated, plain, reference, calib, ops, config.sensitivity_n, progress)
-    sens, ranked = found.sensitivities, found.ranked
-    result = rec.recover(calibrated, plain, budget, evaluation["inputs"], ops, ranked, config.recover_cap,
-                       progress.log)
-    plain_ms, recovered_ms = rec.median_ms(plain, calib[0]), rec.median_ms(result.model, calib[0])
-    layer_of = {op.tensor: op.layer for op in ops}
-    recovery = {
-        "status": "recovered" if result.met else ("cap reached" if result.capped else "not met"),
-        "budget": config.recover_budget, "budget_max_top1_drop_points": config.recover_max_drop,
-        "judged_on": f"{len(evaluation['inputs'])} eval images", "cap_layers": config.recover_cap,
-        "float_layers": [op.layer for op in result.float_ops],
-        "float_tensors": [op.tensor for op in result.float_ops],
-        "float_keras_layers": [op.layers for op in result.float_ops],
-        "before": result.before, "after": result.after, "steps": result.steps,
-        "ranking": [{"layer": layer_of[name], **sens[name]} for name in ranked],
-        "size_bytes": {"int8": len(plain), "recovered": len(result.model)},
-        "latency_ms_here": {"int8": plain_ms, "recovered": recovered_ms},
-        "seconds": round(time.monotonic() - started, 1),
-    }
-    # a failed recovery ships the plain model; the compile says so (cached or not) and the gate fails
-    return (result.model if result.met else plain), info | {"recovery": recovery}
+    return result.model, info | {"recovery": result.record}
 
 
 def _tflite(model, kind: str, work: Path) -> bytes:

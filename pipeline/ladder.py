@@ -1,0 +1,143 @@
+"""The int8 recovery ladder for the TFLite int8 model, cheapest rung first, stopping at the first that meets the
+gate's agreement budget: plain int8, cross-layer equalization (equalization.py, exact in float), then float
+layers (recovery.py, capped). Must hold: every choice is judged on the calibration images, never on the eval
+images the gate judges; each rung is recorded with its before, after, time and the layers it touched.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from pipeline import equalization as eq
+from pipeline.layer_damage import SENSITIVITY_IMAGES, measure, model_ops
+from pipeline.progress import Progress
+from pipeline.quantization import outputs, quantize
+from pipeline.recovery import Budget, median_ms, recover
+
+EQUALIZE_MODES = ("auto", "on", "off")
+FLOAT_CHECK_IMAGES = 32       # calibration images the float outputs are compared on, before and after CLE
+
+
+@dataclass(frozen=True)
+class Ladder:
+    budget: float                 # top-1 agreement with float to reach (0: no recovery, RECOVER=0)
+    max_drop: float               # the gate's top-1 drop budget (recorded; calibration images have no labels)
+    cap: int                      # at most this many float layers
+    sensitivity_n: int            # ops whose end-to-end sensitivity is measured for the float rung
+    equalize: str = "auto"        # auto: CLE when the budget is missed; on: always; off: never
+
+
+@dataclass
+class Result:
+    model: bytes                  # the int8 TFLite model to ship
+    record: dict                  # the manifest's quantization.recovery
+    equalized: object | None      # the equalized Keras model when the shipped model comes from it
+
+
+def climb(model_file: Path, calibrate: Callable, calib: np.ndarray, ladder: Ladder, progress: Progress) -> Result:
+    """``calibrate(keras_model) -> calibrated TFLite bytes``; the rungs as the module docstring says."""
+    import keras
+
+    model = keras.saving.load_model(model_file, compile=False)
+    rungs: list[dict] = []
+    equalized = None
+    if ladder.equalize == "on":
+        equalized, rung = _equalize(model_file, calib)
+        rungs.append(rung | {"asked": True})
+        model = equalized if rung["applied"] else model
+        equalized = equalized if rung["applied"] else None
+    calibrated = calibrate(model)
+    plain = quantize(calibrated)
+    if not ladder.budget:
+        asked = {"rungs": rungs, "equalized": equalized is not None} if rungs else {}      # EQUALIZE=on alone
+        return Result(plain, {"status": "off"} | asked, equalized)
+    budget = Budget(ladder.budget, ladder.max_drop, outputs(calibrated, calib), None)
+    judged = budget.judge(outputs(plain, calib))
+    head = {"budget": ladder.budget, "budget_max_top1_drop_points": ladder.max_drop,
+            "judged_on": f"{len(calib)} calibration images (the gate judges the eval images)"}
+    if judged["met"]:
+        return Result(plain, head | {"status": "not needed", "judged": judged, "rungs": rungs,
+                                     "equalized": equalized is not None}, equalized)
+    progress.log(f"  int8 misses the gate's budget on the {len(calib)} calibration images ({judged['why']}): "
+                 f"climbing the recovery ladder")
+    before, started = judged, time.monotonic()
+    if ladder.equalize == "auto":
+        candidate, rung = _equalize(model_file, calib)
+        if rung["applied"]:
+            calibrated_e = calibrate(candidate)
+            int8_e = quantize(calibrated_e)
+            rung["after"] = budget.judge(outputs(int8_e, calib))
+            rung["seconds"] = round(rung["seconds"] + time.monotonic() - started, 1)
+            progress.log(f"  rung CLE: {len(rung['pairs'])} layer pairs equalized: {rung['after']['why']}")
+            if rung["after"]["agreement_top1"] > judged["agreement_top1"]:
+                model, calibrated, plain, judged, equalized = candidate, calibrated_e, int8_e, rung["after"], candidate
+        else:
+            progress.log(f"  rung CLE: not applied ({rung['reason']})")
+        rungs.append(rung)
+        if rung.get("after", {}).get("met"):
+            return Result(plain, head | _outcome("recovered", before, judged, [], plain, plain, calib, started)
+                          | {"rungs": rungs, "equalized": True, "all_int8": True, "cap_layers": ladder.cap,
+                             "steps": [], "ranking": [], "float_tensors": [], "float_keras_layers": []}, equalized)
+    return _float_rung(model, calibrated, plain, budget, before, calib, ladder, head, rungs, equalized, started,
+                       progress)
+
+
+def _float_rung(model, calibrated: bytes, plain: bytes, budget: Budget, before: dict, calib: np.ndarray,
+                ladder: Ladder, head: dict, rungs: list[dict], equalized, started: float,
+                progress: Progress) -> Result:
+    """The last rung: the most damaging ops kept float, most damaging first, up to the cap."""
+    rung_started = time.monotonic()
+    reference = outputs(calibrated, calib[:SENSITIVITY_IMAGES])          # float, on the sensitivity images
+    ops = model_ops(plain, [layer.name for layer in model.layers])
+    found = measure(calibrated, plain, reference, calib, ops, ladder.sensitivity_n, progress)
+    result = recover(calibrated, plain, budget, calib, ops, found.ranked, ladder.cap, progress.log)
+    status = "recovered" if result.met else ("cap reached" if result.capped else "not met")
+    layer_of = {op.tensor: op.layer for op in ops}
+    rungs.append({"rung": "float", "applied": bool(result.float_ops), "layers": [op.layer for op in result.float_ops],
+                  "before": result.before, "after": result.after, "met": result.met,
+                  "seconds": round(time.monotonic() - rung_started, 1)})
+    shipped = result.model if result.met else plain     # a failed recovery ships the int8 model; the gate fails
+    record = head | _outcome(status, before, result.after, result.float_ops, plain, result.model, calib, started) | {
+        "cap_layers": ladder.cap, "steps": result.steps, "rungs": rungs, "equalized": equalized is not None,
+        "all_int8": not result.float_ops or not result.met,
+        "float_tensors": [op.tensor for op in result.float_ops],
+        "float_keras_layers": [op.layers for op in result.float_ops],
+        "ranking": [{"layer": layer_of[name], **found.sensitivities[name]} for name in found.ranked]}
+    return Result(shipped, record, equalized)
+
+
+def _outcome(status: str, before: dict, after: dict, float_ops: list, plain: bytes, recovered: bytes,
+             calib: np.ndarray, started: float) -> dict:
+    return {"status": status, "before": before, "after": after, "float_layers": [op.layer for op in float_ops],
+            "size_bytes": {"int8": len(plain), "recovered": len(recovered)},
+            "latency_ms_here": {"int8": median_ms(plain, calib[0]), "recovered": median_ms(recovered, calib[0])},
+            "seconds": round(time.monotonic() - started, 1)}
+
+
+def _equalize(model_file: Path, calib: np.ndarray) -> tuple[object, dict]:
+    """A fresh copy of the model, equalized, with its rung record (not applied when nothing could be, or when the
+    float outputs moved beyond eq.FLOAT_TOLERANCE)."""
+    import keras
+
+    started = time.monotonic()
+    model = keras.saving.load_model(model_file, compile=False)
+    images = calib[:FLOAT_CHECK_IMAGES]
+    before = np.asarray(model.predict(images, verbose=0))
+    found = eq.equalize(model)
+    difference = eq.float_difference(before, np.asarray(model.predict(images, verbose=0)))
+    rung = {"rung": "cle", "pairs": [{"producer": p.producer, "consumer": p.consumer, "through": p.through,
+                                      "max_scale": round(p.max_scale, 3)} for p in found.pairs],
+            "refused": found.refused, "float_difference": difference, "float_tolerance": eq.FLOAT_TOLERANCE,
+            "applied": bool(found.pairs) and difference <= eq.FLOAT_TOLERANCE,
+            "seconds": round(time.monotonic() - started, 1)}
+    if not found.pairs:
+        rung["reason"] = "no layer pair can be equalized exactly" + (
+            f" ({'; '.join(r['producer'] + ': ' + r['reason'] for r in found.refused[:3])})" if found.refused else "")
+    elif not rung["applied"]:
+        rung["reason"] = (f"the float outputs moved by {difference:.2e} relative (tolerance "
+                          f"{eq.FLOAT_TOLERANCE:.0e}): not the same function, not applied")
+    return model, rung
