@@ -36,6 +36,29 @@ def table(result: dict, limit: int = 10) -> str:
     return format_table(rows)
 
 
+def rungs_table(result: dict) -> str:
+    """What each rung of the recovery ladder would do: equalization on the whole model, then per top layer."""
+    gains = result.get("rungs")
+    if not gains:
+        return ""
+    cle = gains["cle"]
+    if cle.get("applied") and "overall" in cle:
+        head = (f"CLE ({len(cle['pairs'])} layer pairs, float outputs moved {cle['float_difference']:.1e}): whole-model "
+                f"top-1 agreement {result['overall']['agreement_top1']:.3f} -> {cle['overall']['agreement_top1']:.3f}, "
+                f"logit SQNR {result['overall']['sqnr_db']:.1f} -> {cle['overall']['sqnr_db']:.1f} dB")
+    else:
+        head = f"CLE: not applicable ({cle.get('reason', 'not applied')})"
+    rows = [("layer", "alone: agr. (int8)", "alone: agr. after CLE", "whole model, it kept float: agr.", "float layers")]
+    alone = {r["layer"]: (r.get("sensitivity") or {}) for r in result["layers"]}
+    for r in gains["layers"]:
+        mine = alone.get(r["layer"], {})
+        rows.append((r["layer"], f"{mine['agreement_top1']:.3f}" if "agreement_top1" in mine else "-",
+                     f"{r['cle_alone']['agreement_top1']:.3f}" if (r.get("cle_alone") or {}).get("agreement_top1")
+                     is not None else "-",
+                     f"{r['float']['agreement_top1']:.3f}", ", ".join(r["float"]["layers"])))
+    return head + "\n" + format_table(rows) + f"\n({gains['not_measured']})"
+
+
 def markdown(result: dict) -> str:
     o = result["overall"]
     lines = [f"# int8 per-layer analysis: {result.get('model', '')} on {result.get('target', '')}", "",
@@ -46,6 +69,8 @@ def markdown(result: dict) -> str:
              f"{result['quantized_ops']} ops measured: those that lose the most SQNR themselves; "
              f"{result['sensitivity_images']} images).", "", "```", table(result, 15), "```", "",
              "![SQNR by layer](sqnr_by_layer.png)", ""]
+    if result.get("rungs"):
+        lines += ["## What each recovery rung would do", "", "```", rungs_table(result), "```", ""]
     if result.get("onnx_layers"):
         lines += ["## ONNX int8", "", "Each quantized activation against the float ONNX model's (lowest SQNR first):",
                   "", "```", onnx_table(result), "```", ""]

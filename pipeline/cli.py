@@ -247,7 +247,7 @@ def _baseline(args) -> int:
 
 def _analyze(args) -> int:
     from pipeline.analysis import analyze_target
-    from pipeline.analysis_report import table
+    from pipeline.analysis_report import rungs_table, table
     from pipeline.progress import Progress
 
     options = _compile_options(args)
@@ -258,6 +258,9 @@ def _analyze(args) -> int:
           f"{result['sensitivity_measured']} of {result['quantized_ops']} layers measured alone "
           f"({result['seconds']:.0f} s)")
     print(table(result))
+    if result.get("rungs"):
+        print("\nWhat each recovery rung would do:")
+        print(rungs_table(result))
     if result.get("onnx_layers"):
         from pipeline.analysis_report import onnx_table
 

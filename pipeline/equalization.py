@@ -21,11 +21,15 @@ MAX_SCALE = 1e6            # a channel whose weights are all zero on one side is
 
 @dataclass
 class Pair:
-    producer: str                  # the layer whose output channels are divided by s
+    producers: list[str]           # the layers whose output channels are divided by s (two or more: an Add's inputs)
     consumer: str                  # the layer whose input-channel weights are multiplied by s
-    through: list[str]             # the homogeneous layers between them
-    scale_at: str                  # where the division happens: the producer or its BatchNorm
+    through: list[str]             # the layers between them, each commuting with a per-channel scale
+    scale_at: list[str]            # per producer, where the division happens: the producer or its BatchNorm
     max_scale: float = 1.0         # the largest channel scale applied, over all sweeps
+
+    @property
+    def producer(self) -> str:
+        return " + ".join(self.producers)
 
 
 @dataclass
@@ -48,6 +52,8 @@ def _kind(layer) -> str:
         return "dense"
     if isinstance(layer, L.BatchNormalization):
         return "bn"
+    if isinstance(layer, L.Add):
+        return "add"
     if isinstance(layer, L.ReLU):
         homogeneous = layer.max_value is None and float(layer.threshold) == 0.0
         return "homogeneous" if homogeneous else "other"
@@ -77,55 +83,87 @@ def _graph(model) -> tuple[dict, dict]:
     return readers, outputs
 
 
+def _walk(start, readers: dict, outputs: set, bn_allowed: bool) -> tuple[list[str], str, object, str]:
+    """From ``start`` along single readers through scale-commuting layers: (through, scale_at, the layer reached,
+    why it stops: "weights", "add" or a reason)."""
+    through, scale_at, current = [], start.name, start
+    while True:
+        if id(current.output) in outputs:
+            return through, scale_at, None, "its output is a model output"
+        after = readers[current.name]
+        if len(after) != 1:
+            names = ", ".join(f"{r.name} ({type(r).__name__})" for r in after)
+            return through, scale_at, None, (f"its output has {len(after)} readers ({names}): a residual or branch "
+                                              f"needs every reader scaled alike")
+        nxt = after[0]
+        step = _kind(nxt)
+        if step == "bn" and bn_allowed and current is start and nxt.scale:
+            through.append(nxt.name)
+            scale_at, current = nxt.name, nxt
+        elif step == "homogeneous":
+            through.append(nxt.name)
+            current = nxt
+        elif step in ("conv", "separable", "dense", "depthwise"):
+            return through, scale_at, nxt, "weights"
+        elif step == "add":
+            return through, scale_at, nxt, "add"
+        else:
+            return through, scale_at, None, f"{nxt.name} ({type(nxt).__name__}) does not commute with a per-channel scale"
+
+
 def plan(model) -> Plan:
-    """The producer -> consumer pairs CLE can rescale exactly, and the weight layers it cannot, with the reason."""
+    """The producer -> consumer pairs CLE can rescale exactly (an Add whose every input comes from an equalizable
+    producer counts as one pair, all its producers scaled alike), and the weight layers it cannot, with the reason."""
     readers, outputs = _graph(model)
     found = Plan()
+    at_add: dict[str, list] = {}                 # Add layer -> [(producer, through, scale_at)]
+    adds = {}
     for layer in model.layers:
-        kind = _kind(layer)
-        if kind not in ("conv", "separable", "dense"):
+        if _kind(layer) not in ("conv", "separable", "dense"):
             continue
-        if _activation_name(layer.activation) not in ("relu", "linear"):
-            found.refused.append({"producer": layer.name, "reason": f"its activation "
-                                  f"{_activation_name(layer.activation)} does not commute with a scale"})
+        activation = _activation_name(layer.activation)
+        if activation not in ("relu", "linear"):
+            found.refused.append({"producer": layer.name,
+                                  "reason": f"its activation {activation} does not commute with a scale"})
             continue
-        through, scale_at, current = [], layer.name, layer
-        while True:
-            if id(current.output) in outputs:
-                found.refused.append({"producer": layer.name, "reason": "its output is a model output"})
-                break
-            after = readers[current.name]
-            if len(after) != 1:
-                names = ", ".join(f"{r.name} ({type(r).__name__})" for r in after)
-                found.refused.append({"producer": layer.name, "reason": f"its output has {len(after)} readers "
-                                      f"({names}): a residual or branch needs every reader scaled alike"})
-                break
-            nxt = after[0]
-            step = _kind(nxt)
-            if step == "bn" and current is layer and _activation_name(layer.activation) == "linear" \
-                    and nxt.scale:
-                through.append(nxt.name)
-                scale_at, current = nxt.name, nxt
-            elif step == "homogeneous":
-                through.append(nxt.name)
-                current = nxt
-            elif step in ("conv", "separable", "dense", "depthwise"):
-                found.pairs.append(Pair(layer.name, nxt.name, through, scale_at))
-                break
-            else:
-                found.refused.append({"producer": layer.name, "reason": f"{nxt.name} ({type(nxt).__name__}) does "
-                                      f"not commute with a per-channel scale"})
-                break
+        through, scale_at, reached, why = _walk(layer, readers, outputs, activation == "linear")
+        if why == "weights":
+            found.pairs.append(Pair([layer.name], reached.name, through, [scale_at]))
+        elif why == "add":
+            at_add.setdefault(reached.name, []).append((layer.name, through, scale_at))
+            adds[reached.name] = reached
+        elif why != "its output is a model output":       # the classifier: nothing after it to scale
+            found.refused.append({"producer": layer.name, "reason": why})
+    for name, members in at_add.items():
+        add = adds[name]
+        inputs = len(add.input) if isinstance(add.input, (list, tuple)) else 1
+        names = [m[0] for m in members]
+        if len(members) != inputs:
+            reason = (f"{name} (Add): {inputs - len(members)} of its {inputs} inputs come from no equalizable layer "
+                      f"(e.g. a residual's identity branch), and every branch needs the same scale")
+        else:
+            through, _, reached, why = _walk(add, readers, outputs, False)
+            if why == "weights":
+                found.pairs.append(Pair(names, reached.name, [t for m in members for t in m[1]] + [name] + through,
+                                        [m[2] for m in members]))
+                continue
+            after = "another Add: a residual stream, whose every branch needs the same scale" if why == "add" else why
+            reason = f"{name} (Add) is equalizable from its inputs, but after it: {after}"
+        found.refused += [{"producer": n, "reason": reason} for n in names]
     return found
 
 
 def out_range(model, pair: Pair) -> np.ndarray:
-    """Per output channel of the producer, its weights' largest |value|, BatchNorm folded in."""
-    producer = model.get_layer(pair.producer)
+    """Per output channel, the producers' weights' largest |value| (BatchNorm folded in), the largest over them."""
+    return np.max([_producer_range(model, p, at) for p, at in zip(pair.producers, pair.scale_at)], axis=0)
+
+
+def _producer_range(model, name: str, scale_at: str) -> np.ndarray:
+    producer = model.get_layer(name)
     kernel = producer.get_weights()[1 if _kind(producer) == "separable" else 0]
     r = np.abs(kernel).reshape(-1, kernel.shape[-1]).max(axis=0)
-    if pair.scale_at != pair.producer:
-        bn = model.get_layer(pair.scale_at)
+    if scale_at != name:
+        bn = model.get_layer(scale_at)
         gamma = bn.gamma.numpy() if bn.scale else 1.0
         r = r * np.abs(gamma) / np.sqrt(bn.moving_variance.numpy() + bn.epsilon)
     return r
@@ -140,9 +178,14 @@ def _in_range(layer) -> np.ndarray:
 
 
 def _divide_outputs(model, pair: Pair, s: np.ndarray) -> None:
-    at = model.get_layer(pair.scale_at)
+    for name, scale_at in zip(pair.producers, pair.scale_at):
+        _divide(model, name, scale_at, s)
+
+
+def _divide(model, name: str, scale_at: str, s: np.ndarray) -> None:
+    at = model.get_layer(scale_at)
     weights = at.get_weights()
-    if pair.scale_at != pair.producer:                 # BatchNorm: gamma and beta (its output is scaled by 1/s)
+    if scale_at != name:                 # BatchNorm: gamma and beta (its output is scaled by 1/s)
         names = [w.path.split("/")[-1] for w in at.weights]
         for i, name in enumerate(names):
             if name in ("gamma", "beta"):

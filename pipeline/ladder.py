@@ -141,3 +141,43 @@ def _equalize(model_file: Path, calib: np.ndarray) -> tuple[object, dict]:
         rung["reason"] = (f"the float outputs moved by {difference:.2e} relative (tolerance "
                           f"{eq.FLOAT_TOLERANCE:.0e}): not the same function, not applied")
     return model, rung
+
+
+TOP_LAYERS = 3      # make analyze: the rungs' gains are measured for the layers ranked most damaging
+
+
+def rung_gains(model_file: Path, calibrate: Callable, calibrated: bytes, reference: np.ndarray, calib: np.ndarray,
+               ops: list, ranked: list[str], progress: Progress) -> dict:
+    """What each rung would do (make analyze): the whole model after equalization, and for the TOP_LAYERS most
+    damaging ops, their damage alone after equalization and the whole model's agreement with each kept float."""
+    from pipeline.layer_damage import QUANTIZED_OPS, closures, sensitivity
+    from pipeline.quantization import compare
+
+    started = time.monotonic()
+    by_tensor = {op.tensor: op for op in ops}
+    top = [by_tensor[name] for name in ranked[:TOP_LAYERS]]
+    candidate, rung = _equalize(model_file, calib)
+    cle = {k: rung[k] for k in ("pairs", "refused", "float_difference", "applied") if k in rung} | (
+        {"reason": rung["reason"]} if "reason" in rung else {})
+    alone_cle = {}
+    if rung["applied"]:
+        calibrated_e = calibrate(candidate)
+        cle["overall"] = compare(reference, outputs(quantize(calibrated_e), calib))
+        ops_e = {op.layer: op for op in model_ops(quantize(calibrated_e), [layer.name for layer in candidate.layers])}
+        mine = [ops_e[op.layer] for op in top if op.layer in ops_e]
+        found = sensitivity(calibrated_e, reference[:SENSITIVITY_IMAGES], calib[:SENSITIVITY_IMAGES],
+                            list(ops_e.values()), mine)
+        alone_cle = {ops_e_op.layer: found[ops_e_op.tensor] for ops_e_op in mine}
+    layers = []
+    for op in top:
+        tried = []
+        for group in closures(op, ops):
+            names = [o.tensor for o in group if o.kind in QUANTIZED_OPS]
+            tried.append((compare(reference, outputs(quantize(calibrated, names), calib)), [o.layer for o in group]))
+        best, floated = max(tried, key=lambda t: (t[0]["agreement_top1"], -t[0]["relative_mse"]))
+        layers.append({"layer": op.layer, "cle_alone": alone_cle.get(op.layer),
+                       "float": {"layers": floated, **best}})
+    progress.log(f"  rung gains: CLE {'applied' if rung['applied'] else 'not applicable'}, float for the top "
+                 f"{len(top)} layers ({time.monotonic() - started:.0f} s)")
+    return {"cle": cle, "layers": layers, "seconds": round(time.monotonic() - started, 1),
+            "not_measured": "bias correction and 16x8 are not rungs yet"}

@@ -197,10 +197,11 @@ def make_outlier_model(path: Path, size: int = 32, factor: float = 1000.0, seed:
 
 
 def make_residual_outlier_model(path: Path, size: int = 32, factor: float = 1000.0, seed: int = 3,
-                                epochs: int = 15) -> Path:
-    """A small residual net trained on the digits whose outlier channel flows through a residual ADD: channel k of
-    both branches (conv_b, shortcut) scaled up by ``factor``, conv_c's weights for it down. Float unchanged (ReLU and
-    ADD commute with a positive scale); the ADD's int8 range ruined, and no single layer pair can undo it."""
+                                epochs: int = 15, merge: str = "add") -> Path:
+    """A small two-branch net trained on the digits whose outlier channel flows through the merge of the branches.
+    ``merge="add"``: a residual ADD, channel k of both branches (conv_b, shortcut) scaled up by ``factor``; "concat":
+    a concatenation, channel k of conv_b alone. conv_c's weights for it are scaled down. Float unchanged (ReLU, ADD and
+    concatenation commute with a positive scale); the merged tensor's int8 range ruined."""
     import keras
     import numpy as np
 
@@ -212,7 +213,8 @@ def make_residual_outlier_model(path: Path, size: int = 32, factor: float = 1000
     a = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="conv_a")(inp)
     b = keras.layers.Conv2D(16, 3, padding="same", name="conv_b")(a)
     s = keras.layers.Conv2D(16, 1, name="shortcut")(a)
-    x = keras.layers.ReLU(name="add_relu")(keras.layers.Add(name="add")([b, s]))
+    merged = (keras.layers.Add(name="add") if merge == "add" else keras.layers.Concatenate(name="concat"))([b, s])
+    x = keras.layers.ReLU(name="add_relu")(merged)
     x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", name="conv_c")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     model = keras.Model(inp, keras.layers.Dense(10, name="logits")(x))
@@ -222,7 +224,8 @@ def make_residual_outlier_model(path: Path, size: int = 32, factor: float = 1000
     model.fit(preprocess(x_train), y_train, epochs=epochs, batch_size=32, verbose=0)
     relu = keras.Model(model.inputs, model.get_layer("add_relu").output)
     k = int(np.argmax(np.asarray(relu.predict(preprocess(x_train[:256]), verbose=0)).max(axis=(0, 1, 2))))
-    for name in ("conv_b", "shortcut"):
+    k = k % 16                                   # a channel of conv_b (the first half of a concatenation)
+    for name in ("conv_b", "shortcut") if merge == "add" else ("conv_b",):
         kernel, bias = model.get_layer(name).get_weights()
         kernel[..., k] *= factor
         bias[k] *= factor

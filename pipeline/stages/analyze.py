@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.progress import Progress
 
 NAME = "analyze"
-VERSION = 2
+VERSION = 3
 TOOLS = ("tensorflow", "keras", "ai-edge-litert", "numpy")
 
 
@@ -32,6 +32,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     import keras
 
     from pipeline import layer_damage as damage, quantization as q
+    from pipeline.ladder import rung_gains
     from pipeline.stages.convert import saved_model
 
     started = time.monotonic()
@@ -69,6 +70,14 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
         for row in onnx_rows:
             row["flow"] = flow(row["layer"])
         _fill_flow(onnx_rows)
+    runs = iter(range(1_000_000))
+
+    def calibrate(candidate) -> bytes:
+        folder = work / f"rung-{next(runs)}"
+        folder.mkdir()
+        return q.calibrate(saved_model(candidate, folder), calib, config.calib_method, progress)
+
+    gains = rung_gains(inputs["model"], calibrate, calibrated, reference, calib, ops, ranked, progress)
     (out / "analysis.json").write_text(json.dumps({
         "artifact": "tflite-int8", "calib_method": config.calib_method, "calibration_images": int(len(calib)),
         "error_images": int(min(len(calib), damage.ERROR_IMAGES)),
@@ -76,7 +85,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
         "sensitivity_measured": len(measured), "quantized_ops": len(quantized),
         "sensitivity_form": "end-to-end outputs against float with only this op quantized",
         "overall": overall, "layers": layers, "onnx_layers": onnx_rows,
-        "recovery_order": [layer_of[name] for name in ranked],
+        "recovery_order": [layer_of[name] for name in ranked], "rungs": gains,
         "seconds": round(time.monotonic() - started, 1)}, indent=1))
     shutil.rmtree(work)
 

@@ -152,6 +152,13 @@ def test_the_analysis_names_the_damaged_layer_first(outlier):
     assert {"conv_a", "conv_b", "conv_c"} <= set(onnx) and onnx["conv_b"]["sqnr_db"] < 10 < onnx["conv_a"]["sqnr_db"]
     saved = json.loads((folder / "analysis.json").read_text())
     assert saved["recovery_order"] == result["recovery_order"]
+    # which rung helps: equalization repairs the whole model; conv_a alone after it no longer ruins the output
+    gains = result["rungs"]
+    assert gains["cle"]["applied"] and result["overall"]["agreement_top1"] < 0.5 <= 0.985 <= \
+        gains["cle"]["overall"]["agreement_top1"]
+    top = gains["layers"][0]
+    assert top["layer"] in DAMAGED and top["cle_alone"]["agreement_top1"] > 0.9 > first["sensitivity"]["agreement_top1"]
+    assert set(top["float"]["layers"]) & DAMAGED and "What each recovery rung would do" in (folder / "analysis.md").read_text()
     assert (folder / "sqnr_by_layer.png").stat().st_size > 1000 and "conv_a" in (folder / "analysis.md").read_text()
 
 
@@ -169,21 +176,35 @@ def test_calibration_methods_change_the_ranges_and_are_recorded(outlier):
     assert _art(outlier["recovered"], "onnx-int8")["quantization"]["calibration"] == "MinMax"
 
 
-def test_an_outlier_through_a_residual_add_goes_past_equalization_with_the_reason(tmp_path, stage_cache, capsys):
-    """CLE cannot rescale a tensor that an ADD mixes with another branch (both would need the same scale): the
-    ladder says so and goes on to the float rung; the outcome is recorded rung by rung."""
-    from pipeline.progress import Progress
+def _ladder(tmp_path, stage_cache, merge: str) -> dict:
+    model = make_residual_outlier_model(tmp_path / f"{merge}.keras", merge=merge)
+    targets = write_target(tmp_path / "targets", "res", ["tflite-fp32", "tflite-int8", "tvm-int8", "onnx-fp32",
+                                                         "onnx-int8"], '[tvm]\ncpu = { kind = "llvm" }\n')
+    return compile_target(CompileOptions(target="res", weights=str(model), eval_dir=labelled_digits(tmp_path / "e", 200),
+                                         calib_n=100, out_dir=tmp_path / "out", cache_dir=stage_cache,
+                                         targets_dir=targets)).manifest
 
-    model = make_residual_outlier_model(tmp_path / "residual.keras")
-    targets = write_target(tmp_path / "targets", "res", ["tflite-fp32", "tflite-int8"])
-    manifest = compile_target(CompileOptions(target="res", weights=str(model), eval_dir=labelled_digits(tmp_path / "e"),
-                                             calib_n=100, out_dir=tmp_path / "out", cache_dir=stage_cache,
-                                             targets_dir=targets), Progress()).manifest
+
+def test_an_outlier_through_a_residual_add_is_equalized_on_both_branches(tmp_path, stage_cache):
+    """Both branches of the ADD scaled alike, conv_c's weights the other way: every int8 artifact recovers, all int8."""
+    manifest = _ladder(tmp_path, stage_cache, "add")
+    recovery = _art(manifest, "tflite-int8")["quantization"]["recovery"]
+    assert recovery["before"]["agreement_top1"] < 0.5
+    assert recovery["status"] == "recovered" and recovery["all_int8"] and recovery["float_layers"] == []
+    pairs = {p["producer"]: p for p in recovery["rungs"][0]["pairs"]}
+    assert pairs["conv_b + shortcut"]["consumer"] == "conv_c" and pairs["conv_b + shortcut"]["max_scale"] > 100
+    for kind in ("tflite-int8", "tvm-int8", "onnx-int8"):
+        assert _art(manifest, kind)["accuracy"]["agreement_top1"] >= 0.985, kind
+    assert _art(manifest, "tvm-int8")["accuracy"]["vs_litert"]["max_quant_steps"] == 0
+
+
+def test_an_outlier_that_equalization_cannot_reach_goes_to_the_float_rung_with_the_reason(tmp_path, stage_cache):
+    """Through a concatenation (which our equalization does not rescale), the ladder says why and goes on."""
+    manifest = _ladder(tmp_path, stage_cache, "concat")
     recovery = _art(manifest, "tflite-int8")["quantization"]["recovery"]
     assert recovery["before"]["agreement_top1"] < 0.985 and recovery["status"] != "not needed"
     cle, last = recovery["rungs"][0], recovery["rungs"][-1]
     assert cle["rung"] == "cle" and not cle.get("after", {}).get("met")
     refused = {r["producer"]: r["reason"] for r in cle["refused"]}
-    assert "add (Add)" in refused["conv_b"] and "add (Add)" in refused["shortcut"]
-    assert last["rung"] == "float"
-    assert recovery["status"] == "recovered" or "int8 recovery failed" in capsys.readouterr().err
+    assert "concat (Concatenate) does not commute" in refused["conv_b"]
+    assert last["rung"] == "float" and last["applied"]

@@ -78,3 +78,36 @@ def test_equalizing_twice_changes_nothing_more(bn):
     eq.equalize(model)
     again = eq.equalize(model, sweeps=1)
     assert max(p.max_scale for p in again.pairs) < 1.05
+
+
+def test_the_branches_of_an_add_are_scaled_alike_and_exactly():
+    import keras
+
+    keras.utils.set_random_seed(3)
+    inp = keras.Input((8, 8, 3))
+    a = keras.layers.Conv2D(6, 3, padding="same", activation="relu", name="a")(inp)
+    b = keras.layers.Conv2D(6, 3, padding="same", name="b")(a)
+    s = keras.layers.BatchNormalization(name="s_bn")(keras.layers.Conv2D(6, 1, name="s")(a))
+    x = keras.layers.ReLU()(keras.layers.Add(name="add")([b, s]))
+    out = keras.layers.Dense(3, name="logits")(keras.layers.GlobalAveragePooling2D()(
+        keras.layers.Conv2D(5, 3, name="c")(x)))
+    model = keras.Model(inp, out)
+    for name in ("b", "s"):                  # channel 2 of both branches up, c's weights for it down
+        kernel, bias = model.get_layer(name).get_weights()
+        kernel[..., 2] *= 500
+        bias[2] *= 500
+        model.get_layer(name).set_weights([kernel, bias])
+    bn = model.get_layer("s_bn").get_weights()
+    bn[2][2] *= 500
+    bn[3][2] *= 500 ** 2
+    model.get_layer("s_bn").set_weights(bn)
+    kernel, bias = model.get_layer("c").get_weights()
+    kernel[:, :, 2, :] /= 500
+    model.get_layer("c").set_weights([kernel, bias])
+    x = _images(model)
+    before = model.predict(x, verbose=0)
+    found = eq.equalize(model)
+    assert eq.float_difference(before, model.predict(x, verbose=0)) <= eq.FLOAT_TOLERANCE
+    group = next(p for p in found.pairs if p.consumer == "c")
+    assert dict(zip(group.producers, group.scale_at)) == {"b": "b", "s": "s_bn"} and group.max_scale > 50
+    assert "a" in {r["producer"] for r in found.refused}                   # two readers: both branches
