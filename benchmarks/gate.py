@@ -195,8 +195,10 @@ def evaluate(build_dir: Path, gates: Path = GATES_FILE, baselines: Path = BASELI
             checks.append(_baseline_check(name, a, baseline, t, src, baseline_command(build_dir, baselines)))
         fp32 = fp32_twin(arts, art)
         if fp32:
+            floated = recovered([art]).get(name)
+            island = f"; {len(floated)} layers kept float by recovery ({', '.join(floated)})" if floated else ""
             checks.append(_compare(name, "size_ratio", art["bytes"] / fp32["bytes"], "<=", t.max_size_ratio,
-                                   "manifest", f"{art['bytes']} / {fp32['bytes']} bytes"))
+                                   "manifest", f"{art['bytes']} / {fp32['bytes']} bytes{island}"))
         if art["runtime"] in t.int8_faster_runtimes:
             checks.append(_speed_check(art, fp32, bench, acc_source))
         if art["runtime"] == "tvm":

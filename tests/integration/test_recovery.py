@@ -208,3 +208,19 @@ def test_an_outlier_that_equalization_cannot_reach_goes_to_the_float_rung_with_t
     refused = {r["producer"]: r["reason"] for r in cle["refused"]}
     assert "concat (Concatenate) does not commute" in refused["conv_b"]
     assert last["rung"] == "float" and last["applied"]
+
+
+def test_a_float_island_that_blows_the_size_budget_fails_the_gate_as_such(outlier, capsys):
+    root = outlier["root"]
+    tight = root / "gates-tight.toml"
+    # all int8, this tiny model is 0.33 (TFLite) and 0.44 (ONNX) of fp32 (format overhead); 2 float layers: 0.56, 0.63
+    tight.write_text(TEST_GATES.replace("max_size_ratio = 0.70", "max_size_ratio = 0.45"))
+    args = ["--gates", str(tight), "--baselines", str(root / "baselines-tight")]
+    assert gate.main([str(root / "recovered" / "rec"), *args, "--write-baseline", "float island"]) == 0
+    capsys.readouterr()
+    assert gate.main([str(root / "recovered" / "rec"), *args]) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"FAILED: outlier_int8\.tflite: size_ratio = 0\.\d+ \(threshold <= 0\.4500\) FAILED; "
+                     r"\d+ / \d+ bytes; 2 layers kept float by recovery", out), out
+    assert gate.main([str(root / "equalized" / "rec"), *args, "--write-baseline", "all int8"]) == 0
+    assert gate.main([str(root / "equalized" / "rec"), *args]) == 0          # all int8: within 0.45
