@@ -166,15 +166,28 @@ def make_trained_tiny_model(path: Path, size: int = 32, epochs: int = 8) -> Path
     return path
 
 
-def make_outlier_model(path: Path, size: int = 32, factor: float = 1000.0, seed: int = 2, epochs: int = 25) -> Path:
-    """A small net trained on the digits whose most active conv_a channel is scaled up by ``factor`` and conv_b's
-    weights for it down (models/outlier.py): float unchanged, per-tensor int8 of conv_a's output ruined."""
+def _train_on_digits(model, size: int, epochs: int, layer: str) -> int:
+    """Train ``model`` on the digits; returns the channel of ``layer`` with the largest output on them."""
     import keras
     import numpy as np
 
     from models import digits
-    from models.outlier import inject
     from models.preprocessing import preprocess
+
+    x_train, y_train = digits.load_split("train", size, size)
+    model.compile(optimizer=keras.optimizers.Adam(3e-3),
+                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
+    model.fit(preprocess(x_train), y_train, epochs=epochs, batch_size=32, verbose=0)
+    probe = keras.Model(model.inputs, model.get_layer(layer).output)
+    return int(np.argmax(np.asarray(probe.predict(preprocess(x_train[:256]), verbose=0)).max(axis=(0, 1, 2))))
+
+
+def make_outlier_model(path: Path, size: int = 32, factor: float = 1000.0, seed: int = 2, epochs: int = 25) -> Path:
+    """A small net trained on the digits whose most active conv_a channel is scaled up by ``factor`` and conv_b's
+    weights for it down (models/outlier.py): float unchanged, per-tensor int8 of conv_a's output ruined."""
+    import keras
+
+    from models.outlier import inject
 
     keras.utils.set_random_seed(seed + TRAIN_SEED_SHIFT)
     inp = keras.Input((size, size, 3))
@@ -183,15 +196,9 @@ def make_outlier_model(path: Path, size: int = 32, factor: float = 1000.0, seed:
     x = keras.layers.Conv2D(32, 3, padding="same", activation="relu", name="conv_c")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     model = keras.Model(inp, keras.layers.Dense(10, name="logits")(x))
-    x_train, y_train = digits.load_split("train", size, size)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(preprocess(x_train), y_train, epochs=epochs, batch_size=32, verbose=0)
     # the channel with the largest output on the training images: scaled up, it sets conv_a's int8 range and every
     # other channel falls below half a step, whatever training made of the model (a fixed channel may be dead)
-    conv_a = keras.Model(model.inputs, model.get_layer("conv_a").output)
-    peak = np.asarray(conv_a.predict(preprocess(x_train[:256]), verbose=0)).max(axis=(0, 1, 2))
-    inject(model, "conv_a", int(np.argmax(peak)), factor)
+    inject(model, "conv_a", _train_on_digits(model, size, epochs, "conv_a"), factor)
     model.save(path)
     return path
 
@@ -203,10 +210,7 @@ def make_residual_outlier_model(path: Path, size: int = 32, factor: float = 1000
     a concatenation, channel k of conv_b alone. conv_c's weights for it are scaled down. Float unchanged (ReLU, ADD and
     concatenation commute with a positive scale); the merged tensor's int8 range ruined."""
     import keras
-    import numpy as np
 
-    from models import digits
-    from models.preprocessing import preprocess
 
     keras.utils.set_random_seed(seed + TRAIN_SEED_SHIFT)
     inp = keras.Input((size, size, 3))
@@ -218,13 +222,7 @@ def make_residual_outlier_model(path: Path, size: int = 32, factor: float = 1000
     x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", name="conv_c")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     model = keras.Model(inp, keras.layers.Dense(10, name="logits")(x))
-    x_train, y_train = digits.load_split("train", size, size)
-    model.compile(optimizer=keras.optimizers.Adam(3e-3),
-                  loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
-    model.fit(preprocess(x_train), y_train, epochs=epochs, batch_size=32, verbose=0)
-    relu = keras.Model(model.inputs, model.get_layer("add_relu").output)
-    k = int(np.argmax(np.asarray(relu.predict(preprocess(x_train[:256]), verbose=0)).max(axis=(0, 1, 2))))
-    k = k % 16                                   # a channel of conv_b (the first half of a concatenation)
+    k = _train_on_digits(model, size, epochs, "add_relu") % 16                                   # a channel of conv_b (the first half of a concatenation)
     for name in ("conv_b", "shortcut") if merge == "add" else ("conv_b",):
         kernel, bias = model.get_layer(name).get_weights()
         kernel[..., k] *= factor
