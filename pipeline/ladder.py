@@ -91,7 +91,7 @@ def _float_rung(model, calibrated: bytes, plain: bytes, budget: Budget, before: 
                 progress: Progress) -> Result:
     """The last rung: the most damaging ops kept float, most damaging first, up to the cap."""
     rung_started = time.monotonic()
-    reference = outputs(calibrated, calib[:SENSITIVITY_IMAGES])          # float, on the sensitivity images
+    reference = budget.float_logits[:SENSITIVITY_IMAGES]               # float, on the sensitivity images
     ops = model_ops(plain, [layer.name for layer in model.layers])
     found = measure(calibrated, plain, reference, calib, ops, ladder.sensitivity_n, progress)
     result = recover(calibrated, plain, budget, calib, ops, found.ranked, ladder.cap, progress.log)
@@ -114,7 +114,8 @@ def _outcome(status: str, before: dict, after: dict, float_ops: list, plain: byt
              calib: np.ndarray, started: float) -> dict:
     return {"status": status, "before": before, "after": after, "float_layers": [op.layer for op in float_ops],
             "size_bytes": {"int8": len(plain), "recovered": len(recovered)},
-            "latency_ms_here": {"int8": median_ms(plain, calib[0]), "recovered": median_ms(recovered, calib[0])},
+            "latency_ms_here": {"int8": (here := median_ms(plain, calib[0])),
+                                "recovered": here if recovered is plain else median_ms(recovered, calib[0])},
             "seconds": round(time.monotonic() - started, 1)}
 
 
@@ -162,8 +163,9 @@ def rung_gains(model_file: Path, calibrate: Callable, calibrated: bytes, referen
     alone_cle = {}
     if rung["applied"]:
         calibrated_e = calibrate(candidate)
-        cle["overall"] = compare(reference, outputs(quantize(calibrated_e), calib))
-        ops_e = {op.layer: op for op in model_ops(quantize(calibrated_e), [layer.name for layer in candidate.layers])}
+        int8_e = quantize(calibrated_e)
+        cle["overall"] = compare(reference, outputs(int8_e, calib))
+        ops_e = {op.layer: op for op in model_ops(int8_e, [layer.name for layer in candidate.layers])}
         mine = [ops_e[op.layer] for op in top if op.layer in ops_e]
         found = sensitivity(calibrated_e, reference[:SENSITIVITY_IMAGES], calib[:SENSITIVITY_IMAGES],
                             list(ops_e.values()), mine)
