@@ -252,11 +252,12 @@ def recovered(artifacts: list[dict]) -> dict[str, list[str]]:
 
 
 def equalized(artifacts: list[dict]) -> dict[str, str]:
-    """int8 artifacts whose compile equalized the model (and kept no layer float): file -> what the ladder did."""
+    """int8 artifacts the ladder recovered with no float layer (CLE, bias correction, 16x8): file -> what it did."""
     found = {}
     for art in artifacts:
         recovery = (art.get("quantization") or {}).get("recovery") or {}
-        if art["precision"] == "int8" and recovery.get("equalized") and not recovery.get("float_layers"):
+        ladder = recovery.get("equalized") or recovery.get("bias_corrected") or recovery.get("activations")
+        if art["precision"] == "int8" and ladder and not recovery.get("float_layers"):
             found[art["file"]] = ladder_summary(recovery)
     return found
 
@@ -337,7 +338,7 @@ def run_gate(build_dir: Path, gates: Path = GATES_FILE, baselines: Path = BASELI
     lines += [f"RECOVERED: {name} was compiled with {len(layers)} layers kept float to meet the accuracy budget "
               f"({', '.join(layers)}); these figures are the recovered artifact's"
               for name, layers in report.get("recovered", {}).items()]
-    lines += [f"RECOVERED: {name}: {what}; these figures are the equalized model's"
+    lines += [f"RECOVERED: {name}: {what}; these figures are the recovered model's"
               for name, what in report.get("equalized", {}).items()]
     if not report["eval_representative"]:
         lines.append("WARNING: these accuracy figures come from the digits test split, not from this model's own "

@@ -35,13 +35,22 @@ def table(report: dict) -> str:
 
 
 def ladder_summary(recovery: dict) -> str:
-    """What the int8 recovery ladder did, in a few words: "CLE on 3 layer pairs; all int8", "2 layers kept float
-    (conv_a, conv_b) after CLE on 3 layer pairs", ""."""
-    cle = next((r for r in recovery.get("rungs", []) if r.get("rung") == "cle" and r.get("applied")), None)
-    equalized = f"CLE on {len(cle['pairs'])} layer pairs" if cle and recovery.get("equalized") else ""
+    """What the int8 recovery ladder did, in a few words: "CLE on 3 layer pairs; all int8", "CLE on 3 layer pairs,
+    bias correction on 4 layers, 16x8 (int16 activations) for the whole model; int8 weights, no float layer",
+    "2 layers kept float (conv_a, conv_b) after CLE on 3 layer pairs", ""."""
+    applied = {r.get("rung"): r for r in recovery.get("rungs", []) if r.get("applied")}
+    done = []
+    if "cle" in applied and recovery.get("equalized"):
+        done.append(f"CLE on {len(applied['cle']['pairs'])} layer pairs")
+    if "bias" in applied and recovery.get("bias_corrected"):
+        done.append(f"bias correction on {len(applied['bias']['layers'])} layers")
+    sixteen = recovery.get("activations") == "int16"
+    if sixteen:
+        done.append("16x8 (int16 activations) for the whole model")
     floated = recovery.get("float_layers") or []
     if recovery.get("status") == "recovered" and floated:
-        return f"{len(floated)} layers kept float ({', '.join(floated)})" + (f" after {equalized}" if equalized else "")
-    if equalized:
-        return f"{equalized}; all int8"
+        return f"{len(floated)} layers kept float ({', '.join(floated)})" + (f" after {', '.join(done)}" if done
+                                                                              else "")
+    if done:
+        return ", ".join(done) + ("; int8 weights, no float layer" if sixteen else "; all int8")
     return ""

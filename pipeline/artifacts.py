@@ -80,7 +80,7 @@ class Producer:
         if made.needs_calibration:
             config = dataclasses.replace(config, calib_method=opts.calib_method)
         if kind == "tflite-int8":
-            config = dataclasses.replace(config, equalize=opts.equalize)
+            config = dataclasses.replace(config, equalize=opts.equalize, rungs=opts.recover_rungs)
             if opts.recover:
                 budget = recovery_budget(self.model, self.target)
                 config = dataclasses.replace(config, recover_budget=budget.min_agreement_top1,
@@ -94,7 +94,8 @@ class Producer:
                 inputs["model"] = tflite.file("equalized.keras")
             if recovery.get("status") == "recovered":
                 layers = dict.fromkeys(l for ls in recovery.get("float_keras_layers", []) for l in ls)
-                config = dataclasses.replace(config, float_layers=tuple(layers))
+                config = dataclasses.replace(config, float_layers=tuple(layers),
+                                             activations16=recovery.get("activations") == "int16")
         return self.runner.stage(convert, config, inputs, f"convert {kind}"), file_name
 
     def tvm(self, kind: str) -> MadeArtifact:
@@ -103,6 +104,9 @@ class Producer:
         target, made = self.target, ARTIFACT_KINDS[kind]
         precision, device = made.precision, made.device
         source, source_file = self.converted("tflite-int8" if precision == "int8" else "tflite-fp32")
+        sixteen = precision == "int8" and "tvm" in tflite_recovery(source)       # TVM cannot import 16x8
+        if sixteen:
+            source_file = convert.TVM_SOURCE
         file_name = f"{self.model.name}_{precision}{'_opencl' if device == 'gpu' else ''}.so"
         native = target.arch == platform.machine()
         spec, detect_cpu = tvm_spec(target, device)
@@ -128,6 +132,9 @@ class Producer:
                   "source_tflite": source_file, "accuracy": None}
         if precision == "int8":
             recovery = tflite_recovery(source)
+            if sixteen:
+                recovery = recovery["tvm"]
+                record["built_from"] = f"the float rung's int8 model: {recovery['why']}"
             if recovery.get("status") == "recovered" and recovery["float_layers"]:
                 record["float_layers"] = recovery["float_layers"]      # from the recovered TFLite file
         extra = {}

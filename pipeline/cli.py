@@ -170,7 +170,8 @@ def _compile(args) -> int:
     from pipeline.progress import Progress
 
     options = _compile_options(args, tuning_dir=args.tuning_dir if args.tuned == "1" else None, equalize=args.equalize,
-                               recover=args.recover == "1", recover_cap=args.recover_cap)
+                               recover=args.recover == "1", recover_cap=args.recover_cap,
+                               recover_rungs=args.recover_rungs)
     result = compile_target(options, Progress(quiet=args.quiet))
     print(compile_table(result.manifest))
     ran = sum(not r.cached for r in result.runs)
@@ -185,7 +186,7 @@ def _tune(args) -> int:
     from pipeline.tuning import TuneOptions, tune_target
 
     options = TuneOptions(_compile_options(args, tuning_dir=args.tuning_dir, recover=args.recover == "1", equalize=args.equalize,
-                                           recover_cap=args.recover_cap),
+                                           recover_cap=args.recover_cap, recover_rungs=args.recover_rungs),
                           trials=args.trials, rpc=args.rpc, key=args.key, timeout_sec=args.timeout)
     summary = tune_target(options, Progress(quiet=args.quiet))
     print(tuning_table(summary))

@@ -19,6 +19,9 @@ def default_cache_dir() -> Path:
     return Path(base) / "xception-edge"
 
 
+RUNGS = ("cle", "bias", "16x8", "float")       # the int8 recovery ladder's rungs (pipeline/ladder.py)
+
+
 def _default(var: str, kind=str):
     return kind(option(var).default)
 
@@ -46,6 +49,7 @@ class CompileOptions:
     recover: bool = _default("RECOVER") == "1"            # RECOVER
     recover_cap: int = _default("RECOVER_CAP", int)       # RECOVER_CAP
     equalize: str = _default("EQUALIZE")                  # EQUALIZE: auto | on | off
+    recover_rungs: str = _default("RECOVER_RUNGS")        # RECOVER_RUNGS: the ladder's rungs, comma-separated
     preprocess: str = ""                                  # PREPROCESS; "" = read from the model
     resize: str = ""                                      # RESIZE; "": keras for a user's model, else bilinear
     crop: str = ""                                        # CROP; "": none for a user's model, else center
@@ -64,6 +68,10 @@ def validate_options(options: CompileOptions) -> None:
                          f"valid: {', '.join(CALIB_METHODS)}")
     if options.equalize not in option("EQUALIZE").choices:
         raise InputError(f"EQUALIZE={options.equalize!r} is not accepted; valid: {', '.join(option('EQUALIZE').choices)}")
+    rungs = [r.strip() for r in options.recover_rungs.split(",")]
+    if not all(r in RUNGS for r in rungs) or len(set(rungs)) != len(rungs):
+        raise InputError(f"RECOVER_RUNGS={options.recover_rungs!r} is not accepted; valid: a comma-separated subset "
+                         f"of {','.join(RUNGS)}, each at most once")
     if options.recover_cap < 1:
         raise InputError(f"RECOVER_CAP={options.recover_cap} must be a positive number of layers")
     from models.preprocessing import parse_preprocess

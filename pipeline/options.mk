@@ -8,6 +8,7 @@ CALIB_METHOD ?= minmax
 RECOVER ?= 1
 RECOVER_CAP ?= 8
 EQUALIZE ?= auto
+RECOVER_RUNGS ?= cle,bias,16x8,float
 ANALYZE_N ?= 16
 PREPROCESS ?=
 RESIZE ?=
@@ -55,6 +56,7 @@ ARGS_compile = --target=$(call q,TARGET) \
   --recover=$(call q,RECOVER) \
   --recover-cap=$(call q,RECOVER_CAP) \
   --equalize=$(call q,EQUALIZE) \
+  --recover-rungs=$(call q,RECOVER_RUNGS) \
   $(if $(call set,PREPROCESS),--preprocess=$(call q,PREPROCESS)) \
   $(if $(call set,RESIZE),--resize=$(call q,RESIZE)) \
   $(if $(call set,CROP),--crop=$(call q,CROP)) \
@@ -94,6 +96,7 @@ ARGS_tune = --target=$(call q,TARGET) \
   --recover=$(call q,RECOVER) \
   --recover-cap=$(call q,RECOVER_CAP) \
   --equalize=$(call q,EQUALIZE) \
+  --recover-rungs=$(call q,RECOVER_RUNGS) \
   $(if $(call set,PREPROCESS),--preprocess=$(call q,PREPROCESS)) \
   $(if $(call set,RESIZE),--resize=$(call q,RESIZE)) \
   $(if $(call set,CROP),--crop=$(call q,CROP)) \

@@ -51,6 +51,10 @@ OPTIONS = (
            "(exact in float): `auto`: the recovery ladder's first rung, when int8 misses the gate's budget; `on`: "
            "always, on the whole model; `off`: never ([recovery.md](recovery.md))", kind="choice",
            choices=("auto", "on", "off")),
+    Option("RECOVER_RUNGS", "--recover-rungs", "cle,bias,16x8,float", ("compile", "tune"), "the recovery ladder's "
+           "rungs, in this order, comma-separated: `cle` (cross-layer equalization; see `EQUALIZE`), `bias` (bias "
+           "correction), `16x8` (int16 activations for the whole model; LiteRT runs them on reference kernels), "
+           "`float` (layers kept float, up to `RECOVER_CAP`) ([recovery.md](recovery.md))"),
     Option("ANALYZE_N", "--analyze-n", "16", ("analyze",), "how many layers get the end-to-end sensitivity "
            "measurement (those losing the most SQNR); `0` = all", kind="int"),
     Option("PREPROCESS", "--preprocess", "", MODEL, "what pixels the model takes: `xception` ([-1, 1]), `raw` "

@@ -19,7 +19,7 @@ from pipeline.progress import Progress
 from pipeline.targets import ARTIFACT_KINDS
 
 NAME = "convert"
-VERSION = 7
+VERSION = 8
 TOOLS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy")
 ONNX_OPSET = 17
 
@@ -59,7 +59,10 @@ class Config:
     sensitivity_n: int = 16         # ops whose end-to-end sensitivity is measured when recovering
     float_layers: tuple[str, ...] = ()   # onnx-int8: Keras layers kept float (those TFLite recovery kept float)
     equalize: str = ""              # tflite-int8: auto | on | off (EQUALIZE=): cross-layer equalization rung
+    rungs: str = "cle,bias,16x8,float"    # tflite-int8: the ladder's rungs (RECOVER_RUNGS=)
+    activations16: bool = False     # onnx-int8: int16 activations (the TFLite ladder's 16x8 rung was adopted)
 
+TVM_SOURCE = "tvm_source.tflite"    # tflite-int8 with 16x8 adopted: the int8 model TVM builds instead
 ONNX_CALIBRATION = {"minmax": "MinMax", "percentile": "Percentile", "entropy": "Entropy"}
 
 
@@ -85,7 +88,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
             raise ValueError(f"convert: onnx-int8 scheme {config.onnx_scheme!r} is not one of "
                              f"{', '.join(ONNX_INT8_SCHEMES)}")
         excluded = _onnx_int8(model, calib, work, target, progress, config.onnx_scheme, config.calib_method,
-                              config.float_layers)
+                              config.float_layers, config.activations16)
     else:
         raise ValueError(f"convert: unknown artifact kind {config.kind!r}")
     shutil.rmtree(work)
@@ -98,6 +101,9 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
                                    "calibration": ONNX_CALIBRATION[config.calib_method],
                                    "calib_method": config.calib_method, "description": what,
                                    "float_layers": list(config.float_layers), "excluded_nodes": excluded}
+        if config.activations16:
+            details["quantization"] |= {"activations": "int16", "reduce_range": False, "description":
+                                        "int16 activations, int8 per-channel weights (the TFLite ladder's 16x8 rung)"}
     if quantization is not None:
         details["quantization"] = quantization
     (out / "convert.json").write_text(json.dumps(details, indent=1))
@@ -136,10 +142,12 @@ def _tflite_int8(model_file: Path, calib, work: Path, out: Path, progress: Progr
         return q.calibrate(saved_model(model, folder), calib, config.calib_method, progress)
 
     ladder = Ladder(config.recover_budget, config.recover_max_drop, config.recover_cap, config.sensitivity_n,
-                    config.equalize or "off")
+                    config.equalize or "off", tuple(r.strip() for r in config.rungs.split(",")))
     result = climb(model_file, calibrate, calib, ladder, progress)
     if result.equalized is not None:
         result.equalized.save(out / "equalized.keras")
+    if result.tvm_model is not None:
+        (out / TVM_SOURCE).write_bytes(result.tvm_model)
     info = {"calib_method": config.calib_method, "calibration_images": int(len(calib))}
     return result.model, info | {"recovery": result.record}
 
@@ -189,9 +197,11 @@ def renumber_made_names(graph) -> None:
 
 
 def _onnx_int8(model, calib, work: Path, target: Path, progress: Progress, scheme: str,
-               calib_method: str = "minmax", float_layers: tuple[str, ...] = ()) -> list[str]:
+               calib_method: str = "minmax", float_layers: tuple[str, ...] = (),
+               activations16: bool = False) -> list[str]:
     """The QDQ model; nodes of the Keras layers in ``float_layers`` are excluded from quantization (their
-    tensors between excluded nodes stay float). Returns the excluded node names."""
+    tensors between excluded nodes stay float); ``activations16``: int16 activations, int8 weights (ONNX Runtime's
+    16-bit QDQ, run as float between its Q/DQ pairs on the CPU). Returns the excluded node names."""
     import onnx
 
     from pipeline.layer_damage import keras_layers_in
@@ -223,8 +233,10 @@ def _onnx_int8(model, calib, work: Path, target: Path, progress: Progress, schem
             bar.update()
             return sample
 
-    types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8}
+    types = {"int8": QuantType.QInt8, "uint8": QuantType.QUInt8, "int16": QuantType.QInt16}
     activations, weights, reduce_range, _ = ONNX_INT8_SCHEMES[scheme]
+    if activations16:
+        activations, reduce_range = "int16", False
     try:
         quantize_static(str(prepared), str(target), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
                         activation_type=types[activations], weight_type=types[weights], reduce_range=reduce_range,
