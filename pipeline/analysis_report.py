@@ -37,7 +37,8 @@ def table(result: dict, limit: int = 10) -> str:
 
 
 def rungs_table(result: dict) -> str:
-    """What each rung of the recovery ladder would do: equalization on the whole model, then per top layer."""
+    """What each rung of the recovery ladder would do: equalization, bias correction and 16x8 on the whole model,
+    then equalization and float per top layer."""
     gains = result.get("rungs")
     if not gains:
         return ""
@@ -48,6 +49,14 @@ def rungs_table(result: dict) -> str:
                 f"logit SQNR {result['overall']['sqnr_db']:.1f} -> {cle['overall']['sqnr_db']:.1f} dB")
     else:
         head = f"CLE: not applicable ({cle.get('reason', 'not applied')})"
+    o = result["overall"]
+    for name, what in (("bias", "bias correction ({layers} layers, sweep {sweep_chosen})"),
+                       ("16x8", "16x8 (int16 activations, {scope})")):
+        if name in gains:
+            g = gains[name]
+            head += (f"\n{what.format(**g)}: whole-model top-1 agreement {o['agreement_top1']:.3f} -> "
+                     f"{g['overall']['agreement_top1']:.3f}, logit SQNR {o['sqnr_db']:.1f} -> "
+                     f"{g['overall']['sqnr_db']:.1f} dB ({g['seconds']:.0f} s)")
     rows = [("layer", "alone: agr. (int8)", "alone: agr. after CLE", "whole model, it kept float: agr.", "float layers")]
     alone = {r["layer"]: (r.get("sensitivity") or {}) for r in result["layers"]}
     for r in gains["layers"]:

@@ -169,6 +169,11 @@ def test_the_analysis_names_the_damaged_layer_first(outlier):
     top = gains["layers"][0]
     assert top["layer"] in DAMAGED and top["cle_alone"]["agreement_top1"] > 0.9 > first["sensitivity"]["agreement_top1"]
     assert set(top["float"]["layers"]) & DAMAGED and "What each recovery rung would do" in (folder / "analysis.md").read_text()
+    # bias correction and 16x8 on the whole model, measured and timed (16x8 gives the ruined tensor 256x the levels)
+    assert gains["bias"]["layers"] == 4 and gains["bias"]["seconds"] >= 0 and gains["16x8"]["scope"] == "whole model"
+    assert gains["16x8"]["overall"]["sqnr_db"] > result["overall"]["sqnr_db"] + 10
+    assert "16x8 (int16 activations, whole model): whole-model top-1 agreement" in table(result) + (
+        folder / "analysis.md").read_text()
     assert (folder / "sqnr_by_layer.png").stat().st_size > 1000 and "conv_a" in (folder / "analysis.md").read_text()
 
 
@@ -196,13 +201,16 @@ def _ladder(tmp_path, stage_cache, merge: str, **made) -> dict:
 
 
 def test_an_outlier_through_a_residual_add_is_equalized_on_both_branches(tmp_path, stage_cache):
-    """Both branches of the ADD scaled alike, conv_c's weights the other way: equalization repairs the ruined range.
-    What is left depends on the trained model (measured over six trainings, 2026-12-04: on the calibration images
-    97-100% after equalization, then all int8 in five of them and two float layers in one; on the eval images every
-    int8 artifact 97-100%, five of six at 98.5% or more), so the test asserts the repair, not the gate's 98.5%."""
+    """Both branches of the ADD scaled alike, conv_c's weights the other way: equalization repairs the ruined range,
+    and every int8 artifact ships with no float layer. What is left depends on the trained model (six trainings,
+    AMD EPYC Zen 4, 2026-12-04: five ended at CLE, one at CLE and bias correction, 97-100% on the calibration
+    images after CLE; on the eval images every int8 artifact 98.5-100%), so the test asserts the repair and no
+    float layer, and 95% rather than the gate's 98.5%."""
     manifest = _ladder(tmp_path, stage_cache, "add")
     recovery = _art(manifest, "tflite-int8")["quantization"]["recovery"]
     assert recovery["before"]["agreement_top1"] < 0.5 and recovery["status"] == "recovered"
+    assert recovery["all_int8"] and not recovery["float_layers"] and "activations" not in recovery
+    assert [r["rung"] for r in recovery["rungs"]] in (["cle"], ["cle", "bias"])
     cle = recovery["rungs"][0]
     assert cle["rung"] == "cle" and cle["applied"] and cle["after"]["agreement_top1"] >= 0.95
     pairs = {p["producer"]: p for p in cle["pairs"]}
