@@ -50,7 +50,7 @@ def rungs_table(result: dict) -> str:
     else:
         head = f"CLE: not applicable ({cle.get('reason', 'not applied')})"
     o = result["overall"]
-    for name, what in (("bias", "bias correction ({layers} layers, sweep {sweep_chosen})"),
+    for name, what in (("bias", "bias correction ({layers} layers, best: {mode} shifts, sweep {sweep_chosen})"),
                        ("16x8", "16x8 (int16 activations, {scope})")):
         if name in gains:
             g = gains[name]

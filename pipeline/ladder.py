@@ -135,20 +135,25 @@ def _cle_rung(state: _State, model_file: Path, calibrate: Callable, calib: np.nd
 
 def _bias_rung(state: _State, model_file: Path, calibrate: Callable, calib: np.ndarray, budget: Budget,
                progress: Progress) -> dict:
-    """Rung 2: empirical bias correction of the calibrated model (bias_correction.py); the best sweep on the
-    calibration images is adopted when it improves agreement. TFLite's (and TVM's) int8 only: measured on TFLite's
+    """Rung 2: empirical bias correction of the calibrated model (bias_correction.py), in both forms; the best form
+    and sweep on the calibration images is adopted when it improves agreement. TFLite's (and TVM's) int8 only: measured on TFLite's
     quantization grid, it does not hold for ONNX Runtime's own ranges."""
     from pipeline import bias_correction
 
     started = time.monotonic()
-    corrected = bias_correction.correct(state.calibrated, calib)
-    tried = [(budget.judge(outputs(quantize(m), calib)), i) for i, m in enumerate(corrected.models)]
-    best, sweep = max(tried, key=lambda t: (t[0]["agreement_top1"], -t[0]["relative_mse"], -t[1]))
+    tried = []
+    for mode in bias_correction.MODES:
+        corrected = bias_correction.correct(state.calibrated, calib, mode)
+        tried += [(budget.judge(outputs(quantize(m), calib)), i, corrected) for i, m in enumerate(corrected.models)]
+    best, sweep, corrected = max(tried, key=lambda t: (t[0]["agreement_top1"], -t[0]["relative_mse"], -t[1]))
     applied = best["agreement_top1"] > state.judged["agreement_top1"] or (
         best["agreement_top1"] == state.judged["agreement_top1"]
         and best["relative_mse"] < state.judged["relative_mse"])
-    rung = {"rung": "bias", "applied": applied, "layers": corrected.layers, "sweeps": len(corrected.models),
-            "sweep_chosen": sweep + 1, "largest_relative_shift": corrected.largest_shift,
+    rung = {"rung": "bias", "applied": applied, "layers": corrected.layers, "mode": corrected.mode,
+            "sweeps": len(corrected.models), "sweep_chosen": sweep + 1,
+            "largest_relative_shift": corrected.largest_shift,
+            "tried": [{"mode": c.mode, "sweep": i + 1, "agreement_top1": j["agreement_top1"], "sqnr_db": j["sqnr_db"]}
+                      for j, i, c in tried],
             "before": state.judged, "after": best, "met": best["met"] and applied, "onnx": "not applied (measured on "
             "TFLite's quantization grid; ONNX Runtime recalibrates with its own)",
             "seconds": round(time.monotonic() - started, 1)}
@@ -293,11 +298,14 @@ def _whole_model_gains(calibrated: bytes, reference: np.ndarray, calib: np.ndarr
     from pipeline.quantization import compare, quantize_16x8
 
     started = time.monotonic()
-    corrected = bias_correction.correct(calibrated, calib)
-    tried = [compare(reference, outputs(quantize(m), calib)) for m in corrected.models]
-    best = max(range(len(tried)), key=lambda i: (tried[i]["agreement_top1"], -tried[i]["relative_mse"]))
-    bias = {"overall": tried[best], "sweep_chosen": best + 1, "layers": len(corrected.layers),
-            "seconds": round(time.monotonic() - started, 1)}
+    tried = []
+    for mode in bias_correction.MODES:
+        corrected = bias_correction.correct(calibrated, calib, mode)
+        tried += [(compare(reference, outputs(quantize(m), calib)), mode, i) for i, m in enumerate(corrected.models)]
+    best, mode, sweep = max(tried, key=lambda t: (t[0]["agreement_top1"], -t[0]["relative_mse"]))
+    bias = {"overall": best, "mode": mode, "sweep_chosen": sweep + 1, "layers": len(corrected.layers),
+            "tried": [{"mode": m, "sweep": i + 1, **{k: j[k] for k in ("agreement_top1", "sqnr_db")}}
+                      for j, m, i in tried], "seconds": round(time.monotonic() - started, 1)}
     started = time.monotonic()
     sixteen = {"overall": compare(reference, outputs(quantize_16x8(calibrated), calib)),
                "scope": "whole model", "seconds": round(time.monotonic() - started, 1)}

@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.progress import Progress
 
 NAME = "analyze"
-VERSION = 3
+VERSION = 5
 TOOLS = ("tensorflow", "keras", "ai-edge-litert", "numpy")
 
 

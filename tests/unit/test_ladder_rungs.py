@@ -18,6 +18,24 @@ def test_the_mean_shift_of_a_relu_tensor_ignores_where_float_is_zero():
     assert np.allclose(bc.mean_shift(signed, signed + 0.1), [0.1, 0.1])
 
 
+def test_an_input_shift_is_carried_through_each_layout_of_weights():
+    """What an op's input shift makes in its output: TFLite's conv [out, kh, kw, in], depthwise [1, kh, kw,
+    in * multiplier] and dense [out, in] layouts; this part is not the op's own and is not corrected there."""
+    shift = np.array([1.0, -2.0], np.float32)
+    conv = np.zeros((3, 2, 2, 2), np.float32)
+    conv[0, :, :, 0], conv[1, :, :, 1], conv[2] = 1.0, 0.5, 0.25      # 4 taps each
+    op = bc._Biased("CONV_2D", "out", "in", conv, 0)
+    assert np.allclose(bc.propagated(op, shift), [4.0, -4.0, 0.25 * 4 * (1 - 2)])
+    depthwise = np.ones((1, 3, 3, 4), np.float32)                       # multiplier 2: channels 0,0,1,1
+    assert np.allclose(bc.propagated(bc._Biased("DEPTHWISE_CONV_2D", "o", "i", depthwise, 0), shift),
+                       [9, 9, -18, -18])
+    dense = np.array([[1.0, 1.0], [0.0, 3.0]], np.float32)
+    assert np.allclose(bc.propagated(bc._Biased("FULLY_CONNECTED", "o", "i", dense, 0), shift), [-1.0, -6.0])
+    reference = {"in": np.zeros((1, 2, 2, 2), np.float32), "out": np.full((1, 2, 2, 3), -1.0, np.float32)}
+    got = {"in": reference["in"] + shift, "out": reference["out"] + np.array([4.5, -4.0, -1.0], np.float32)}
+    assert np.allclose(bc.own_shifts(reference, got, [op])["out"], [0.5, 0.0, 0.0])    # only 0.5 is its own
+
+
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
     """A small random conv net and its calibrated TFLite model: conv_a has an outlier channel (x100, conv_b's
@@ -51,11 +69,12 @@ def _buffers(model: bytes) -> list[bytes]:
     return [bytes(b.data) if b.data is not None else b"" for b in parsed.buffers]
 
 
-def test_bias_correction_changes_only_the_biases_and_shrinks_the_mean_shift(tiny):
+@pytest.mark.parametrize("mode", bc.MODES)
+def test_bias_correction_changes_only_the_biases_and_shrinks_the_mean_shift(tiny, mode):
     from pipeline.quantization import quantize
 
     calibrated, images = tiny
-    corrected = bc.correct(calibrated, images, sweeps=2)
+    corrected = bc.correct(calibrated, images, mode, sweeps=2)
     assert len(corrected.models) == 2
     assert [n for n in corrected.layers if "conv_a" in n] and [n for n in corrected.layers if "conv_b" in n]
     before, after = _buffers(calibrated), _buffers(corrected.models[-1])
