@@ -243,9 +243,16 @@ def say_recovery(progress: Progress, file_name: str, recovery: dict) -> None:
         progress.log(f"{file_name}: recovered: {ladder_summary(recovery)}; on the calibration images "
                      f"{recovery['before']['why']} -> {recovery['after']['why']}; size x{size:.2f}, latency here "
                      f"x{latency:.2f}")
+        if "tvm" in recovery:
+            tvm = recovery["tvm"]
+            floated = f"{len(tvm['float_layers'])} layers kept float" if tvm["status"] == "recovered" else (
+                f"all int8, the float rung {tvm['status']}")
+            progress.log(f"  TVM int8 falls back: {tvm['why']} ({floated}: {tvm['after']['why']}; size "
+                         f"x{tvm['size_bytes']['recovered'] / tvm['size_bytes']['int8']:.2f}, latency here (LiteRT) "
+                         f"x{tvm['latency_ms_here']['recovered'] / max(tvm['latency_ms_here']['int8'], 1e-9):.2f})")
     elif recovery["status"] in ("cap reached", "not met"):
         tried = [f"{r['rung']}: {r.get('reason') or r['after']['why']}" for r in recovery.get("rungs", [])
-                 if r["rung"] == "cle"]
+                 if r["rung"] in ("cle", "bias", "16x8") and (r.get("reason") or r.get("after"))]
         progress.warn(f"{file_name}: int8 recovery failed ({recovery['status']}, cap {recovery['cap_layers']} "
                       f"float layers): {recovery['after']['why']} on the calibration images"
                       f"{' (' + '; '.join(tried) + ')' if tried else ''}; the gate will fail")

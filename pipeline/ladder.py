@@ -104,7 +104,8 @@ def climb(model_file: Path, calibrate: Callable, calib: np.ndarray, ladder: Ladd
     record = head | _outcome("recovered", before, rung["after"], [], plain, sixteen, calib, started) | _all_int8(
         unbiased, rungs, ladder) | {"activations": "int16", "tvm": {
             "why": TVM_NO_16X8, "float_layers": floated.record["float_layers"], "status": floated.record["status"],
-            "after": floated.record["after"]}}
+            "after": floated.record["after"], "size_bytes": floated.record["size_bytes"],
+            "latency_ms_here": floated.record["latency_ms_here"]}}
     return Result(sixteen, record, state.equalized, floated.model)
 
 
