@@ -10,6 +10,7 @@ import ctypes
 import ctypes.util
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -18,6 +19,7 @@ import numpy as np
 from benchmarks.errors import first_line
 
 RUNTIMES = ("litert", "onnxruntime", "tvm")
+TVM_RUNTIME_ONLY = "TVM_USE_RUNTIME_LIB"       # TVM 0.27's switch: `import tvm` loads libtvm_runtime.so alone
 
 
 class RuntimeMissing(RuntimeError):
@@ -116,11 +118,11 @@ class TvmSession:
 
     def __init__(self, module, device, io: dict | None, provider: str):
         import tvm
-        from tvm import relax
+        from tvm.runtime.vm import VirtualMachine       # the runtime's VM: no compiler needed
 
         self._tensor = tvm.runtime.tensor
         self.device = device
-        self.vm = relax.VirtualMachine(module, device)
+        self.vm = VirtualMachine(module, device)
         self.main = self.vm["main"]
         self.io = io or {"input": {"dtype": "float32"}, "output": {"dtype": "float32"}}
         self.input_shape = tuple(self.io["input"].get("shape", ()))
@@ -132,12 +134,17 @@ class TvmSession:
         library on the first OpenCL device."""
         if threads:
             os.environ.setdefault("TVM_NUM_THREADS", str(threads))
+        if "tvm" not in sys.modules:
+            # TVM's runtime library only (3.4 MB), not its compiler (libtvm_compiler.so, 259 MB with LLVM), which
+            # `import tvm` maps otherwise: what a board needs, and what the runner's memory figure should show
+            os.environ.setdefault(TVM_RUNTIME_ONLY, "1")
         try:
             import tvm
         except ImportError:
             raise RuntimeMissing("no TVM runtime: install apache-tvm") from None
+        version = f"tvm {tvm.__version__}{'' if _tvm_compiler_mapped() else ' (runtime only)'}"
         if opencl_runtime is None:
-            return cls(tvm.runtime.load_module(str(path)), tvm.cpu(), io, f"tvm {tvm.__version__}")
+            return cls(tvm.runtime.load_module(str(path)), tvm.cpu(), io, version)
         try:
             ctypes.CDLL(str(opencl_runtime), mode=ctypes.RTLD_GLOBAL)  # registers device_api.opencl with TVM
         except OSError as exc:
@@ -147,8 +154,7 @@ class TvmSession:
         if not device.exist:
             raise RuntimeMissing(f"no OpenCL device: install the board's OpenCL driver (an ICD in "
                                  f"/etc/OpenCL/vendors); {opencl_runtime.name} found none")
-        return cls(tvm.runtime.load_module(str(path)), device, io,
-                   f"tvm {tvm.__version__} opencl ({device.device_name})")
+        return cls(tvm.runtime.load_module(str(path)), device, io, f"{version} opencl ({device.device_name})")
 
     def to_device(self, x: np.ndarray):
         i = self.io["input"]
@@ -159,6 +165,14 @@ class TvmSession:
         result = self.main(self.to_device(x))
         y = result.numpy() if hasattr(result, "numpy") else result[0].numpy()
         return dequantize(y, o.get("scale"), o.get("zero_point"))
+
+
+def _tvm_compiler_mapped() -> bool:
+    """Whether this process has TVM's compiler library mapped (where /proc tells; elsewhere assumed so)."""
+    try:
+        return "libtvm_compiler" in Path("/proc/self/maps").read_text()
+    except OSError:
+        return True
 
 
 OPENCL_STATS = "xception_edge.opencl.stats"

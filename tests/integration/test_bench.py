@@ -51,6 +51,12 @@ def test_memory_is_per_artifact(local_results):
     assert rss["tvm"] != rss["litert"]            # separate processes, separate peaks
 
 
+def test_tvm_runs_on_its_runtime_library_alone(local_results):
+    """A board needs libtvm_runtime.so only: the runner never maps TVM's compiler (259 MB with LLVM inside)."""
+    tvm = [r for r in local_results["results"] if r["runtime"] == "tvm"]
+    assert tvm and all(r["provider"].endswith("(runtime only)") for r in tvm), [r["provider"] for r in tvm]
+
+
 def test_runner_needs_no_tensorflow_nor_pipeline(host_build, tmp_path):
     """build/<t> plus benchmarks/ alone, with tensorflow/keras made unimportable, is enough."""
     shutil.copytree(host_build, tmp_path / "host")
