@@ -27,7 +27,7 @@ from pipeline.stage_runner import StageRunner
 from pipeline.stages import convert, opencl_runtime, tvm_build
 from pipeline.targets import ARTIFACT_KINDS, Target
 from pipeline.tvm.link import ZIG, describe, zig_spec
-from pipeline.tvm.records import TUNING_FILES, records_path
+from pipeline.tvm.records import TUNING_FILES, records_elsewhere, records_path
 
 
 @dataclass
@@ -119,7 +119,14 @@ class Producer:
         records = records_dir(self.options, target, self.model) if device == "cpu" and target.tvm.schedules == "default" else None
         if records is not None and (records / TUNING_FILES[0]).exists():
             inputs |= {name: records / name for name in TUNING_FILES}
-            self.progress.log(f"  applying tuning records from {records}")
+            self.progress.log(f"  applying tuning records from {records} (tuned on {target.int8_isa})")
+        elif records is not None:
+            others = records_elsewhere(self.options.tuning_dir, self.options.records_target or target.name,
+                                       self.model.shape_id, target.int8_isa)
+            if others:
+                self.progress.log(f"  no tuning records for {target.int8_isa} (this target's instruction set) in "
+                                  f"{records.parent.parent}: those for {', '.join(others)} are not applied; "
+                                  f"`make tune TARGET={target.name}` tunes for this one")
         built = self.runner.stage(tvm_build, config, inputs, f"tvm {kind}")
         info = json.loads(built.file("tvm.json").read_text())
         record = {"file": file_name, "sha256": built.files[file_name],
@@ -206,7 +213,7 @@ def records_dir(options: CompileOptions, target: Target, model: Prepared) -> Pat
     """The MetaSchedule records for this target and model, or None (not wanted)."""
     if options.tuning_dir is None:
         return None
-    return records_path(options.tuning_dir, options.records_target or target.name, model.shape_id)
+    return records_path(options.tuning_dir, options.records_target or target.name, model.shape_id, target.int8_isa)
 
 
 def recovery_budget(model: Prepared, target: Target):

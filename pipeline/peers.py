@@ -8,6 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from benchmarks import run
+from benchmarks.device import this_cpu
 from benchmarks.manifest import load_manifest
 from benchmarks.profile import profile_artifact
 from pipeline.compiler import CompileOptions, compile_target
@@ -45,7 +46,7 @@ def compare(out_dir: Path, cache_dir: Path, threads: int, input_size: int = 299,
     progress = progress or Progress()
     targets = write_peer_targets(out_dir / "peer-targets")
     model_shape_id = f"xception-{input_size}x{input_size}-1000"
-    records = records_path(tuning_dir, RECORDS_TARGET, model_shape_id)
+    records = records_path(tuning_dir, RECORDS_TARGET, model_shape_id, this_cpu()["int8_isa"])
     variants = [v for v in VARIANTS if v != "peers-tuned" or (records / "tuning.json").exists()]
     if "peers-tuned" not in variants:
         progress.warn(f"no tuning records in {records}: the table has no tuned TVM rows; run "

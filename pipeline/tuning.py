@@ -117,6 +117,7 @@ def _tune(options: TuneOptions, board: Target, model: Prepared, records_dir: Pat
     else:
         runner = ms.runner.LocalRunner(timeout_sec=options.timeout_sec)
         where = {"runner": "local", "cpu": cpu_model(), "machine": platform.node()}
+    where["int8_isa"] = board.int8_isa          # the records folder is keyed by it (records.records_path)
     builder = tvm_tuning.builder(linker(board), workers, options.timeout_sec)
 
     tasks = []

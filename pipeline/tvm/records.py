@@ -12,9 +12,21 @@ from typing import Any
 TUNING_FILES = ("tuning.json", "database_workload.json.gz", "database_tuning_record.json.gz")
 
 
-def records_path(tuning_dir: Path, target: str, model_shape_id: str) -> Path:
-    """Where `make tune` keeps the MetaSchedule records of one target and model."""
-    return Path(tuning_dir) / target / model_shape_id
+def records_path(tuning_dir: Path, target: str, model_shape_id: str, isa: str) -> Path:
+    """Where `make tune` keeps the MetaSchedule records of one target and model, tuned on a CPU with the int8
+    instruction set ``isa`` (benchmarks.device.int8_isa: avx512-vnni, avx-vnni, avx2, sse, sdot, neon). A schedule
+    tuned for one instruction set is not the best, or not valid, on another: the host records of an AVX2 machine
+    covered 21 of 36 fp32 functions on an AVX-512 VNNI one, and one of them could not be replayed there."""
+    return Path(tuning_dir) / target / isa / model_shape_id
+
+
+def records_elsewhere(tuning_dir: Path, target: str, model_shape_id: str, isa: str) -> list[str]:
+    """The other instruction sets with records of this target and model (never applied here: said instead)."""
+    folder = Path(tuning_dir) / target
+    if not folder.is_dir():
+        return []
+    return sorted(p.name for p in folder.iterdir()
+                  if p.name != isa and (p / model_shape_id / TUNING_FILES[0]).exists())
 
 # A tuned schedule replaces the default one only when it measured at least this much faster: the
 # runner measures a function alone, with warm caches, and a marginal win there can be a loss inside
@@ -24,9 +36,11 @@ MIN_GAIN = 0.10
 
 
 def uses_tuned(entry: dict) -> bool:
-    """Whether compile applies this function's tuned schedule (it beat the default one by MIN_GAIN)."""
+    """Whether compile applies this function's tuned schedule (it beat the default one by MIN_GAIN, and its trace
+    replayed on its own function when it was written)."""
     best, default = entry.get("best_ms"), entry.get("default_ms")
-    return best is not None and default is not None and best <= default * (1 - MIN_GAIN)
+    return (best is not None and default is not None and best <= default * (1 - MIN_GAIN)
+            and not entry.get("replay_failed"))
 
 
 def estimate(summary: dict, keys) -> dict:

@@ -127,8 +127,6 @@ def apply_records(mod, database, target, stats: dict):
     twin with a dequantize/requantize epilogue). ``stats`` receives the counts.
     """
     import tvm
-    import tvm_ffi
-    from tvm.s_tir.meta_schedule.trace_apply import schedule_using_anchor_trace
     from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
 
     updates, failed, functions = {}, [], 0
@@ -136,17 +134,10 @@ def apply_records(mod, database, target, stats: dict):
         if not isinstance(func, tirx.PrimFunc) or (func.attrs and func.attrs.get("tirx.is_scheduled")):
             continue
         functions += 1
-        workload = _normalize_mod(func)
-        record = database.query_tuning_record(workload, target, gvar.name_hint)
-        if record is None:
+        sch = _replayed(database, _normalize_mod(func), target, gvar.name_hint)
+        if sch is None:
             continue
-        sch = s_tir.Schedule(workload)
-        try:
-            if tvm_ffi.structural_equal(record.workload.mod, workload):
-                record.trace.apply_to_schedule(sch, remove_postproc=False)
-            else:                          # same anchor block, other epilogue: replay the anchor's trace
-                schedule_using_anchor_trace(sch, record.trace, target)
-        except Exception:  # noqa: BLE001 - TVM raises InternalError / ScheduleError: keep the default schedule
+        if sch is False:
             failed.append(gvar.name_hint)
             continue
         scheduled = sch.mod["main"]
@@ -158,6 +149,31 @@ def apply_records(mod, database, target, stats: dict):
         result[gvar] = func
     stats.update(functions=functions, tuned=len(updates), replay_failed=failed)
     return result
+
+
+def replays(database, workload, target, name: str) -> bool:
+    """Whether the database's record for ``workload`` (if any) replays on it, as ``apply_records`` replays it."""
+    return _replayed(database, workload, target, name) is not False
+
+
+def _replayed(database, workload, target, name: str):
+    """The schedule of ``workload`` with the database's record replayed on it; None when there is no record,
+    False when its trace fails (TVM raises InternalError / ScheduleError)."""
+    import tvm_ffi
+    from tvm.s_tir.meta_schedule.trace_apply import schedule_using_anchor_trace
+
+    record = database.query_tuning_record(workload, target, name)
+    if record is None:
+        return None
+    sch = s_tir.Schedule(workload)
+    try:
+        if tvm_ffi.structural_equal(record.workload.mod, workload):
+            record.trace.apply_to_schedule(sch, remove_postproc=False)
+        else:                          # same anchor block, other epilogue: replay the anchor's trace
+            schedule_using_anchor_trace(sch, record.trace, target)
+    except Exception:  # noqa: BLE001 - keep the default schedule
+        return False
+    return sch
 
 
 def cpu_pipeline(target, database=None, stats: dict | None = None):

@@ -201,7 +201,38 @@ class Tuner:
             verdict = ("used" if uses_tuned(entry) else f"not used (needs {MIN_GAIN:.0%} faster)")
             self.log(f"{head}: best {_ms(entry['best_ms'])} after {entry['trials']} trials "
                      f"({time.monotonic() - started:.0f} s) against the default {_ms(entry['default_ms'])}: {verdict}")
+        self.check_replay(tasks)
         return self.summary
+
+    def check_replay(self, tasks: list[Task]) -> None:
+        """Replay each function's best record on every function of the model it serves, now, not at compile
+        time: a record whose trace fails on its own function is marked ``replay_failed`` and never applied
+        (records.uses_tuned); one that fails on a twin (the same anchor block, another epilogue) is named."""
+        from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
+
+        from pipeline.tvm.schedules import replays
+
+        if not (self.records_dir / RECORDS_GZ).exists():
+            return
+        with tempfile.TemporaryDirectory(prefix="replay-check-") as plain:
+            unpack(self.records_dir, Path(plain))
+            database = _load_database(Path(plain) / WORKLOADS_JSON, Path(plain) / RECORDS_JSON)
+            for task in tasks:
+                entry = self.summary["tasks"].get(task.key)
+                if not entry or entry.get("best_ms") is None:
+                    continue
+                own = task.name == entry["name"]
+                for gvar, func in task.mod.functions_items():
+                    if replays(database, _normalize_mod(func), self.target, gvar.name_hint):
+                        continue
+                    failed = entry.setdefault("replay_failed_on", [])
+                    if task.name not in failed:
+                        failed.append(task.name)
+                    entry["replay_failed"] = entry.get("replay_failed", False) or own
+                    self.log(f"  {task.name}: its tuned schedule cannot be replayed"
+                             f"{'' if own else ' on this twin of ' + entry['name']}: "
+                             f"{'never applied' if own else 'this function keeps the default schedule'}")
+        self.save_summary()
 
     def _tune_one(self, task: Task, trials: int) -> tuple[int, float | None]:
         staging = Path(tempfile.mkdtemp(dir=self.records_dir, prefix=".tuning-"))

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.device import this_cpu
 from pipeline.compiler import CompileOptions, compile_target
 from pipeline.errors import ConfigError, InputError
 from pipeline.tuning import TuneOptions, tune_target
@@ -45,10 +46,11 @@ def _record_lines(folder):
 def test_rpc_tuning_measures_on_the_board_and_keeps_records(tuned_over_rpc, rpc_tracker):
     summary = tuned_over_rpc
     folder = Path(summary["records_dir"])
-    assert folder.parts[-2:] == ("tunehost", "tiny-32x32-10")
+    isa = this_cpu()["int8_isa"]                          # records are keyed by the instruction set they were tuned on
+    assert folder.parts[-3:] == ("tunehost", isa, "tiny-32x32-10") and summary["tuned_on"]["int8_isa"] == isa
     for name in TUNING_FILES:
         assert (folder / name).stat().st_size > 0, name
-    assert summary["tuned_on"] == {"runner": "rpc", "tracker": rpc_tracker, "key": "testboard"}
+    assert summary["tuned_on"] == {"runner": "rpc", "tracker": rpc_tracker, "key": "testboard", "int8_isa": isa}
     entries = [summary["tasks"][k] for k in summary["keys"]]
     spent = sum(e["trials"] for e in entries)
     assert 0 < spent <= TRIALS

@@ -40,6 +40,6 @@ def test_tune_rpi4_on_an_emulated_board(tiny_model, emulator_cache, tmp_path):
     assert all(e["default_ms"] > 0 for e in entries)              # measured on the emulated board
     assert any(e["best_ms"] is not None for e in entries) and sum(e["trials"] for e in entries) <= 3
     art = next(a for a in compile_target(options).manifest["artifacts"] if a["format"] == "tvm")
-    assert art["tuning"]["records"] == str(tmp_path / "tuning" / "pi" / "tiny-32x32-10")
+    assert art["tuning"]["records"] == str(tmp_path / "tuning" / "pi" / "neon" / "tiny-32x32-10")   # Cortex-A72: NEON
     header = (tmp_path / "build" / "pi" / art["file"]).read_bytes()[:20]
     assert header[:4] == b"\x7fELF" and int.from_bytes(header[18:20], "little") == 183      # EM_AARCH64

@@ -75,3 +75,24 @@ def test_records_tvm_cannot_read_are_one_line_for_compile(tmp_path):
         f.write('[0, ["not a trace"]]\n')
     with pytest.raises(InputError, match=r"tuning records in .* cannot be read by TVM .*TUNED=0"):
         winning_database(tmp_path / SUMMARY, tmp_path / WORKLOADS_GZ, tmp_path / RECORDS_GZ)
+
+
+def test_records_are_kept_and_found_by_the_instruction_set_they_were_tuned_on(tmp_path):
+    from pipeline.tvm.records import TUNING_FILES, records_elsewhere, records_path
+
+    avx2 = records_path(tmp_path, "host", "xception-299x299-1000", "avx2")
+    assert avx2 == tmp_path / "host" / "avx2" / "xception-299x299-1000"
+    assert records_elsewhere(tmp_path, "host", "xception-299x299-1000", "avx512-vnni") == []
+    avx2.mkdir(parents=True)
+    (avx2 / TUNING_FILES[0]).write_text("{}")
+    (tmp_path / "host" / "sse" / "other-model").mkdir(parents=True)         # another model: not listed
+    assert records_elsewhere(tmp_path, "host", "xception-299x299-1000", "avx512-vnni") == ["avx2"]
+    assert records_elsewhere(tmp_path, "host", "xception-299x299-1000", "avx2") == []
+
+
+def test_a_record_that_failed_to_replay_when_written_is_never_applied():
+    from pipeline.tvm.records import uses_tuned
+
+    fast = {"best_ms": 1.0, "default_ms": 2.0}
+    assert uses_tuned(fast) and not uses_tuned(fast | {"replay_failed": True})
+    assert uses_tuned(fast | {"replay_failed": False, "replay_failed_on": ["a twin"]})
