@@ -7,6 +7,7 @@ printed); 4 a dependency is missing; 5 the target is locked by another run; 6 th
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+from benchmarks.files import write_text_atomic
 from pipeline.errors import PipelineError, fail
 from pipeline.options import Option, for_verb
 
@@ -302,11 +304,12 @@ def _peers(args) -> int:
     size = args.input_size[0] if args.input_size else 299
     runs, profiles, records = compare(args.out, args.cache_dir, threads, size, budget,
                                       Progress(quiet=args.quiet), tuning_dir=args.tuning_dir)
-    table = peer_table(runs, profiles, records)
+    table, summary = peer_table(runs, profiles, records)
     path = args.out / "peers" / "peers.md"
-    path.write_text(table)
+    write_text_atomic(path, table)
+    write_text_atomic(path.with_suffix(".json"), json.dumps(summary, indent=1) + "\n")
     print(table)
-    print(f"table: {path}")
+    print(f"table: {path}; the same as data: {path.with_suffix('.json')}")
     return 0
 
 

@@ -141,27 +141,71 @@ def tuning_table(summary: dict) -> str:
             f"{summary.get('seconds_this_run', 0):.0f} s this run; records: {summary['records_dir']}")
 
 
-def _peer_goals(by: dict) -> list[str]:
-    """The int8 ratios the project promises, from the same run: TVM int8 against LiteRT int8 and TVM fp32."""
+# issue 33's goals, each (what, TVM variant, precision, against, at most)
+PEER_GOALS = (("TVM fp32, default schedules / best peer fp32", "default schedules", "fp32", "best", 1.2),
+              ("TVM fp32, tuned / best peer fp32", "tuned", "fp32", "best", 1.0),
+              ("TVM int8, tuned / best peer int8", "tuned", "int8", "best", 1.0),
+              ("TVM int8, default schedules / best peer int8", "default schedules", "int8", "best", 1.0),
+              ("TVM peak RSS, tuned / LiteRT's, fp32", "tuned", "fp32", "rss", 1.1),
+              ("TVM peak RSS, tuned / LiteRT's, int8", "tuned", "int8", "rss", 1.1))
+
+
+def peer_summary(by: dict, device: dict, date: str) -> dict:
+    """`make peers` as data (peers.json): the best peer per precision, TVM's ratio to it per variant, the peak RSS
+    ratio to LiteRT, the CPU and its int8 ISA, and each goal met or not, all from the same run."""
     def p50(runtime, precision):
         r = by.get((runtime, precision))
         return r["latency_ms"]["p50"] if r else None
 
+    def rss(runtime, precision):
+        r = by.get((runtime, precision))
+        return r["peak_rss_mb"] if r else None
+
+    summary = {"date": date, "cpu_model": device.get("cpu_model"), "int8_isa": device.get("int8_isa"),
+               "threads": device.get("threads"), "precisions": {}, "goals": []}
+    for precision in ("fp32", "int8"):
+        peers = {rt: p50(rt, precision) for rt in ("litert", "onnxruntime") if p50(rt, precision)}
+        if not peers:
+            continue
+        best = min(peers, key=peers.get)
+        entry = {"best_peer": best, "best_peer_p50_ms": peers[best], "peers_p50_ms": peers, "tvm": {}}
+        for variant in ("untuned", "default schedules", "tuned"):
+            mine = p50(f"tvm ({variant})", precision)
+            if mine:
+                lite = rss("litert", precision)
+                entry["tvm"][variant] = {
+                    "p50_ms": mine, "vs_best_peer": round(mine / peers[best], 3),
+                    "peak_rss_mb": rss(f"tvm ({variant})", precision),
+                    "rss_vs_litert": round(rss(f"tvm ({variant})", precision) / lite, 3)
+                    if lite and rss(f"tvm ({variant})", precision) else None}
+        summary["precisions"][precision] = entry
+    for what, variant, precision, against, limit in PEER_GOALS:
+        tvm = summary["precisions"].get(precision, {}).get("tvm", {}).get(variant)
+        value = None if tvm is None else tvm["vs_best_peer" if against == "best" else "rss_vs_litert"]
+        summary["goals"].append({"goal": what, "at_most": limit, "value": value,
+                                 "met": None if value is None else value <= limit})
+    return summary
+
+
+def _peer_goals(summary: dict) -> list[str]:
     lines = []
-    litert = p50("litert", "int8")
-    for variant, limit in (("tuned", 1.0), ("default schedules", 3.0)):
-        int8, fp32 = p50(f"tvm ({variant})", "int8"), p50(f"tvm ({variant})", "fp32")
-        if int8 and litert:
-            lines.append(f"- TVM int8 ({variant}) / LiteRT int8: {int8 / litert:.2f}x "
-                         f"({'meets' if int8 / litert <= limit else 'misses'} the goal <= {limit:.1f}x)")
-        if int8 and fp32 and variant == "tuned":
-            lines.append(f"- TVM int8 ({variant}) is {fp32 / int8:.2f}x faster than TVM fp32 ({variant}) "
-                         f"({'meets' if fp32 / int8 >= 1.5 else 'misses'} the goal >= 1.5x)")
+    for precision, entry in summary["precisions"].items():
+        lines.append(f"- best peer {precision}: {entry['best_peer']} ({entry['best_peer_p50_ms']:.1f} ms)")
+    for g in summary["goals"]:
+        if g["value"] is not None:
+            lines.append(f"- {g['goal']}: {g['value']:.2f}x ({'meets' if g['met'] else 'misses'} the goal "
+                         f"<= {g['at_most']:.1f}x)")
+    tvm = {p: e["tvm"].get("tuned") for p, e in summary["precisions"].items()}
+    if tvm.get("fp32") and tvm.get("int8"):
+        speedup = tvm["fp32"]["p50_ms"] / tvm["int8"]["p50_ms"]
+        lines.append(f"- TVM int8 (tuned) is {speedup:.2f}x faster than TVM fp32 (tuned) "
+                     f"({'meets' if speedup >= 1.5 else 'misses'} the goal >= 1.5x)")
     return [""] + lines if lines else []
 
 
-def peer_table(runs: dict[str, dict], profiles: list[dict] | None = None, records: Path | None = None) -> str:
-    """`make peers`: LiteRT, ONNX Runtime and TVM variants from one run, with TVM's per-function profile."""
+def peer_table(runs: dict[str, dict], profiles: list[dict] | None = None, records: Path | None = None) -> tuple[str, dict]:
+    """`make peers`: LiteRT, ONNX Runtime and TVM variants from one run, with TVM's per-function profile; and the
+    same as data (peer_summary)."""
     base = runs["peers"]
     by, failed = {}, []
     for name, results in runs.items():
@@ -192,9 +236,11 @@ def peer_table(runs: dict[str, dict], profiles: list[dict] | None = None, record
             lines.append(f"| {runtime} | {precision} | {p50:.1f} | {r['latency_ms']['p90']:.1f} | "
                          f"{r['latency_ms']['n']} | {speedup} | {ratio} | {rss} |")
     lines += [f"FAILED {f}" for f in failed]
-    lines += _peer_goals(by)
+    summary = peer_summary(by, d | {"int8_isa": isa}, date)
+    lines += _peer_goals(summary)
     if records is not None:
         lines += ["", f"Tuned rows use the records in {records}."]
     for p in profiles or []:
         lines += ["", format_profile(p, f"Where the time goes, TVM {p['variant']}, {p['file']}").rstrip()]
-    return "\n".join(lines) + "\n"
+    summary["records"] = None if records is None else str(records)
+    return "\n".join(lines) + "\n", summary

@@ -51,7 +51,7 @@ def test_peer_table_ratios_against_litert_same_precision():
                                      result("a_int8.so", "tvm", "int8", 7500.0, rss=None)])
     tuned = dict(RESULTS, results=[result("a_fp32.so", "tvm", "fp32", 45.0, rss=None)],
                  failed=[{"file": "a_int8.so", "reason": "boom"}])
-    table = peer_table({"peers": RESULTS, "peers-untuned": untuned, "peers-tuned": tuned})
+    table, _ = peer_table({"peers": RESULTS, "peers-untuned": untuned, "peers-tuned": tuned})
     assert "one run on 2026-11-22: Test CPU (2 cores, int8 ISA: " in table
     assert "| onnxruntime | int8 | 100.0 | 110.0 | 10 | 1.20x | 3.33x | 100 |" in table
     assert "| tvm (default schedules) | fp32 | 600.0 | 660.0 | 10 |  | 10.00x | - |" in table
@@ -63,12 +63,24 @@ def test_peer_table_ratios_against_litert_same_precision():
     assert rows_in_order == ["| tvm (untuned)"] * 2 + ["| tvm (default schedules)"] + ["| tvm (tuned)"]
 
 
-def test_peer_table_states_the_int8_goals_from_the_same_run():
-    tuned = dict(RESULTS, results=[result("a_fp32.so", "tvm", "fp32", 90.0, rss=None),
-                                   result("a_int8.so", "tvm", "int8", 45.0, rss=None)])
-    table = peer_table({"peers": RESULTS, "peers-tuned": tuned})
-    assert "- TVM int8 (tuned) / LiteRT int8: 1.50x (misses the goal <= 1.0x)" in table      # LiteRT int8: 30 ms
+def test_peer_table_states_the_goals_from_the_same_run_and_as_data():
+    tuned = dict(RESULTS, results=[result("a_fp32.so", "tvm", "fp32", 90.0, rss=250.0),
+                                   result("a_int8.so", "tvm", "int8", 45.0, rss=105.0)])
+    table, summary = peer_table({"peers": RESULTS, "peers-tuned": tuned})
+    # best peers: LiteRT for both (fp32 60 against ONNX Runtime's 120; int8 30 against 100)
+    assert "- best peer fp32: litert (60.0 ms)" in table and "- best peer int8: litert (30.0 ms)" in table
+    assert "- TVM int8, tuned / best peer int8: 1.50x (misses the goal <= 1.0x)" in table
+    assert "- TVM fp32, tuned / best peer fp32: 1.50x (misses the goal <= 1.0x)" in table
+    assert "- TVM peak RSS, tuned / LiteRT's, fp32: 2.50x (misses the goal <= 1.1x)" in table        # 250 / 100
+    assert "- TVM peak RSS, tuned / LiteRT's, int8: 1.05x (meets the goal <= 1.1x)" in table
     assert "- TVM int8 (tuned) is 2.00x faster than TVM fp32 (tuned) (meets the goal >= 1.5x)" in table
+    int8 = summary["precisions"]["int8"]
+    assert int8["best_peer"] == "litert" and int8["tvm"]["tuned"]["vs_best_peer"] == 1.5
+    assert "default schedules" not in int8["tvm"]                                # the "peers" run has no int8 .so
+    assert summary["precisions"]["fp32"]["tvm"]["default schedules"]["vs_best_peer"] == 10.0
+    met = {g["goal"]: g["met"] for g in summary["goals"]}
+    assert met["TVM int8, tuned / best peer int8"] is False and met["TVM peak RSS, tuned / LiteRT's, int8"] is True
+    assert met["TVM fp32, default schedules / best peer fp32"] is False        # 600 / 60
 
 
 def test_accuracy_against_latency_is_readable_with_many_artifacts():
