@@ -35,6 +35,9 @@ def compile_target(options: CompileOptions, progress: Progress | None = None,
             describe(linker(target))           # a missing linker is one line before any stage runs
         runner = runner_for(options, target, progress, versions)
         progress.log(f"compiling target {target.name}: {target.description}")
+        if target.on_a_phone:
+            progress.log(f"  {target.name} is an Android phone: {target.on_a_phone}; no TVM library is built "
+                         f"for it (docs/targets.md, Android)")
         model = prepare(runner, options, needs_int8(target), progress)
         producer = Producer(options, target, runner, model, progress)
         artifacts = [producer.artifact(kind) for kind in target.artifacts]

@@ -28,7 +28,11 @@ CORES = {
     "cortex-a55": ("0xd05", "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"),
     "cortex-a72": ("0xd08", "fp asimd evtstrm crc32 cpuid"),
     "cortex-a76": ("0xd0b", "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"),
+    "cortex-a78": ("0xd41", "fp asimd evtstrm aes pmull sha1 sha2 crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp"),
 }
+# qemu 7.2 has no model of these cores; each runs as the qemu core with its instruction set (the A78 is
+# ARMv8.2-A with the same extensions as the A76: dotprod, fp16, RCpc)
+QEMU_MODEL = {"cortex-a78": "cortex-a76"}
 
 
 @dataclass(frozen=True)
@@ -40,7 +44,8 @@ class Emulator:
         return [self.qemu, "-L", str(self.sysroot), str(self.sysroot / "usr/bin/python3")]
 
     def env(self, core: str) -> dict:
-        return os.environ | {"QEMU_CPU": core, "PYTHONPATH": GUEST_SITE, "TF_CPP_MIN_LOG_LEVEL": "2"}
+        return os.environ | {"QEMU_CPU": QEMU_MODEL.get(core, core), "PYTHONPATH": GUEST_SITE,
+                             "TF_CPP_MIN_LOG_LEVEL": "2"}
 
     def set_core(self, core: str, cores: int) -> None:
         if core not in CORES:

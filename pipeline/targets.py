@@ -106,6 +106,12 @@ class Target:
     bench: BenchSpec
     gpu: GpuSpec | None = None
     tvm: TvmSpec | None = None
+    os: str = "linux"             # linux | android (OSES): what the board runs, and so what it can load
+
+    @property
+    def on_a_phone(self) -> str:
+        """What a phone runs of this target's artifacts (Android targets); "" elsewhere."""
+        return ANDROID_RUNS if self.os == "android" else ""
 
     @property
     def int8_isa(self) -> str:
@@ -119,6 +125,15 @@ class Target:
 
     def to_dict(self) -> dict:
         return asdict(self) | {"int8_isa": self.int8_isa}
+
+
+OSES = ("linux", "android")
+ANDROID_RUNS = ("on a phone, the TFLite artifacts run in LiteRT (CPU with XNNPACK; fp16 on the GPU delegate) and the "
+                "ONNX ones in ONNX Runtime Mobile, inside your app")
+# Why no TVM library is built for Android: a TVM library needs libtvm_runtime.so built for Android's C library
+# (bionic), which no package registry has, and our OpenCL runtime links against glibc (docs/targets.md).
+ANDROID_NO_TVM = ("TVM libraries cannot be loaded on Android: they need TVM's runtime built for Android (bionic), "
+                  "which no package registry has")
 
 
 def available_targets(folder: Path = TARGETS_DIR) -> list[str]:
@@ -145,7 +160,8 @@ def parse_target(name: str, path: Path) -> Target:
         raise ConfigError(f"{path}: cannot read target file: {exc.strerror}") from None
     where = str(path)               # the folder too: a user's TARGETS_DIR= file is told from ours
     top = _keys(data, where, required=("description", "arch", "artifacts", "cpu", "bench"),
-                optional=("gpu", "tvm"))
+                optional=("gpu", "tvm", "os"))
+    os_name = _choice(top.get("os", "linux"), f"{where}: os", OSES)
     arch = _choice(top["arch"], f"{where}: arch", ARCHES)
     artifacts = _str_list(top["artifacts"], f"{where}: artifacts")
     for kind in artifacts:
@@ -174,6 +190,7 @@ def parse_target(name: str, path: Path) -> Target:
     if "tvm" in top:
         tvm = _tvm(top["tvm"], where)
     _check_processor(where, artifacts, tvm, gpu)
+    _check_android(where, os_name, artifacts, tvm)
     if tvm is not None:
         _check_features(where, tvm.cpu, run_on)
     return Target(
@@ -186,7 +203,24 @@ def parse_target(name: str, path: Path) -> Target:
         bench=BenchSpec(threads=threads, cluster=run_on.name),
         gpu=gpu,
         tvm=tvm,
+        os=os_name,
     )
+
+
+def _check_android(where: str, os_name: str, artifacts: list[str], tvm: TvmSpec | None) -> None:
+    """No artifact a phone cannot load: TVM kinds on an Android board (os = "android", or a TVM target whose
+    triple names Android) are refused in one line that says what runs there instead."""
+    tvm_kinds = [k for k in artifacts if ARTIFACT_KINDS[k].format == "tvm"]
+    triples = [str(spec.get("mtriple", "")) if isinstance(spec, dict) else str(spec)
+               for spec in ((tvm.cpu, tvm.gpu, tvm.gpu_host) if tvm else ()) if spec is not None]
+    android = os_name == "android" or any("android" in t for t in triples)
+    if android and tvm_kinds:
+        raise ConfigError(f"{where}: {', '.join(tvm_kinds)} for Android: {ANDROID_NO_TVM}; {ANDROID_RUNS}: list "
+                          f"tflite-* and onnx-* kinds, and build TVM kinds for a Linux board (a target with "
+                          f"mtriple aarch64-linux-gnu)")
+    if android and os_name != "android":
+        raise ConfigError(f"{where}: a TVM target for Android (mtriple *-android) on a board that does not say "
+                          f"os = \"android\"; write os = \"android\" and drop [tvm], or target Linux")
 
 
 def _clusters(table: Any, where: str) -> list[Cluster]:

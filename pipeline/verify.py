@@ -27,7 +27,7 @@ from pipeline.errors import InputError, MissingDependencyError
 from pipeline.progress import Progress
 from pipeline.stage_runner import StageRunner
 from pipeline.stages import tvm_build
-from pipeline.targets import Target
+from pipeline.targets import Target, available_targets, load_target
 from pipeline.verify_gpu import verify_litert_gpu, verify_opencl
 from pipeline.verify_runs import outcome, row as verify_row, run_child
 from pipeline.versions import tool_versions
@@ -94,8 +94,9 @@ def verify_target(build_dir: Path, target: Target, cache_dir: Path, n: int = 4,
     what a library built for the wrong board does there."""
     progress = progress or Progress()
     if target.arch != "aarch64":
+        boards = [name for name in available_targets() if load_target(name).arch == "aarch64"]   # the shipped ones
         raise InputError(f"make verify emulates aarch64 boards; target {target.name} is {target.arch} "
-                         f"(aarch64 targets: rpi4, rpi5, android-arm64)")
+                         f"(aarch64 targets: {', '.join(boards)})")
     manifest = load_manifest(build_dir)
     artifacts = [a for a in manifest["artifacts"] if a["device"] == "cpu" and a["runtime"] in VERIFIED_RUNTIMES
                  and (not only or a["file"] in only)]

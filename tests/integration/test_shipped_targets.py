@@ -39,7 +39,7 @@ def test_shipped_target_compiles_its_artifact_list(tiny_build, name):
 
 
 def check_arm_dot_products(library, art, dotprod: bool):
-    """Boards with the dot-product extension (rpi5, android-arm64) get SDOT in their int8 library; the others
+    """Boards with the dot-product extension (rpi5, rk3588, adreno) get SDOT in their int8 library; the others
     (rpi4) NEON's widening multiplies and no SDOT. Counted by encoding, and by objdump where it is installed."""
     import shutil
     import subprocess

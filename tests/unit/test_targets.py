@@ -28,7 +28,44 @@ def test_shipped_targets_parse(name):
     target = load_target(name)
     assert target.name == name
     assert target.artifacts and all(kind in ARTIFACT_KINDS for kind in target.artifacts)
-    assert target.tvm is not None
+    assert (target.tvm is None) == (target.os == "android")        # a phone gets no TVM library
+
+
+def test_a_phone_gets_only_what_a_phone_loads_and_is_told_what_runs_there():
+    phone = load_target("android-arm64")
+    assert phone.os == "android" and phone.tvm is None
+    assert all(ARTIFACT_KINDS[k].format in ("tflite", "onnx") for k in phone.artifacts)
+    assert "LiteRT" in phone.on_a_phone and "ONNX Runtime Mobile" in phone.on_a_phone
+    assert load_target("rpi5").on_a_phone == ""
+
+
+@pytest.mark.parametrize("extra", [
+    'os = "android"\nartifacts = ["tflite-int8", "tvm-int8"]\n[tvm]\ncpu = { kind = "llvm", mtriple = "aarch64-linux-gnu" }\n',
+    'artifacts = ["tvm-int8"]\n[tvm]\ncpu = { kind = "llvm", mtriple = "aarch64-linux-android" }\n',
+])
+def test_tvm_for_android_is_one_line_that_says_why_and_what_to_use(tmp_path, extra):
+    text = GOOD.replace('artifacts = ["tflite-int8"]\n', "")
+    head, rest = text.split("[cpu]", 1)
+    folder = write(tmp_path, "phone", head + extra.split("[tvm]")[0] + "[cpu]" + rest
+                   + ("[tvm]" + extra.split("[tvm]")[1] if "[tvm]" in extra else ""))
+    with pytest.raises(ConfigError) as err:
+        load_target("phone", folder)
+    message = str(err.value)
+    assert "\n" not in message and "tvm-int8 for Android" in message
+    assert "TVM libraries cannot be loaded on Android" in message and "LiteRT" in message and "aarch64-linux-gnu" in message
+
+
+def test_adreno_is_a_qualcomm_linux_board_with_its_real_cores():
+    from pipeline.emulation import CORES, QEMU_MODEL
+
+    board = load_target("adreno")
+    assert board.os == "linux" and board.gpu.name == "Adreno 643" and "QCS6490" in board.description
+    assert {c.core: c.cpus for c in board.cpu.clusters} == {"cortex-a78": (4, 5, 6, 7), "cortex-a55": (0, 1, 2, 3)}
+    assert board.cpu.core == "cortex-a78" and board.int8_isa == "sdot"
+    for spec in (board.tvm.cpu, board.tvm.gpu_host):
+        assert spec["mtriple"] == "aarch64-linux-gnu" and spec["mcpu"] == "cortex-a78"
+    assert {"tvm-int8", "tvm-gpu-fp16"} <= set(board.artifacts)
+    assert "cortex-a78" in CORES and QEMU_MODEL["cortex-a78"] == "cortex-a76"      # make verify runs it as an A76
 
 
 def test_board_facts():
