@@ -46,9 +46,11 @@ class Thresholds:
     max_size_ratio: float = 0.30
     int8_faster_runtimes: tuple[str, ...] = ("litert", "onnxruntime", "tvm")
     min_eval_images: int = 100
+    max_ram_fraction: float = 0.5
 
 
-FRACTIONS = ("min_relative_accuracy", "min_agreement_top1", "min_cross_runtime_agreement", "max_size_ratio")
+FRACTIONS = ("min_relative_accuracy", "min_agreement_top1", "min_cross_runtime_agreement", "max_size_ratio",
+             "max_ram_fraction")
 POINTS = ("max_top1_drop_points", "baseline_tolerance_points")
 
 
@@ -210,6 +212,7 @@ def evaluate(build_dir: Path, gates: Path = GATES_FILE, baselines: Path = BASELI
                 checks.append(_compare(name, "cross_runtime_agreement", vs["agreement_top1"], ">=",
                                        t.min_cross_runtime_agreement, "compile-time check",
                                        f"TVM int8 against LiteRT int8 on {vs['n']} images"))
+    checks += _memory_checks(manifest, bench, t, acc_source)
     sanity = manifest["eval"].get("sanity") or {}
     if sanity.get("status") == "suspect":       # perfect agreement with a meaningless float model is no quality
         checks.insert(0, Check("float model", "outputs_meaningful", None, None, "", "fail",
@@ -289,6 +292,22 @@ def _baseline_check(name: str, a: dict, baseline: dict, t: Thresholds, src: str,
     floor = base["agreement_top1"] - tol / 100
     return _compare(name, "baseline_agreement_top1", a["agreement_top1"], ">=", floor, src,
                     f"baseline {base['agreement_top1'] * 100:.2f}% minus {tol} pt")
+
+
+def _memory_checks(manifest: dict, bench: dict, t: Thresholds, source: str) -> list[Check]:
+    """Each measured artifact's peak RSS against max_ram_fraction of the board's RAM (the target's ram_mb)."""
+    ram = manifest["config"]["target"].get("ram_mb") or 0
+    checks = []
+    for art in manifest["artifacts"]:
+        rss = (bench.get(art["file"]) or {}).get("peak_rss_mb")
+        if not ram or rss is None:
+            if art["file"] in bench:
+                why = "the target does not say its RAM (ram_mb)" if not ram else "no peak RSS in its benchmark"
+                checks.append(Check(art["file"], "peak_rss_of_board_ram", None, None, "", "skip", why, source))
+            continue
+        checks.append(_compare(art["file"], "peak_rss_of_board_ram", rss / ram, "<=", t.max_ram_fraction, source,
+                               f"peak RSS {rss:.0f} MB of {ram} MB; headroom {ram * t.max_ram_fraction - rss:.0f} MB"))
+    return checks
 
 
 def _speed_check(art: dict, fp32: dict | None, bench: dict, acc_source: str) -> Check:

@@ -17,7 +17,7 @@ import numpy as np
 
 from benchmarks.files import RESULTS_SCHEMA, read_json, results_newest_first, write_text_atomic
 from benchmarks.errors import BenchError, PipelineError, fail
-from benchmarks.manifest import fp32_twin
+from benchmarks.manifest import fp32_twin, load_manifest
 
 
 def latest_results(build_dir: Path) -> Path:
@@ -211,6 +211,31 @@ img{{max-width:100%}}figure{{margin:1.5em 0}}</style></head>
 """
 
 
+def _board_ram(build_dir: Path) -> tuple[str, int]:
+    """(target, its RAM in MB) from the build's manifest; 0 when it does not say."""
+    try:
+        manifest = load_manifest(build_dir)
+    except BenchError:
+        return "", 0
+    target = manifest.get("config", {}).get("target", {})
+    return target.get("name", ""), int(target.get("ram_mb") or 0)
+
+
+def memory_section(results: dict, board: tuple[str, int]) -> str:
+    """Each artifact's measured peak RSS as a share of the board's RAM (`make gate` checks it against
+    max_ram_fraction in gates.toml)."""
+    name, ram = board
+    measured = [r for r in results["results"] if r["peak_rss_mb"] is not None]
+    if not ram or not measured:
+        return ""
+    lines = ["", f"## Memory on the board ({name}: {ram} MB RAM)", "",
+             "| artifact | peak RSS MB | share of RAM | RAM left |", "|---|---:|---:|---:|"]
+    for r in measured:
+        lines.append(f"| {r['file']} | {r['peak_rss_mb']:.0f} | {r['peak_rss_mb'] / ram:.1%} | "
+                     f"{ram - r['peak_rss_mb']:.0f} MB |")
+    return "\n".join(lines) + "\n"
+
+
 def render(build_dir: Path, results_file: Path | None = None) -> dict[str, Path]:
     results_file = results_file or latest_results(build_dir)
     results = read_json(results_file, "benchmark results file", RESULTS_SCHEMA)
@@ -218,7 +243,7 @@ def render(build_dir: Path, results_file: Path | None = None) -> dict[str, Path]
         raise BenchError(f"{results_file} holds no measured artifact; nothing to report")
     folder = build_dir / "report"
     folder.mkdir(parents=True, exist_ok=True)
-    md = markdown(results)
+    md = markdown(results) + memory_section(results, _board_ram(build_dir))
     images = plots(results, folder)
     analysis = build_dir / "analysis" / "sqnr_by_layer.png"
     if analysis.is_file():              # make analyze ran: its per-layer int8 plot joins the report

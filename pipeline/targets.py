@@ -107,6 +107,7 @@ class Target:
     gpu: GpuSpec | None = None
     tvm: TvmSpec | None = None
     os: str = "linux"             # linux | android (OSES): what the board runs, and so what it can load
+    ram_mb: int = 0               # the board's RAM (its smallest common model), MB; 0 = this machine's
 
     @property
     def on_a_phone(self) -> str:
@@ -124,7 +125,7 @@ class Target:
         return int8_saturates(self.arch, self.int8_isa)
 
     def to_dict(self) -> dict:
-        return asdict(self) | {"int8_isa": self.int8_isa}
+        return asdict(self) | {"int8_isa": self.int8_isa, "ram_mb": self.ram_mb or host_ram_mb()}
 
 
 OSES = ("linux", "android")
@@ -134,6 +135,15 @@ ANDROID_RUNS = ("on a phone, the TFLite artifacts run in LiteRT (CPU with XNNPAC
 # (bionic), which no package registry has, and our OpenCL runtime links against glibc (docs/targets.md).
 ANDROID_NO_TVM = ("TVM libraries cannot be loaded on Android: they need TVM's runtime built for Android (bionic), "
                   "which no package registry has")
+
+
+def host_ram_mb() -> int:
+    """This machine's RAM in MB (MemTotal), the RAM of a target whose ram_mb is 0; 0 where /proc says nothing."""
+    try:
+        line = next(l for l in Path("/proc/meminfo").read_text().splitlines() if l.startswith("MemTotal:"))
+        return int(line.split()[1]) // 1024
+    except (OSError, StopIteration, ValueError, IndexError):
+        return 0
 
 
 def available_targets(folder: Path = TARGETS_DIR) -> list[str]:
@@ -160,8 +170,12 @@ def parse_target(name: str, path: Path) -> Target:
         raise ConfigError(f"{path}: cannot read target file: {exc.strerror}") from None
     where = str(path)               # the folder too: a user's TARGETS_DIR= file is told from ours
     top = _keys(data, where, required=("description", "arch", "artifacts", "cpu", "bench"),
-                optional=("gpu", "tvm", "os"))
+                optional=("gpu", "tvm", "os", "ram_mb"))
     os_name = _choice(top.get("os", "linux"), f"{where}: os", OSES)
+    ram_mb = top.get("ram_mb", 0)
+    if not isinstance(ram_mb, int) or isinstance(ram_mb, bool) or ram_mb < 0:
+        raise ConfigError(f"{where}: ram_mb must be the board's RAM in MB, a whole number (e.g. 1024 for 1 GB; 0 = "
+                          f"this machine's), got {ram_mb!r}")
     arch = _choice(top["arch"], f"{where}: arch", ARCHES)
     artifacts = _str_list(top["artifacts"], f"{where}: artifacts")
     for kind in artifacts:
@@ -204,6 +218,7 @@ def parse_target(name: str, path: Path) -> Target:
         gpu=gpu,
         tvm=tvm,
         os=os_name,
+        ram_mb=ram_mb,
     )
 
 

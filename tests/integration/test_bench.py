@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 import signal
@@ -108,6 +109,10 @@ def test_report_renders_table_plots_and_html(local_results, host_build, tmp_path
         assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
     md = out["markdown"].read_text()
     assert "| tiny_int8.tflite | litert | int8 |" in md and "speed-up vs fp32" in md
+    ram = json.loads((build / "manifest.json").read_text())["config"]["target"]["ram_mb"]
+    assert f"## Memory on the board (host: {ram} MB RAM)" in md          # host: this machine's MemTotal
+    rss = next(r["peak_rss_mb"] for r in local_results["results"] if r["file"] == "tiny_int8.tflite")
+    assert re.search(rf"\| tiny_int8\.tflite \| {rss:.0f} \| {rss / ram * 100:.1f}% \| {ram - rss:.0f} MB \|", md), md
     page = out["html"].read_text()
     assert page.count("data:image/png;base64,") == 3 and "tiny_int8.so" in page
 

@@ -91,6 +91,26 @@ def test_unreachable_threshold_fails_naming_the_metric(gated, tmp_path, capsys):
     assert float(printed.group(1)) == pytest.approx(sizes["tflite-int8"] / sizes["tflite-fp32"], abs=5e-5)
 
 
+def test_each_artifacts_peak_memory_is_gated_against_the_boards_ram(gated, tmp_path, capsys):
+    """The target's ram_mb (this machine's RAM for a target without one) times max_ram_fraction; the line says the
+    headroom. Every measured artifact is checked, fp32 too."""
+    assert run_gate(gated) == 0
+    report = json.loads((gated["build"] / "gate" / "gate.json").read_text())
+    memory = [c for c in report["checks"] if c["metric"] == "peak_rss_of_board_ram"]
+    assert len(memory) == 4 and all(c["status"] == "pass" for c in memory)
+    assert all("headroom" in c["detail"] for c in memory)
+    build = tmp_path / "gated"
+    shutil.copytree(gated["build"], build)
+    manifest = json.loads((build / "manifest.json").read_text())
+    manifest["config"]["target"]["ram_mb"] = 32                      # a 32 MB board: 16 MB at 0.5
+    (build / "manifest.json").write_text(json.dumps(manifest))
+    capsys.readouterr()
+    assert run_gate(gated, build=build) == 1
+    out = capsys.readouterr().out
+    assert re.search(r"FAILED: digitnet_fp32\.tflite: peak_rss_of_board_ram = \d+\.\d+ \(threshold <= 0\.5000\) "
+                     r"FAILED; peak RSS \d+ MB of 32 MB; headroom -\d+ MB", out), out
+
+
 @pytest.mark.parametrize("old,new,message", [
     ("min_agreement_top1 = 0.985", "min_agreement_top1 = 1.4", r"min_agreement_top1 = 1.4 is impossible; give a fraction"),
     ("max_top1_drop_points = 1.0", "max_top1_drop_points = 140", r"max_top1_drop_points = 140 is impossible"),

@@ -29,6 +29,7 @@ def test_shipped_targets_parse(name):
     assert target.name == name
     assert target.artifacts and all(kind in ARTIFACT_KINDS for kind in target.artifacts)
     assert (target.tvm is None) == (target.os == "android")        # a phone gets no TVM library
+    assert target.ram_mb > 0 or name == "host"                        # make gate checks peak RSS against it
 
 
 def test_a_phone_gets_only_what_a_phone_loads_and_is_told_what_runs_there():
@@ -120,6 +121,8 @@ def test_missing_key(tmp_path):
     ('["tflite-int8"]', "[]", r"artifacts is empty"),
     ("cores = 4", "cores = -1", r"cpu.cores must be a whole number >= 0"),
     ("threads = 4", 'threads = "four"', r"bench.threads must be a whole number"),
+    ('arch = "aarch64"', 'arch = "aarch64"\nram_mb = "1GB"', r"ram_mb must be the board's RAM in MB, a whole number .*got '1GB'"),
+    ('arch = "aarch64"', 'arch = "aarch64"\nram_mb = -5', r"ram_mb must be the board's RAM in MB"),
 ])
 def test_bad_values(tmp_path, old, new, message):
     with pytest.raises(ConfigError, match=message):
