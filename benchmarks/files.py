@@ -27,6 +27,12 @@ def write_text_atomic(path: Path, text: str) -> Path:
     return path
 
 
+def typical_ms(latency: dict) -> float:
+    """The latency an artifact is compared by: p50, or the mean where the tool that measured gave no median
+    (an imported benchmark_model run from an older LiteRT)."""
+    return latency["p50"] if latency.get("p50") is not None else latency["mean"]
+
+
 def results_newest_first(build_dir: Path) -> list[tuple[dict, Path]]:
     """Every benchmark results file of build/<t>/bench/, parsed once and checked against results.schema.json,
     newest ``created`` first (make verify's reports, ``"kind": "verify"``, share the folder and are left out)."""

@@ -14,18 +14,16 @@ import datetime
 import json
 import os
 import shlex
-import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from benchmarks.files import read_json, results_newest_first, write_text_atomic
 from benchmarks.errors import GATE_CHECKED_NOTHING, GATE_FAILED, BenchError, PipelineError, fail
 from benchmarks.manifest import fp32_twin, load_manifest, model_gates_key
-from benchmarks.runtimes import RUNTIMES
 from benchmarks.gate_report import fmt, junit, ladder_summary, table as report_table
+from benchmarks.gate_thresholds import GATES_FILE, Thresholds, load_thresholds
 
 HERE = Path(__file__).resolve().parent
-GATES_FILE = HERE / "gates.toml"
 BASELINES_DIR = HERE / "baselines"
 BASELINE_SCHEMA = HERE / "baseline.schema.json"
 # the checks that judge accuracy; a gate where every one of them was skipped judged nothing, and says so
@@ -34,84 +32,6 @@ ACCURACY_METRICS = ("agreement_top1", "top1_drop_points", "relative_accuracy", "
                     "baseline_agreement_top1", "accuracy")
 EXIT_CODES = {"pass": 0, "fail": GATE_FAILED, "checked nothing": GATE_CHECKED_NOTHING}
 VERDICTS = {"pass": "PASS", "fail": "FAIL", "checked nothing": "CHECKED NOTHING"}
-
-
-@dataclass(frozen=True)
-class Thresholds:
-    max_top1_drop_points: float = 1.0
-    min_relative_accuracy: float = 0.99
-    min_agreement_top1: float = 0.985
-    baseline_tolerance_points: float = 0.5
-    min_cross_runtime_agreement: float = 0.995
-    max_size_ratio: float = 0.30
-    int8_faster_runtimes: tuple[str, ...] = ("litert", "onnxruntime", "tvm")
-    min_eval_images: int = 100
-    max_ram_fraction: float = 0.5
-
-
-FRACTIONS = ("min_relative_accuracy", "min_agreement_top1", "min_cross_runtime_agreement", "max_size_ratio",
-             "max_ram_fraction")
-POINTS = ("max_top1_drop_points", "baseline_tolerance_points")
-
-
-def _validate(table: dict, where: str) -> dict:
-    valid = [f for f in Thresholds.__dataclass_fields__]
-    out = {}
-    for key, value in table.items():
-        if key not in valid:
-            raise BenchError(f"{where}: unknown key {key!r}; valid keys: {', '.join(valid)}")
-        if key in FRACTIONS:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
-                raise BenchError(f"{where}: {key} = {value!r} is impossible; give a fraction between 0 and 1 "
-                                 f"(e.g. 0.99 for 99%)")
-        elif key in POINTS:
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 100:
-                raise BenchError(f"{where}: {key} = {value!r} is impossible; give percentage points between 0 and 100")
-        elif key == "min_eval_images":
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise BenchError(f"{where}: min_eval_images = {value!r} must be a whole number >= 1")
-        elif key == "int8_faster_runtimes":
-            if not isinstance(value, list) or any(v not in RUNTIMES for v in value):
-                raise BenchError(f"{where}: int8_faster_runtimes = {value!r}; give a list of {', '.join(RUNTIMES)}")
-            value = tuple(value)
-        out[key] = value
-    return out
-
-
-def load_thresholds(path: Path, model: str, target: str) -> Thresholds:
-    try:
-        data = tomllib.loads(path.read_bytes().decode("utf-8"))
-    except OSError as exc:
-        raise BenchError(f"{path}: cannot read the gates file: {exc.strerror or exc}") from None
-    except UnicodeDecodeError:
-        raise BenchError(f"{path}: the gates file is not text (a binary file?); expected TOML like "
-                         f"benchmarks/gates.toml") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise BenchError(f"{path}: cannot read gates: {exc}") from None
-    if not data:
-        raise BenchError(f"{path}: the gates file is empty; expected TOML like benchmarks/gates.toml")
-    for key in data:
-        if key not in ("defaults", "models"):
-            raise BenchError(f"{path.name}: unknown key {key!r}; valid keys: defaults, models")
-    merged = _validate(_table(data.get("defaults", {}), f"{path.name} [defaults]"), f"{path.name} [defaults]")
-    for name, table in _table(data.get("models", {}), f"{path.name} [models]").items():
-        table = _table(table, f"{path.name} [models.{name}]")
-        targets = _table(table.get("targets", {}), f"{path.name} [models.{name}.targets]")
-        for tname, ttable in targets.items():
-            _table(ttable, f"{path.name} [models.{name}.targets.{tname}]")
-        if name != model:
-            continue
-        merged |= _validate({k: v for k, v in table.items() if k != "targets"}, f"{path.name} [models.{name}]")
-        for tname, ttable in targets.items():
-            if tname == target:
-                merged |= _validate(ttable, f"{path.name} [models.{name}.targets.{tname}]")
-    return Thresholds(**merged)
-
-
-def _table(value, where: str) -> dict:
-    if not isinstance(value, dict):
-        raise BenchError(f"{where} is {value!r}; expected a table of keys (see benchmarks/gates.toml)")
-    return value
 
 
 @dataclass
@@ -144,6 +64,8 @@ def accuracy_source(build_dir: Path, manifest: dict) -> tuple[dict, dict, str]:
     """{file: accuracy}, {file: bench result} and a description of where the figures came from."""
     shas = {a["file"]: a["sha256"] for a in manifest["artifacts"]}
     for results, _ in results_newest_first(build_dir):
+        if results["where"] == "benchmark_model":      # imported: random inputs, another LiteRT build
+            continue
         usable = {r["file"]: r for r in results["results"] if shas.get(r["file"]) == r.get("sha256")}
         if usable:
             acc = {f: r["accuracy"] for f, r in usable.items()}
@@ -212,7 +134,7 @@ def evaluate(build_dir: Path, gates: Path = GATES_FILE, baselines: Path = BASELI
                 checks.append(_compare(name, "cross_runtime_agreement", vs["agreement_top1"], ">=",
                                        t.min_cross_runtime_agreement, "compile-time check",
                                        f"TVM int8 against LiteRT int8 on {vs['n']} images"))
-    checks += _memory_checks(manifest, bench, t, acc_source)
+    checks += _memory_checks(manifest, memory_source(build_dir, manifest), t)
     sanity = manifest["eval"].get("sanity") or {}
     if sanity.get("status") == "suspect":       # perfect agreement with a meaningless float model is no quality
         checks.insert(0, Check("float model", "outputs_meaningful", None, None, "", "fail",
@@ -294,14 +216,27 @@ def _baseline_check(name: str, a: dict, baseline: dict, t: Thresholds, src: str,
                     f"baseline {base['agreement_top1'] * 100:.2f}% minus {tol} pt")
 
 
-def _memory_checks(manifest: dict, bench: dict, t: Thresholds, source: str) -> list[Check]:
+def memory_source(build_dir: Path, manifest: dict) -> dict[str, tuple[float | None, str]]:
+    """{file: (peak RSS MB, which run)}: each artifact's newest measurement of these very bytes, imported runs
+    (benchmark_model on a phone, its sha256 given) included."""
+    shas = {a["file"]: a["sha256"] for a in manifest["artifacts"]}
+    found: dict[str, tuple[float | None, str]] = {}
+    for results, _ in results_newest_first(build_dir):
+        for r in results["results"]:
+            if shas.get(r["file"]) == r.get("sha256") and r["file"] not in found:
+                found[r["file"]] = (r["peak_rss_mb"], f"benchmark run {results['run_id']}" +
+                                    (" (benchmark_model)" if results["where"] == "benchmark_model" else ""))
+    return found
+
+
+def _memory_checks(manifest: dict, measured: dict, t: Thresholds) -> list[Check]:
     """Each measured artifact's peak RSS against max_ram_fraction of the board's RAM (the target's ram_mb)."""
     ram = manifest["config"]["target"].get("ram_mb") or 0
     checks = []
     for art in manifest["artifacts"]:
-        rss = (bench.get(art["file"]) or {}).get("peak_rss_mb")
+        rss, source = measured.get(art["file"], (None, ""))
         if not ram or rss is None:
-            if art["file"] in bench:
+            if art["file"] in measured:
                 why = "the target does not say its RAM (ram_mb)" if not ram else "no peak RSS in its benchmark"
                 checks.append(Check(art["file"], "peak_rss_of_board_ram", None, None, "", "skip", why, source))
             continue

@@ -10,12 +10,11 @@ import base64
 import html
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks.files import RESULTS_SCHEMA, read_json, results_newest_first, write_text_atomic
+from benchmarks.files import RESULTS_SCHEMA, read_json, results_newest_first, typical_ms, write_text_atomic
 from benchmarks.errors import BenchError, PipelineError, fail
 from benchmarks.manifest import fp32_twin, load_manifest
 
@@ -32,25 +31,31 @@ def rows(results: dict) -> list[dict]:
     float_top1 = results.get("eval", {}).get("float_top1")
     out = []
     for r in results["results"]:
-        acc = r["accuracy"]
+        acc = r["accuracy"] or {}                    # None: an imported run on random inputs (benchmark_model)
         twin = fp32_twin(results["results"], r)
-        base = twin["latency_ms"]["p50"] if twin else None
+        base = typical_ms(twin["latency_ms"]) if twin else None
         # float top-1 on the same images: the runner's own figure, or the whole-set one if n is whole
         same_images = acc.get("float_top1")
         if same_images is None and acc.get("n") == results.get("eval", {}).get("n"):
             same_images = float_top1
-        if acc["top1"] is not None and same_images is not None:
+        if not acc:
+            change = "not measured (random inputs)"
+        elif acc["top1"] is not None and same_images is not None:
             change = f"{(acc['top1'] - same_images) * 100:+.2f} pt top-1"
         else:
             change = f"{(acc['agreement_top1'] - 1) * 100:+.2f} pt agreement"
         out.append({
             "file": r["file"], "runtime": r["runtime"], "precision": r["precision"],
-            "p50": r["latency_ms"]["p50"], "p90": r["latency_ms"]["p90"],
-            "speedup": (base / r["latency_ms"]["p50"]) if base else None,
+            "p50": typical_ms(r["latency_ms"]), "p90": r["latency_ms"]["p90"],
+            "speedup": (base / typical_ms(r["latency_ms"])) if base else None,
             "rss": r["peak_rss_mb"], "mb": r["bytes"] / 1e6, "change": change,
-            "agreement": acc["agreement_top1"], "top1": acc["top1"],
+            "agreement": acc.get("agreement_top1"), "top1": acc.get("top1"),
         })
     return out
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}"
 
 
 def markdown(results: dict) -> str:
@@ -60,18 +65,21 @@ def markdown(results: dict) -> str:
                                                if results["where"] != "local" else ""),
              f"- device: {d['cpu_model']}, {d['cores']} cores, {d['threads']} threads, governor {d['governor']}",
              f"- created: {results['created']}; eval images: {results['eval']['n']}",
-             f"- throttled: {'YES: ' + ', '.join(d.get('throttle_reasons', [])) if d['throttled'] else 'no'}", "",
+             f"- throttled: {'YES: ' + ', '.join(d.get('throttle_reasons', [])) if d['throttled'] else 'no' if d['throttled'] is False else 'not known'}",
+             *([f"- imported from LiteRT's benchmark_model output ({results['imported']['log']}): random inputs, so no "
+                f"accuracy; latency as the tool gives it ({results['results'][0]['latency_ms'].get('summary', '')})"]
+               if results.get("imported") else []), "",
              "| artifact | runtime | precision | p50 ms | p90 ms | speed-up vs fp32 | peak RSS MB | size MB | accuracy vs float |",
              "|---|---|---|---:|---:|---:|---:|---:|---|"]
     for r in rows(results):
         speedup = "-" if r["speedup"] is None else f"{r['speedup']:.2f}x"
         rss = "-" if r["rss"] is None else f"{r['rss']:.0f}"
-        lines.append(f"| {r['file']} | {r['runtime']} | {r['precision']} | {r['p50']:.2f} | {r['p90']:.2f} | "
+        lines.append(f"| {r['file']} | {r['runtime']} | {r['precision']} | {r['p50']:.2f} | {_ms(r['p90'])} | "
                      f"{speedup} | {rss} | {r['mb']:.1f} | {r['change']} |")
     names = results["eval"].get("class_names") or []
     label = lambda i: names[i] if i < len(names) else str(i)
     disagree = [(r["file"], r["accuracy"]["confusions"]) for r in results["results"]
-                if r["accuracy"].get("confusions") and r["precision"] != "fp32"]
+                if (r["accuracy"] or {}).get("confusions") and r["precision"] != "fp32"]
     if disagree:
         lines += ["", "## Where int8 answers otherwise than float", "", "| artifact | float class -> artifact class (images) |",
                   "|---|---|"]
@@ -96,7 +104,7 @@ def plots(results: dict, folder: Path) -> dict[str, Path]:
     paths = {}
 
     fig, ax = plt.subplots(figsize=(max(6, 1.1 * len(names)), 4.5))
-    samples = [r.get("samples_ms") or [r["latency_ms"]["p50"]] for r in results["results"]]
+    samples = [r.get("samples_ms") or [typical_ms(r["latency_ms"])] for r in results["results"]]
     ax.boxplot(samples, showfliers=True)
     ax.set_xticks(range(1, len(names) + 1), names, rotation=30, ha="right")
     ax.set_yscale("log")
@@ -122,7 +130,7 @@ def per_class_figure(results: dict):
     """Top-1 per class, float against each artifact (labelled eval sets only), or None."""
     import matplotlib.pyplot as plt
 
-    labelled = [r for r in results["results"] if r["accuracy"].get("per_class")]
+    labelled = [r for r in results["results"] if (r["accuracy"] or {}).get("per_class")]
     if not labelled:
         return None
     names = results["eval"].get("class_names") or []
@@ -141,7 +149,10 @@ def per_class_figure(results: dict):
     ax.set_ylim(0, 100)
     ax.set_ylabel("top-1 (%)")
     ax.set_title("Top-1 per class")
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    if ys:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    else:                              # an imported run on random inputs: no accuracy to plot
+        ax.text(0.5, 0.5, "no accuracy measured in this run", ha="center", va="center", transform=ax.transAxes)
     return fig
 
 
@@ -153,7 +164,7 @@ def accuracy_latency_figure(table: list[dict]):
     fig, ax = plt.subplots(figsize=(9, 4.8))
     markers, colours = "osD^v<>ph*X", plt.get_cmap("tab10").colors
     ys = []
-    for i, r in enumerate(table):
+    for i, r in enumerate(t for t in table if t["agreement"] is not None):
         y = (r["top1"] if r["top1"] is not None else r["agreement"]) * 100
         ys.append(y)
         ax.scatter(r["p50"], y, s=55, marker=markers[i % len(markers)], color=colours[i % len(colours)],
@@ -161,7 +172,10 @@ def accuracy_latency_figure(table: list[dict]):
     low = min(ys, default=0.0)
     ax.set_ylim(max(0.0, low - max(1.0, (100 - low) * 0.15)), 100.0)
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    if ys:
+        ax.legend(loc="upper left", bbox_to_anchor=(1.02, 1.0), fontsize=8, frameon=False)
+    else:                              # an imported run on random inputs: no accuracy to plot
+        ax.text(0.5, 0.5, "no accuracy measured in this run", ha="center", va="center", transform=ax.transAxes)
     ax.set_xscale("log")
     ax.set_xlabel("p50 latency (ms, log)")
     ax.set_ylabel("top-1 accuracy (%)" if any(r["top1"] is not None for r in table) else "top-1 agreement with float (%)")
@@ -187,7 +201,7 @@ def html_page(results: dict, md: str, images: dict[str, Path]) -> str:
                                                         "accuracy vs float")) + "</tr>")
     body = ""
     for r in table:
-        cells = (r["file"], r["runtime"], r["precision"], f"{r['p50']:.2f}", f"{r['p90']:.2f}",
+        cells = (r["file"], r["runtime"], r["precision"], f"{r['p50']:.2f}", _ms(r["p90"]),
                  "-" if r["speedup"] is None else f"{r['speedup']:.2f}x",
                  "-" if r["rss"] is None else f"{r['rss']:.0f}", f"{r['mb']:.1f}", r["change"])
         body += "<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in cells) + "</tr>\n"

@@ -58,20 +58,58 @@ def _bundle(build_dir: Path) -> bytes:
     return buffer.getvalue()
 
 
+NOT_PROVISIONED = ("not run in the environment `make provision` installs (the runtimes `make verify` proved); "
+                   "run `make provision TARGET={target} DEVICE={dest}` first")
+
+
+def board_environment(remote: Remote, expected_set: str | None, target: str) -> dict:
+    """The provisioned environment on the board, checked: {python, verified, why, ...}. One that changed since
+    `make provision` is refused: its figures would not be the verified runtimes'."""
+    out = remote.run(["python3", "-", "check", "~/.xception-edge"], stdin=(PACKAGE / "board_env.py").read_bytes())
+    state = json.loads(out.strip().splitlines()[-1])
+    if not state["provisioned"]:
+        return {"provisioned": False, "verified": False, "why": NOT_PROVISIONED.format(target=target, dest=remote.dest)}
+    if state["problems"]:
+        raise BenchError(f"{remote.dest}: the runtime environment `make provision` installed has changed: "
+                         f"{'; '.join(state['problems'])}; run `make provision TARGET={target} DEVICE={remote.dest}` "
+                         f"again (or REMOTE_PYTHON= to run elsewhere, unverified)")
+    if expected_set is not None and state["set_id"] != expected_set:
+        why = (f"provisioned from wheel set {state['set_id']}, not {expected_set}, the set this machine's make verify "
+               f"installs; run `make provision TARGET={target} DEVICE={remote.dest}` again")
+        return state | {"verified": False, "why": why}
+    return state | {"verified": True, "why": "" if expected_set else "wheel set not compared (none cached here)"}
+
+
 def run_over_ssh(build_dir: Path, dest: str, runner_args: list[str], port: int | None = None,
-                 options: list[str] | None = None, remote_python: str = "python3", log=print) -> dict:
+                 options: list[str] | None = None, remote_python: str = "", log=print,
+                 expected_set: str | None = None) -> dict:
+    """``remote_python`` "": the provisioned environment when there is one, else python3 (results then say
+    verified_runtime: false, with the reason)."""
     if not (build_dir / "manifest.json").is_file():
         raise BenchError(f"{build_dir} has no manifest.json; run `make compile` first")
     remote = Remote(dest, port, options)
+    if remote_python:
+        env = {"provisioned": None, "verified": False, "python": remote_python,
+               "why": f"run by REMOTE_PYTHON={remote_python}, not the environment `make provision` installs"}
+    else:
+        env = board_environment(remote, expected_set, build_dir.name)
+        env.setdefault("python", "python3")
+    log(f"{dest}: runtimes from {env['python']}" + (f" (wheel set {env['set_id']}, verified)" if env["verified"]
+                                                    else f"; {env['why']}"))
     folder = remote.run(["mktemp", "-d", "/tmp/xception-edge.XXXXXX"]).strip()
     try:
         log(f"pushing {build_dir} and the runner to {dest}:{folder}")
         remote.run(["tar", "-C", folder, "-xf", "-"], stdin=_bundle(build_dir))
         log(f"running the benchmark on {dest}")
         out = f"{folder}/result.json"
-        remote.run(["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", folder, remote_python, "-m", "benchmarks.run",
+        remote.run(["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", folder, env["python"], "-m", "benchmarks.run",
                     f"{folder}/{build_dir.name}", "--out", out, *runner_args])
         results = json.loads(remote.run(["cat", out]))
     finally:
         remote.run(["rm", "-rf", folder])
-    return results | {"where": "ssh", "remote": dest}
+    if not env["verified"]:
+        for r in results["results"]:
+            r["verified_runtime"] = False
+            r["runtime_note"] = "; ".join(x for x in (env["why"], r.get("runtime_note")) if x)
+    runtime_env = {k: env[k] for k in ("provisioned", "verified", "python", "set_id", "why") if k in env}
+    return results | {"where": "ssh", "remote": dest, "runtime_env": runtime_env}

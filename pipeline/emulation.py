@@ -1,5 +1,5 @@
-"""Emulated aarch64 for `make verify`: qemu-user, an arm64 Debian sysroot with Python, and the
-aarch64 wheels of the versions the host uses. Set up once per tool versions, cached, atomically.
+"""Emulated aarch64 for `make verify`: qemu-user, an arm64 Debian sysroot with Python, and the aarch64 wheel
+set a provisioned board gets (pipeline/board_wheels.py). Set up once per wheel set, cached, atomically.
 
 The sysroot gets an ARM-looking /proc/cpuinfo and /sys/devices/system/cpu/{possible,present}
 for the emulated core (qemu-user redirects the guest's absolute paths into the sysroot when the
@@ -12,16 +12,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from pipeline.board_wheels import PLATFORMS, PYTHON, ensure_wheels
 from pipeline.errors import MissingDependencyError
 from pipeline.host_tools import build_once, ensure_tool, run_tool
 from pipeline.progress import Progress
-from pipeline.versions import tool_versions
 
 SUITE = "bookworm"                     # Debian 12: Python 3.11, like the host
 GUEST_SITE = "/opt/xception-edge-site"
-# cloudpickle and psutil: TVM's RPC server (an emulated board for `make tune RPC=`) needs them
-WHEELS = ("ai-edge-litert", "onnxruntime", "numpy", "apache-tvm", "apache-tvm-ffi", "cloudpickle", "psutil")
-PLATFORMS = ("manylinux_2_27_aarch64", "manylinux_2_28_aarch64", "manylinux_2_17_aarch64", "manylinux2014_aarch64")
 # MIDR part numbers and the /proc/cpuinfo feature words Linux prints for each core.
 CORES = {
     "cortex-a53": ("0xd03", "fp asimd evtstrm crc32 cpuid"),
@@ -62,10 +59,10 @@ class Emulator:
 
 
 def ensure_emulator(cache_dir: Path, progress: Progress) -> Emulator:
+    """The sysroot, its runtimes installed from the aarch64 wheel set `make provision` pushes to a board."""
     qemu = ensure_tool("qemu-aarch64", "qemu-user", progress)
-    versions = tool_versions()
-    tag = "-".join(f"{w}{versions[w]}" for w in WHEELS)
-    sysroot = cache_dir / "emulation" / f"{SUITE}-arm64-{tag}"
+    wheels = ensure_wheels(cache_dir, "aarch64", progress)
+    sysroot = cache_dir / "emulation" / f"{SUITE}-arm64-{wheels.id}"
     if (sysroot / ".complete").is_file():
         return Emulator(qemu, sysroot)
     mmdebstrap = ensure_tool("mmdebstrap", "mmdebstrap", progress)
@@ -74,12 +71,12 @@ def ensure_emulator(cache_dir: Path, progress: Progress) -> Emulator:
         progress.log(f"building an arm64 Debian {SUITE} sysroot with Python (once, cached in {sysroot})")
         run_tool([mmdebstrap, "--variant=extract", "--architectures=arm64", "--include=python3,libstdc++6",
                   SUITE, folder], "emulator set-up: mmdebstrap")
-        pins = [f"{w}=={versions[w]}" for w in WHEELS]
-        progress.log(f"installing aarch64 wheels: {' '.join(pins)}")
+        progress.log(f"installing the aarch64 wheel set {wheels.id}: {' '.join(wheels.pins)}")
         run_tool([sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", "--no-compile",
-                  "--target", folder / GUEST_SITE.lstrip("/"), "--only-binary=:all:", "--python-version", "3.11",
-                  "--implementation", "cp", *[a for p in PLATFORMS for a in ("--platform", p)], *pins],
-                 "emulator set-up: pip")
-        return " ".join(pins)
+                  "--no-index", "--no-deps", "--target", folder / GUEST_SITE.lstrip("/"), "--only-binary=:all:",
+                  "--python-version", PYTHON, "--implementation", "cp",
+                  *[a for p in PLATFORMS["aarch64"] for a in ("--platform", p)],
+                  *[wheels.folder / w["file"] for w in wheels.wheels]], "emulator set-up: pip")
+        return f"{wheels.id} " + " ".join(wheels.pins)
 
     return Emulator(qemu, build_once(sysroot, build))

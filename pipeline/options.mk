@@ -27,7 +27,10 @@ BASELINES ?=
 DEVICE ?=
 PORT ?=
 SSH_OPTS ?=
-REMOTE_PYTHON ?= python3
+REMOTE_PYTHON ?=
+LOG ?=
+PHONE ?=
+SHA256 ?=
 RPC ?=
 KEY ?=
 TRIALS ?= 1000
@@ -114,10 +117,11 @@ ARGS_tune = --target=$(call q,TARGET) \
   $(if $(call set,TUNING_DIR),--tuning-dir=$(call q,TUNING_DIR))
 ARGS_bench = --target=$(call q,TARGET) \
   --out=$(call q,OUT) \
+  $(if $(call set,CACHE_DIR),--cache-dir=$(call q,CACHE_DIR)) \
   $(if $(call set,DEVICE),--device=$(call q,DEVICE)) \
   $(if $(call set,PORT),--port=$(call q,PORT)) \
   $(if $(call set,SSH_OPTS),--ssh-opts=$(call q,SSH_OPTS)) \
-  --remote-python=$(call q,REMOTE_PYTHON) \
+  $(if $(call set,REMOTE_PYTHON),--remote-python=$(call q,REMOTE_PYTHON)) \
   $(if $(call set,RPC),--rpc=$(call q,RPC)) \
   $(if $(call set,KEY),--key=$(call q,KEY)) \
   --threads=$(call q,THREADS) \
@@ -142,6 +146,17 @@ ARGS_baseline = --target=$(call q,TARGET) \
   --out=$(call q,OUT) \
   $(if $(call set,BASELINES),--baselines=$(call q,BASELINES)) \
   $(if $(call set,MSG),--msg=$(call q,MSG))
+ARGS_provision = --target=$(call q,TARGET) \
+  $(if $(call set,CACHE_DIR),--cache-dir=$(call q,CACHE_DIR)) \
+  $(if $(call set,TARGETS_DIR),--targets-dir=$(call q,TARGETS_DIR)) \
+  $(if $(call set,DEVICE),--device=$(call q,DEVICE)) \
+  $(if $(call set,PORT),--port=$(call q,PORT)) \
+  $(if $(call set,SSH_OPTS),--ssh-opts=$(call q,SSH_OPTS))
+ARGS_import = --target=$(call q,TARGET) \
+  --out=$(call q,OUT) \
+  $(if $(call set,LOG),--log=$(call q,LOG)) \
+  $(if $(call set,PHONE),--phone=$(call q,PHONE)) \
+  $(if $(call set,SHA256),--sha256=$(call q,SHA256))
 ARGS_peers = $(if $(call set,INPUT_SIZE),--input-size=$(call q,INPUT_SIZE)) \
   --out=$(call q,OUT) \
   $(if $(call set,CACHE_DIR),--cache-dir=$(call q,CACHE_DIR)) \
@@ -154,4 +169,4 @@ ARGS_clean = --out=$(call q,OUT) \
   $(if $(call set,TARGETS_DIR),--targets-dir=$(call q,TARGETS_DIR))
 ARGS_targets = $(if $(call set,TARGETS_DIR),--targets-dir=$(call q,TARGETS_DIR))
 ARGS_profile = --threads=$(call q,THREADS)
-PROGRAM_VERBS = compile analyze tune bench report verify gate baseline peers clean targets
+PROGRAM_VERBS = compile analyze tune bench report verify gate baseline provision import peers clean targets

@@ -31,7 +31,8 @@ class Option:
 
 
 OPTIONS = (
-    Option("TARGET", "--target", "host", MODEL + ("bench", "report", "verify", "gate", "baseline"),
+    Option("TARGET", "--target", "host", MODEL + ("bench", "report", "verify", "gate", "baseline", "provision",
+                                                  "import"),
            "a file name in `targets/` without `.toml` (`make targets` lists them)"),
     Option("WEIGHTS", "--weights", "auto", MODEL,
            "`auto`, `imagenet`, `reference`, `random`, or a path to your `.keras` / `.h5` model"),
@@ -79,22 +80,29 @@ OPTIONS = (
            "(square, 71 or more; `make peers`: 299), or the size to compile a model without a fixed height and width "
            "at (required for such a model; refused for one with a fixed size)", "`299` for `WEIGHTS=random`", "size"),
     Option("CLASSES", "--classes", "1000", MODEL, "class count for `WEIGHTS=random`", kind="int"),
-    Option("OUT", "--out", "build", FOLDERS + ("bench", "report", "verify", "gate", "baseline", "peers"),
+    Option("OUT", "--out", "build", FOLDERS + ("bench", "import", "report", "verify", "gate", "baseline", "peers"),
            "output folder", kind="path"),
-    Option("CACHE_DIR", "--cache-dir", "", FOLDERS + ("verify", "peers"), "stage cache and reference model",
+    Option("CACHE_DIR", "--cache-dir", "", FOLDERS + ("verify", "peers", "provision", "bench"), "stage cache and reference model",
            "`$XDG_CACHE_HOME/xception-edge` or `~/.cache/xception-edge`", "path"),
     Option("REFERENCE_DIR", "--reference-dir", "", FOLDERS, "where the reference model is trained to and read from",
            "`$(CACHE_DIR)/reference`", "path"),
-    Option("TARGETS_DIR", "--targets-dir", "", FOLDERS + ("verify", "targets"), "folder of target files: your own "
+    Option("TARGETS_DIR", "--targets-dir", "", FOLDERS + ("verify", "targets", "provision"), "folder of target files: your own "
            "boards outside the checkout", "`targets`", "path"),
     Option("GATES", "--gates", "", ("gate",), "the thresholds file", "`benchmarks/gates.toml`", "path"),
     Option("BASELINES", "--baselines", "", ("gate", "baseline"), "the folder of committed baselines "
            "(`<model>/<target>.json`)", "`benchmarks/baselines`", "path"),
-    Option("DEVICE", "--device", "", ("bench",), "`user@host` of a board reached over ssh"),
-    Option("PORT", "--port", "", ("bench",), "ssh port of `DEVICE`", kind="int"),
-    Option("SSH_OPTS", "--ssh-opts", "", ("bench",), "extra ssh options (e.g. `-i ~/.ssh/pi_key`)"),
-    Option("REMOTE_PYTHON", "--remote-python", "python3", ("bench",),
-           "the Python on the board (with numpy and a runtime)"),
+    Option("DEVICE", "--device", "", ("bench", "provision"), "`user@host` of a board reached over ssh"),
+    Option("PORT", "--port", "", ("bench", "provision"), "ssh port of `DEVICE`", kind="int"),
+    Option("SSH_OPTS", "--ssh-opts", "", ("bench", "provision"), "extra ssh options (e.g. `-i ~/.ssh/pi_key`)"),
+    Option("REMOTE_PYTHON", "--remote-python", "", ("bench",), "the Python that runs the benchmark on the board; "
+           "by default the environment `make provision` installed (the runtimes `make verify` proved), else `python3` "
+           "(then results say `verified_runtime: false`)", "(provisioned, else `python3`)"),
+    Option("LOG", "--log", "", ("import",), "a saved output of LiteRT's `benchmark_model` run on the device (all it "
+           "printed) for one of the target's TFLite artifacts", kind="path"),
+    Option("PHONE", "--phone", "", ("import",), "the device `benchmark_model` ran on, for the results (it does not "
+           "say)"),
+    Option("SHA256", "--sha256", "", ("import",), "the artifact's sha256 as the device computed it (`adb shell "
+           "sha256sum ...`): ties the figures to the manifest's bytes, so `make gate` uses the memory"),
     Option("RPC", "--rpc", "", ("bench", "tune"), "`host:port` of a TVM RPC tracker"),
     Option("KEY", "--key", "", ("bench", "tune"), "the key the boards registered under at the tracker"),
     Option("TRIALS", "--trials", "1000", ("tune",), "trial budget of the records folder (a re-run resumes up to it; a "

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -362,11 +363,56 @@ def emulator_cache(stage_cache) -> Path:
     from pipeline.errors import MissingDependencyError, StageError
     from pipeline.progress import Progress
 
-    users = default_cache_dir() / "emulation"
-    if users.is_dir() and not (stage_cache / "emulation").exists():
-        (stage_cache / "emulation").symlink_to(users, target_is_directory=True)
+    for name in ("emulation", "wheels"):       # the boards and the wheel sets they are installed from
+        users = default_cache_dir() / name
+        if users.is_dir() and not (stage_cache / name).exists():
+            (stage_cache / name).symlink_to(users, target_is_directory=True)
     try:
         ensure_emulator(stage_cache, Progress(quiet=True))
     except (MissingDependencyError, StageError) as exc:
         pytest.skip(f"emulator set-up not possible here: {exc}")
     return stage_cache
+
+
+# -- a real sshd (the ssh benchmark and make provision) -------------------------------------------------
+def _ensure_sshd() -> str | None:
+    sshd = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
+    if sshd is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, timeout=300)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "openssh-server"], capture_output=True, env=env, timeout=600)
+        sshd = "/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None
+    return sshd
+
+
+def start_sshd(work: Path, force_command: str = ""):
+    """A real sshd on 127.0.0.1 for the tests (a generator: the fixture yields from it); ``force_command``, when
+    given, is what every session runs (the client's command is in $SSH_ORIGINAL_COMMAND)."""
+    sshd = _ensure_sshd()
+    if sshd is None:
+        pytest.skip("no sshd: install openssh-server (apt-get install openssh-server; .ci/run does)")
+    for name in ("host_key", "client_key"):
+        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / name)], check=True)
+    (work / "authorized_keys").write_text((work / "client_key.pub").read_text())
+    port = free_port()
+    (work / "sshd_config").write_text(
+        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {work}/host_key\nAuthorizedKeysFile {work}/authorized_keys\n"
+        f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
+        f"StrictModes no\nUsePAM no\nPidFile {work}/sshd.pid\n" + (f"ForceCommand {force_command}\n" if force_command else ""))
+    os.makedirs("/run/sshd", exist_ok=True)
+    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(work / "sshd_config")], stderr=subprocess.PIPE,
+                            start_new_session=True)
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.skip(f"sshd could not start: {proc.stderr.read().decode()[-300:]}")
+            time.sleep(0.1)
+    options = ["-i", str(work / "client_key"), "-o", f"UserKnownHostsFile={work}/known_hosts",
+               "-o", "StrictHostKeyChecking=accept-new"]
+    yield {"port": port, "options": options, "user": os.environ.get("USER") or "root"}
+    os.killpg(proc.pid, signal.SIGTERM)
+    proc.wait(timeout=10)

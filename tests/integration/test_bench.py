@@ -5,11 +5,8 @@ import json
 import re
 import os
 import shutil
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jsonschema
@@ -18,7 +15,7 @@ import pytest
 from benchmarks.errors import BenchError
 from benchmarks.run import Budget, run_build
 
-from tests.conftest import ROOT, free_port
+from tests.conftest import ROOT, start_sshd
 
 SCHEMA = json.loads((ROOT / "benchmarks" / "results.schema.json").read_text())
 FAST = Budget(warmup=1, min_runs=5, min_seconds=0.05, max_seconds=2.0, accuracy_seconds=10.0)
@@ -126,47 +123,9 @@ def test_report_without_results_is_one_line(host_build, tmp_path):
 
 
 # -- ssh -------------------------------------------------------------------------------------------
-def _ensure_sshd() -> str | None:
-    sshd = shutil.which("sshd") or ("/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None)
-    if sshd is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = os.environ | {"DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, timeout=300)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "openssh-server"], capture_output=True, env=env, timeout=600)
-        sshd = "/usr/sbin/sshd" if os.path.exists("/usr/sbin/sshd") else None
-    return sshd
-
-
 @pytest.fixture(scope="module")
 def sshd(tmp_path_factory):
-    sshd = _ensure_sshd()
-    if sshd is None:
-        pytest.skip("no sshd: install openssh-server (apt-get install openssh-server; .ci/run does)")
-    work = tmp_path_factory.mktemp("sshd")
-    for name in ("host_key", "client_key"):
-        subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(work / name)], check=True)
-    (work / "authorized_keys").write_text((work / "client_key.pub").read_text())
-    port = free_port()
-    (work / "sshd_config").write_text(
-        f"Port {port}\nListenAddress 127.0.0.1\nHostKey {work}/host_key\nAuthorizedKeysFile {work}/authorized_keys\n"
-        f"PasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n"
-        f"StrictModes no\nUsePAM no\nPidFile {work}/sshd.pid\n")
-    os.makedirs("/run/sshd", exist_ok=True)
-    proc = subprocess.Popen([sshd, "-D", "-e", "-f", str(work / "sshd_config")], stderr=subprocess.PIPE,
-                            start_new_session=True)
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if proc.poll() is not None:
-                pytest.skip(f"sshd could not start: {proc.stderr.read().decode()[-300:]}")
-            time.sleep(0.1)
-    options = ["-i", str(work / "client_key"), "-o", f"UserKnownHostsFile={work}/known_hosts",
-               "-o", "StrictHostKeyChecking=accept-new"]
-    yield {"port": port, "options": options, "user": os.environ.get("USER") or "root"}
-    os.killpg(proc.pid, signal.SIGTERM)
-    proc.wait(timeout=10)
+    yield from start_sshd(tmp_path_factory.mktemp("sshd"))
 
 
 def test_bench_over_ssh(sshd, host_build):
@@ -181,6 +140,11 @@ def test_bench_over_ssh(sshd, host_build):
     jsonschema.validate(results, SCHEMA)
     assert results["where"] == "ssh" and results["remote"].endswith("@127.0.0.1")
     assert {r["file"] for r in results["results"]} == {"tiny_int8.tflite", "tiny_fp32.onnx"}
+    # a Python the user named, not the environment make provision installs: not the verified runtimes, and said so
+    assert results["runtime_env"] == {"provisioned": None, "verified": False, "python": sys.executable,
+                                      "why": f"run by REMOTE_PYTHON={sys.executable}, not the environment `make "
+                                             f"provision` installs"}
+    assert all(not r["verified_runtime"] and "REMOTE_PYTHON" in r["runtime_note"] for r in results["results"])
     assert not list(Path("/tmp").glob("xception-edge.*/host/manifest.json"))      # remote folder removed
 
 

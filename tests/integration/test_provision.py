@@ -1,0 +1,78 @@
+"""make provision against a board reached over a real sshd on 127.0.0.1 (an x86 board: this machine's pinned
+wheels, in a home of its own), then make bench there: the runtimes are the recorded ones, the figures the same."""
+from __future__ import annotations
+
+import getpass
+import json
+import re
+
+import pytest
+
+from benchmarks.errors import BenchError
+from tests.conftest import free_port, start_sshd
+
+pytestmark = pytest.mark.system          # a 400 MB install over ssh: `make test-system`, run by .ci/run
+
+RUNNER = ["--threads", "1", "--min-runs", "3", "--min-seconds", "0", "--max-seconds", "1", "--eval-n", "24",
+          "--only", "tiny_int8.tflite", "--only", "tiny_int8.onnx", "--only", "tiny_int8.so"]
+
+
+@pytest.fixture(scope="module")
+def board(tmp_path_factory):
+    """A board whose home is a folder of its own: every session runs with HOME there."""
+    work = tmp_path_factory.mktemp("board")
+    home = work / "home"
+    home.mkdir()
+    server = start_sshd(work, force_command=f'env HOME={home} sh -c "$SSH_ORIGINAL_COMMAND"')
+    info = next(server)
+    yield info | {"home": home, "dest": f"{getpass.getuser()}@127.0.0.1"}
+    next(server, None)
+
+
+def provision(cli, board, cache, target="host", port=None):
+    return cli("provision", "--target", target, "--device", board["dest"], "--port", port or board["port"],
+               "--ssh-opts", " ".join(board["options"]), "--cache-dir", cache)
+
+
+def test_a_board_that_does_not_fit_is_refused_in_one_line_and_left_as_it_was(cli, board, stage_cache):
+    code, out, err = provision(cli, board, stage_cache, target="rpi4")
+    assert code == 2 and err.strip().count("\n") == 0, err
+    assert re.search(r"DEVICE=\S+@127\.0\.0\.1: the board is x86_64; target rpi4 is built for aarch64; nothing was "
+                     r"changed on the board", err), err
+    code, out, err = provision(cli, board, stage_cache, port=free_port())
+    assert code == 2 and "is unreachable over ssh" in err and "nothing was changed" in err, err
+    assert list(board["home"].iterdir()) == []
+
+
+def test_provisioned_board_runs_the_recorded_runtimes_and_refuses_a_changed_one(cli, board, stage_cache, tiny_build):
+    from benchmarks.run import Budget, run_build
+    from benchmarks.ssh import run_over_ssh
+    from pipeline.board_wheels import cached_wheels
+
+    code, out, err = provision(cli, board, stage_cache)
+    assert code == 0, err
+    wheels = cached_wheels(stage_cache, "x86_64")
+    env = board["home"] / ".xception-edge" / "current"
+    record = json.loads((env / "xception-edge-env.json").read_text())
+    assert record["set_id"] == wheels.id
+    assert {p["wheel"]: p["wheel_sha256"] for p in record["packages"]} == {w["file"]: w["sha256"] for w in wheels.wheels}
+    assert {"ai-edge-litert", "onnxruntime", "apache-tvm", "numpy"} <= {p["name"] for p in record["packages"]}
+    assert not list((board["home"] / ".xception-edge").glob("staging.*"))          # the pushed wheels are removed
+
+    options, _ = tiny_build("host")
+    build = options.out_dir / "host"
+    remote = run_over_ssh(build, board["dest"], RUNNER, board["port"], board["options"], log=lambda m: None,
+                          expected_set=wheels.id)
+    assert remote["runtime_env"]["verified"] and remote["runtime_env"]["set_id"] == wheels.id
+    assert remote["runtime_env"]["python"].startswith(str(env.resolve()))
+    assert all(r["verified_runtime"] for r in remote["results"]), [r.get("runtime_note") for r in remote["results"]]
+    here = run_build(build, 1, Budget(min_runs=3, min_seconds=0, max_seconds=1), 24, log=lambda m: None,
+                     only=["tiny_int8.tflite", "tiny_int8.onnx", "tiny_int8.so"])
+    # the same pinned runtimes on the same CPU: the int8 outputs, hence every accuracy figure, are the same bits
+    assert {r["file"]: r["accuracy"] for r in remote["results"]} == {r["file"]: r["accuracy"] for r in here["results"]}
+
+    metadata = next(env.glob("lib/python3*/site-packages/psutil-*.dist-info/METADATA"))
+    metadata.write_text(re.sub(r"(?m)^Version: .*$", "Version: 0.0.1", metadata.read_text()))
+    with pytest.raises(BenchError, match=r"the runtime environment `make provision` installed has changed: psutil "
+                                         r"is 0\.0\.1 where [\d.]+ was installed; run `make provision TARGET=host"):
+        run_over_ssh(build, board["dest"], RUNNER, board["port"], board["options"], log=lambda m: None)
