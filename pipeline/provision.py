@@ -94,9 +94,9 @@ def provision(target: Target, dest: str, port: int | None, options: list[str], c
     if target.os == "android":
         raise ConfigError(f"target {target.name} is a phone: its artifacts run in LiteRT or ONNX Runtime Mobile "
                           f"inside your app, not in a Python environment (docs/targets.md, Android)")
-    wheels = ensure_wheels(cache_dir, target.arch, progress)
     remote = connect(dest, port, options)
     board = board_script(remote, "probe", BOARD_ROOT)
+    wheels = ensure_wheels(cache_dir, target.arch, progress)
     why = refusal(target, wheels, board)
     if why:
         raise InputError(f"DEVICE={dest}: {why}; nothing was changed on the board")
