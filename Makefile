@@ -15,7 +15,7 @@ set = $(strip $(value $(1)))
 $(foreach v,$(.VARIABLES),$(if $(filter command line,$(origin $(v))),$(eval unexport $(v))))
 PYQ = $(call qs,$(value VENV)/bin/python)
 
-VERBS = compile tune bench import report analyze verify provision gate baseline peers profile targets test test-system test-slow clean clean-cache
+VERBS = compile tune bench import report analyze verify estimate provision gate baseline peers profile targets test test-system test-slow clean clean-cache
 .PHONY: help setup $(VERBS) $(addprefix .run-,$(VERBS))
 
 # `make <verb>` exits with the program's own code (0 ok, 1 gate failed, 2 bad input, 3, 4, 5, 130, 143; pytest's
@@ -42,6 +42,7 @@ help:
 	@echo "make analyze TARGET=host         int8 per-layer error and sensitivity (table, JSON, plot in OUT/TARGET/analysis)"
 	@echo "make verify TARGET=rpi4          run the ARM CPU artifacts under qemu and compare with the host"
 	@echo "make provision TARGET=rpi4 DEVICE=user@host   install on the board the runtimes make verify proved (offline)"
+	@echo "make estimate TARGET=rpi4        instructions per inference of each ARM CPU artifact, counted under qemu"
 	@echo "make gate TARGET=host            int8 accuracy/size/speed gates; exit 1 on failure; JUnit in OUT/<t>/gate/"
 	@echo "make baseline TARGET=host MSG=.. record the current int8 figures as the committed baseline"
 	@echo "make peers                       LiteRT / ONNX Runtime / TVM on Xception 299x299 here, one run"

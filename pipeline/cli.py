@@ -17,6 +17,7 @@ from pathlib import Path
 
 from benchmarks.files import write_text_atomic
 from pipeline.errors import PipelineError, fail
+from pipeline.cli_boards import estimate_verb, import_verb, provision_verb, wheel_set_id
 from pipeline.options import Option, for_verb
 
 EXIT_INTERRUPTED = {signal.SIGINT: 130, signal.SIGTERM: 143}
@@ -31,13 +32,14 @@ VERB_HELP = {
     "analyze": "int8 per-layer error and sensitivity: table, JSON, plot (make analyze)",
     "verify": "run the ARM CPU artifacts under qemu and compare with the host (make verify)",
     "provision": "install on a board, over ssh, the runtimes make verify proved (make provision)",
+    "estimate": "instructions per inference of each ARM CPU artifact, counted under qemu as the core (make estimate)",
     "import": "bring LiteRT benchmark_model output from a phone into OUT/<target>/bench/ (make import)",
     "peers": "LiteRT / ONNX Runtime / TVM on Xception 299x299 here, one run (make peers)",
     "targets": "list the targets and what each builds (make targets)",
     "clean": "remove OUT (build outputs); --cache also the stage cache (make clean)",
     "test": "run the test suite (make test)",
 }
-QUIET = ("compile", "tune", "analyze", "verify", "peers", "clean", "provision")       # verbs that show progress
+QUIET = ("compile", "tune", "analyze", "verify", "peers", "clean", "provision", "estimate")       # verbs that show progress
 
 
 class _Parser(argparse.ArgumentParser):
@@ -93,7 +95,7 @@ def _parser() -> argparse.ArgumentParser:
             _add(sub, o)
         if verb in QUIET:
             sub.add_argument("--quiet", action="store_true", help="no progress output")
-        if verb == "verify":
+        if verb in ("verify", "estimate"):
             sub.add_argument("--only", action="append", help="only this artifact file (repeatable)")
         if verb == "report":
             sub.add_argument("--results", type=Path, help="a results file (default: the newest)")
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     previous = {signum: signal.signal(signum, on_signal) for signum in EXIT_INTERRUPTED}
     try:
         verb = {"compile": _compile, "bench": _bench, "report": _report, "gate": _gate, "baseline": _baseline,
-                "verify": _verify, "provision": _provision, "import": _import, "analyze": _analyze, "peers": _peers, "tune": _tune, "targets": _targets, "clean": _clean, "test": _test}[args.verb]
+                "verify": _verify, "provision": provision_verb, "estimate": estimate_verb, "import": import_verb, "analyze": _analyze, "peers": _peers, "tune": _tune, "targets": _targets, "clean": _clean, "test": _test}[args.verb]
         return verb(args)
     except (PipelineError, OSError) as exc:     # OSError: a write the storage refused, a file no step named
         if received:
@@ -226,25 +228,12 @@ def _bench(args) -> int:
                        str(args.min_runs), "--min-seconds", str(args.min_seconds), "--max-seconds",
                        str(args.max_seconds), "--accuracy-seconds", str(args.accuracy_seconds)]
         results = run_over_ssh(build_dir, args.device, runner_args, args.port, shlex.split(args.ssh_opts),
-                               args.remote_python or "", log, _wheel_set_id(build_dir, args.cache_dir))
+                               args.remote_python or "", log, wheel_set_id(build_dir, args.cache_dir))
     else:
         results = run.run_build(build_dir, args.threads, budget, args.eval_n, log=log)
     path = run.write_results(results, build_dir / "bench" / f"{results['run_id']}.json")
     print(results_summary(results, path))
     return 3 if results["failed"] else 0
-
-
-def _wheel_set_id(build_dir: Path, cache_dir: Path) -> str | None:
-    """The id of the wheel set make verify installs for the build's architecture, when this machine has it."""
-    from benchmarks.manifest import load_manifest
-    from pipeline.board_wheels import cached_wheels
-
-    try:
-        arch = load_manifest(build_dir)["config"]["target"].get("arch")
-    except PipelineError:               # no manifest: the run says so in its own words
-        return None
-    found = cached_wheels(cache_dir, arch) if arch in ("aarch64", "x86_64") else None
-    return found.id if found else None
 
 
 def _gate(args) -> int:
@@ -285,45 +274,6 @@ def _analyze(args) -> int:
         print("\nONNX int8, lowest SQNR first:")
         print(onnx_table(result, 5))
     print(f"\nanalysis.json, analysis.md and sqnr_by_layer.png in {folder}/")
-    return 0
-
-
-def _provision(args) -> int:
-    import shlex
-
-    from benchmarks.errors import BenchError
-    from pipeline.progress import Progress
-    from pipeline.provision import provision
-    from pipeline.targets import load_target
-
-    if not args.device:
-        raise BenchError("give DEVICE=user@host: the board to provision over ssh")
-    target = load_target(args.target, args.targets_dir)
-    done = provision(target, args.device, args.port, shlex.split(args.ssh_opts), args.cache_dir,
-                     Progress(quiet=args.quiet))
-    for p in done["packages"]:
-        print(f"  {p['name']} {p['version']}  sha256 {p['wheel_sha256'][:16]}")
-    print(f"\n{args.device} provisioned for {args.target}: {len(done['packages'])} packages from wheel set "
-          f"{done['set_id']} (the files make verify's emulated board installs) in {done['env']}; the record of what "
-          f"is installed, with hashes, is {done['env']}/xception-edge-env.json. `make bench TARGET={args.target} "
-          f"DEVICE={args.device}` runs there.")
-    return 0
-
-
-def _import(args) -> int:
-    from benchmarks.errors import BenchError
-    from benchmarks.litert_import import import_log
-    from benchmarks.run import write_results
-    from benchmarks.text import results_summary
-
-    if args.log is None:
-        raise BenchError("give LOG=<file>: the saved output of benchmark_model (see docs/benchmarks.md, On a phone)")
-    build_dir = args.out / args.target
-    results = import_log(build_dir, args.log, args.phone, args.sha256)
-    path = write_results(results, build_dir / "bench" / f"{results['run_id']}.json")
-    print(results_summary(results, path))
-    if not args.sha256:
-        print("  (no SHA256=: the figures are reported, and `make gate` does not judge them)")
     return 0
 
 

@@ -29,7 +29,7 @@ CORES = {
 }
 # qemu 7.2 has no model of these cores; each runs as the qemu core with its instruction set (the A78 is
 # ARMv8.2-A with the same extensions as the A76: dotprod, fp16, RCpc)
-QEMU_MODEL = {"cortex-a78": "cortex-a76"}
+QEMU_MODEL = {"cortex-a78": "cortex-a76", "cortex-a55": "cortex-a76"}     # the A55 too: ARMv8.2-A, dotprod, fp16
 
 
 @dataclass(frozen=True)

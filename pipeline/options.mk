@@ -46,6 +46,7 @@ BENCH_EVAL_N ?= 0
 MSG ?=
 VERIFY_N ?= 4
 VERIFY_CORE ?=
+ESTIMATE_CORE ?=
 PYTEST_ARGS ?=
 TEST_WORKERS ?= auto
 PYTHON ?= python3
@@ -157,6 +158,11 @@ ARGS_import = --target=$(call q,TARGET) \
   $(if $(call set,LOG),--log=$(call q,LOG)) \
   $(if $(call set,PHONE),--phone=$(call q,PHONE)) \
   $(if $(call set,SHA256),--sha256=$(call q,SHA256))
+ARGS_estimate = --target=$(call q,TARGET) \
+  --out=$(call q,OUT) \
+  $(if $(call set,CACHE_DIR),--cache-dir=$(call q,CACHE_DIR)) \
+  $(if $(call set,TARGETS_DIR),--targets-dir=$(call q,TARGETS_DIR)) \
+  $(if $(call set,ESTIMATE_CORE),--core=$(call q,ESTIMATE_CORE))
 ARGS_peers = $(if $(call set,INPUT_SIZE),--input-size=$(call q,INPUT_SIZE)) \
   --out=$(call q,OUT) \
   $(if $(call set,CACHE_DIR),--cache-dir=$(call q,CACHE_DIR)) \
@@ -169,4 +175,4 @@ ARGS_clean = --out=$(call q,OUT) \
   $(if $(call set,TARGETS_DIR),--targets-dir=$(call q,TARGETS_DIR))
 ARGS_targets = $(if $(call set,TARGETS_DIR),--targets-dir=$(call q,TARGETS_DIR))
 ARGS_profile = --threads=$(call q,THREADS)
-PROGRAM_VERBS = compile analyze tune bench report verify gate baseline provision import peers clean targets
+PROGRAM_VERBS = compile analyze tune bench report verify gate baseline provision import estimate peers clean targets

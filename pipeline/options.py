@@ -32,7 +32,7 @@ class Option:
 
 OPTIONS = (
     Option("TARGET", "--target", "host", MODEL + ("bench", "report", "verify", "gate", "baseline", "provision",
-                                                  "import"),
+                                                  "import", "estimate"),
            "a file name in `targets/` without `.toml` (`make targets` lists them)"),
     Option("WEIGHTS", "--weights", "auto", MODEL,
            "`auto`, `imagenet`, `reference`, `random`, or a path to your `.keras` / `.h5` model"),
@@ -80,13 +80,14 @@ OPTIONS = (
            "(square, 71 or more; `make peers`: 299), or the size to compile a model without a fixed height and width "
            "at (required for such a model; refused for one with a fixed size)", "`299` for `WEIGHTS=random`", "size"),
     Option("CLASSES", "--classes", "1000", MODEL, "class count for `WEIGHTS=random`", kind="int"),
-    Option("OUT", "--out", "build", FOLDERS + ("bench", "import", "report", "verify", "gate", "baseline", "peers"),
+    Option("OUT", "--out", "build", FOLDERS + ("bench", "import", "report", "verify", "estimate", "gate", "baseline",
+                                               "peers"),
            "output folder", kind="path"),
-    Option("CACHE_DIR", "--cache-dir", "", FOLDERS + ("verify", "peers", "provision", "bench"), "stage cache and reference model",
+    Option("CACHE_DIR", "--cache-dir", "", FOLDERS + ("verify", "estimate", "peers", "provision", "bench"), "stage cache and reference model",
            "`$XDG_CACHE_HOME/xception-edge` or `~/.cache/xception-edge`", "path"),
     Option("REFERENCE_DIR", "--reference-dir", "", FOLDERS, "where the reference model is trained to and read from",
            "`$(CACHE_DIR)/reference`", "path"),
-    Option("TARGETS_DIR", "--targets-dir", "", FOLDERS + ("verify", "targets", "provision"), "folder of target files: your own "
+    Option("TARGETS_DIR", "--targets-dir", "", FOLDERS + ("verify", "estimate", "targets", "provision"), "folder of target files: your own "
            "boards outside the checkout", "`targets`", "path"),
     Option("GATES", "--gates", "", ("gate",), "the thresholds file", "`benchmarks/gates.toml`", "path"),
     Option("BASELINES", "--baselines", "", ("gate", "baseline"), "the folder of committed baselines "
@@ -126,6 +127,8 @@ OPTIONS = (
     Option("VERIFY_N", "--n", "4", ("verify",), "eval images per artifact under emulation", kind="int"),
     Option("VERIFY_CORE", "--core", "", ("verify",), "emulate another core (cortex-a53, cortex-a55, cortex-a72, "
            "cortex-a76), e.g. an rpi5 build on a Pi 4's core", "the target's core"),
+    Option("ESTIMATE_CORE", "--core", "", ("estimate",), "count as another core runs it (cortex-a53, cortex-a55, "
+           "cortex-a72, cortex-a76): what its int8 and SIMD features make the runtimes execute", "the target's core"),
     Option("PYTEST_ARGS", "", "", ("test", "test-system", "test-slow"), "extra arguments for pytest"),
     Option("TEST_WORKERS", "", "auto", ("test", "test-system"), "parallel test processes (pytest-xdist, one test "
            "module per process at a time); `0` runs them in this process", "`auto` (one per CPU)"),

@@ -221,3 +221,18 @@ def test_cluster_mistakes_are_one_line_each(tmp_path, old, new, message):
     assert load_target("ok", write(tmp_path, "ok", CLUSTERS)).cpu.cpus == (4, 5, 6, 7)
     with pytest.raises(ConfigError, match=message):
         load_target("b", write(tmp_path, "b", CLUSTERS.replace(old, new, 1)))
+
+
+def test_every_emulated_core_has_a_qemu_model():
+    """make verify and make estimate run each core of CORES as QEMU_MODEL's stand-in or as itself: qemu 7.2 must
+    know that model (it has no Cortex-A55 nor A78)."""
+    import shutil
+    import subprocess
+
+    from pipeline.emulation import CORES, QEMU_MODEL
+
+    qemu = shutil.which("qemu-aarch64")
+    if qemu is None:
+        pytest.skip("no qemu-aarch64 (apt-get install qemu-user; .ci/run does)")
+    known = subprocess.run([qemu, "-cpu", "help"], capture_output=True, text=True).stdout.split()
+    assert [c for c in CORES if QEMU_MODEL.get(c, c) not in known] == []

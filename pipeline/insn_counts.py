@@ -1,0 +1,85 @@
+"""What a board would execute per inference, counted under emulation: the runner's child runs each CPU
+artifact under qemu-user as the board's core, on 1 thread, with our TCG plugin (pipeline/native/insn_classes.c)
+counting the instructions executed by class. The child runs twice, with K and 2K timed inferences after the same
+load and warm-up; the difference over K is one inference's count, start-up and warm-up excluded.
+Counts, not time: no throughput model is applied here (docs/estimate.md says what is and is not measured).
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+from pathlib import Path
+
+from pipeline.emulation import Emulator
+from pipeline.errors import ConfigError, MissingDependencyError, StageError
+from pipeline.host_tools import build_once, run_tool
+
+SOURCE = Path(__file__).resolve().parent / "native" / "insn_classes.c"
+CLASSES = ("dot", "simd_mac", "simd_other", "load_store", "branch", "scalar")
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def ensure_plugin(cache_dir: Path) -> Path:
+    """The plugin, built once per source with this machine's C compiler (cached by the source's sha256)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise MissingDependencyError("counting instructions needs a C compiler for our qemu plugin: apt-get install gcc")
+    key = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
+
+    def build(folder: Path, scratch: Path) -> str:
+        run_tool([cc, "-O2", "-shared", "-fPIC", "-fvisibility=hidden", "-Wall", "-o", folder / "insn_classes.so",
+                  SOURCE], "building the instruction-counting qemu plugin")
+        return key
+
+    return build_once(cache_dir / "native" / f"insn_classes-{key}", build) / "insn_classes.so"
+
+
+def read_counts(path: Path) -> dict[str, int]:
+    """The plugin's totals, by class."""
+    totals = {}
+    for line in path.read_text().splitlines():
+        parts = line.split()
+        if parts and parts[0] == "total":
+            totals[parts[1]] = int(parts[2])
+    if set(totals) != set(CLASSES):
+        raise StageError(f"{path}: the plugin wrote no complete totals (got {sorted(totals)})")
+    return totals
+
+
+def count_run(command: list[str], plugin: Path, env: dict, what: str) -> dict[str, int]:
+    """Totals by class of one command run under qemu-user (``command`` starts with the qemu binary)."""
+    with tempfile.TemporaryDirectory(prefix="insn-") as tmp:
+        out = Path(tmp) / "counts.txt"
+        run_tool([command[0], "-plugin", f"{plugin},out={out}", *command[1:]], what, cwd=ROOT, env=env)
+        if not out.is_file():
+            raise StageError(f"{what}: the counting plugin wrote nothing")
+        return read_counts(out)
+
+
+def per_inference(build_dir: Path, art: dict, emulator: Emulator, core: str, plugin: Path, runs: int = 2) -> dict:
+    """Instructions per inference of one artifact, by class: (count with 2K runs - count with K runs) / K."""
+    from benchmarks.run import Budget, child_command
+
+    if art.get("device") == "gpu":
+        raise ConfigError(f"{art['file']} runs on the GPU; instruction counts are for CPU artifacts")
+    emulator.set_core(core, 1)
+    env = emulator.env(core) | {"PYTHONHASHSEED": "0", "TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    totals = []
+    with tempfile.TemporaryDirectory(prefix="insn-run-") as tmp:
+        for k in (runs, 2 * runs):
+            budget = Budget(warmup=1, min_runs=k, min_seconds=0.0, max_seconds=1e9, accuracy_seconds=1e9)
+            cmd = child_command(build_dir, art, 1, budget, 1, Path(tmp) / f"result-{k}.json", emulator.python())
+            totals.append(count_run(cmd, plugin, env, f"{art['file']} under qemu as {core}, {k} inferences"))
+    per = {c: (totals[1][c] - totals[0][c]) / runs for c in CLASSES}
+    return {"file": art["file"], "runtime": art["runtime"], "precision": art["precision"], "core": core,
+            "by_class": per, "instructions": sum(per.values()), "runs": [runs, 2 * runs],
+            "totals": totals}
+
+
+def write_report(folder: Path, rows: list[dict], meta: dict) -> Path:
+    from benchmarks.files import write_text_atomic
+
+    folder.mkdir(parents=True, exist_ok=True)
+    return write_text_atomic(folder / "estimate.json", json.dumps(meta | {"counts": rows}, indent=1) + "\n")
