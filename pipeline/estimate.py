@@ -70,4 +70,7 @@ def table(rows: list[dict], core: str) -> str:
     extra = ratios(rows)
     if extra:
         text += "\n\n" + ", ".join(f"{k}: {v:.2f}" for k, v in extra.items())
+    for r in rows:                          # where each artifact's instructions go (library: function)
+        top = list(r["top_functions"].items())[:3]
+        text += f"\n  {r['file']}: " + "; ".join(f"{name} {n / r['instructions']:.0%}" for name, n in top)
     return text

@@ -19,6 +19,7 @@ from pipeline.host_tools import build_once, run_tool
 SOURCE = Path(__file__).resolve().parent / "native" / "insn_classes.c"
 CLASSES = ("dot", "simd_mac", "simd_other", "load_store", "branch", "scalar")
 ROOT = Path(__file__).resolve().parent.parent
+TOP = 12                     # functions kept per artifact in estimate.json, the most instructions first
 
 
 def ensure_plugin(cache_dir: Path) -> Path:
@@ -48,14 +49,25 @@ def read_counts(path: Path) -> dict[str, int]:
     return totals
 
 
-def count_run(command: list[str], plugin: Path, env: dict, what: str) -> dict[str, int]:
-    """Totals by class of one command run under qemu-user (``command`` starts with the qemu binary)."""
+def count_run(command: list[str], plugin: Path, env: dict, what: str, maps: Path | None = None) -> dict[str, int]:
+    """Totals by class of one command run under qemu-user (``command`` starts with the qemu binary); with ``maps``,
+    also "attribution": {library: function -> instructions}, from the blocks and the guest's memory map the
+    command wrote there (the runner's child does, given XCEPTION_EDGE_MAPS)."""
+    from pipeline.insn_attribution import attribute, read_blocks, read_maps
+
     with tempfile.TemporaryDirectory(prefix="insn-") as tmp:
         out = Path(tmp) / "counts.txt"
         run_tool([command[0], "-plugin", f"{plugin},out={out}", *command[1:]], what, cwd=ROOT, env=env)
         if not out.is_file():
             raise StageError(f"{what}: the counting plugin wrote nothing")
-        return read_counts(out)
+        totals = read_counts(out)
+        if maps is None:
+            return totals
+        if not maps.is_file():
+            raise StageError(f"{what}: the runner wrote no memory map ({maps})")
+        sysroot = Path(command[command.index("-L") + 1]) if "-L" in command else Path("/")
+        guest = lambda p: sysroot / p.lstrip("/") if (sysroot / p.lstrip("/")).is_file() else Path(p)
+        return totals | {"attribution": attribute(read_blocks(out.read_text()), read_maps(maps.read_text()), guest)}
 
 
 def per_inference(build_dir: Path, art: dict, emulator: Emulator, core: str, plugin: Path, runs: int = 2) -> dict:
@@ -66,16 +78,21 @@ def per_inference(build_dir: Path, art: dict, emulator: Emulator, core: str, plu
         raise ConfigError(f"{art['file']} runs on the GPU; instruction counts are for CPU artifacts")
     emulator.set_core(core, 1)
     env = emulator.env(core) | {"PYTHONHASHSEED": "0", "TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
+    from pipeline.insn_attribution import per_inference as attributed
+
     totals = []
     with tempfile.TemporaryDirectory(prefix="insn-run-") as tmp:
         for k in (runs, 2 * runs):
             budget = Budget(warmup=1, min_runs=k, min_seconds=0.0, max_seconds=1e9, accuracy_seconds=1e9)
             cmd = child_command(build_dir, art, 1, budget, 1, Path(tmp) / f"result-{k}.json", emulator.python())
-            totals.append(count_run(cmd, plugin, env, f"{art['file']} under qemu as {core}, {k} inferences"))
+            maps = Path(tmp) / f"maps-{k}.txt"
+            totals.append(count_run(cmd, plugin, env | {"XCEPTION_EDGE_MAPS": str(maps)},
+                                    f"{art['file']} under qemu as {core}, {k} inferences", maps))
     per = {c: (totals[1][c] - totals[0][c]) / runs for c in CLASSES}
+    functions = attributed(totals[0].pop("attribution"), totals[1].pop("attribution"), runs)
     return {"file": art["file"], "runtime": art["runtime"], "precision": art["precision"], "core": core,
-            "by_class": per, "instructions": sum(per.values()), "runs": [runs, 2 * runs],
-            "totals": totals}
+            "by_class": per, "instructions": sum(per.values()), "runs": [runs, 2 * runs], "totals": totals,
+            "attributed": sum(functions.values()), "top_functions": dict(list(functions.items())[:TOP])}
 
 
 def write_report(folder: Path, rows: list[dict], meta: dict) -> Path:
