@@ -50,7 +50,7 @@ def estimate_target(build_dir: Path, target: Target, cache_dir: Path, progress: 
 
 def ratios(rows: list[dict]) -> dict[str, float]:
     """TVM/LiteRT per precision and int8/fp32 per runtime, of instructions per inference."""
-    by = {(r["runtime"], r["precision"]): r["instructions"] for r in rows}
+    by = {(r["runtime"], r["precision"]): r["instructions"] for r in rows if r["consistent"]}
     out = {}
     for precision in ("fp32", "int8"):
         if by.get(("tvm", precision)) and by.get(("litert", precision)):
@@ -63,10 +63,13 @@ def ratios(rows: list[dict]) -> dict[str, float]:
 
 def table(rows: list[dict], core: str) -> str:
     head = ("artifact", "runtime", "M instructions", *CLASSES)
-    lines = [head] + [(r["file"], r["runtime"], f"{r['instructions'] / 1e6:.1f}",
+    lines = [head] + [(r["file"] + ("" if r["consistent"] else " (!)"), r["runtime"], f"{r['instructions'] / 1e6:.1f}",
                        *(f"{r['by_class'][c] / r['instructions']:.1%}" if r["instructions"] else "-" for c in CLASSES))
                       for r in rows]
     text = f"instructions per inference under qemu as {core}, 1 thread (counts, not time)\n\n" + format_table(lines)
+    if not all(r["consistent"] for r in rows):
+        text += ("\n(!) its two runs disagree: a class shrank from K to 2K inferences, so the runs did "
+                 "timing-dependent work beside the inferences; not one inference's count, and left out of the ratios")
     extra = ratios(rows)
     if extra:
         text += "\n\n" + ", ".join(f"{k}: {v:.2f}" for k, v in extra.items())

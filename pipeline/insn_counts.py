@@ -92,7 +92,10 @@ def per_inference(build_dir: Path, art: dict, emulator: Emulator, core: str, plu
     functions = attributed(totals[0].pop("attribution"), totals[1].pop("attribution"), runs)
     return {"file": art["file"], "runtime": art["runtime"], "precision": art["precision"], "core": core,
             "by_class": per, "instructions": sum(per.values()), "runs": [runs, 2 * runs], "totals": totals,
-            "attributed": sum(functions.values()), "top_functions": dict(list(functions.items())[:TOP])}
+            "attributed": sum(functions.values()), "top_functions": dict(list(functions.items())[:TOP]),
+            # a class that shrank from K to 2K inferences: the runs did timing-dependent work (spinning, first-use
+            # set-up) beyond the inferences, so these figures are not one inference's
+            "consistent": all(v >= 0 for v in per.values())}
 
 
 def write_report(folder: Path, rows: list[dict], meta: dict) -> Path:

@@ -75,7 +75,7 @@ def test_counts_of_a_tiny_model_are_per_inference_and_the_same_every_run(cli, ti
         assert r["instructions"] > 1000 and r["core"] == "cortex-a72"
         assert r["by_class"]["dot"] == 0                     # a Cortex-A72 has no dot-product instructions
         # every counted instruction is attributed to a library's function (or to anonymous code), to the unit
-        assert r["attributed"] == r["instructions"] and r["top_functions"]
+        assert r["attributed"] == r["instructions"] and r["top_functions"] and r["consistent"]
         # the difference of two runs is per inference: far below either run's total (start-up is excluded)
         assert r["instructions"] * 20 < sum(r["totals"][0].values())
     assert "tvm/litert int8" in runs[0]["ratios"] and "counts, not time" in out
