@@ -9,7 +9,6 @@ import subprocess
 
 import pytest
 
-from tests.conftest import ROOT
 
 # one iteration: one dot product, one multiply-accumulate, one other SIMD op, one load, one scalar op, one branch
 LOOP = r"""
