@@ -60,10 +60,11 @@ def _compare(artifact, metric, value, op, threshold, source, detail="") -> Check
     return Check(artifact, metric, value, threshold, op, "pass" if ok else "fail", detail, source)
 
 
-def accuracy_source(build_dir: Path, manifest: dict) -> tuple[dict, dict, str]:
-    """{file: accuracy}, {file: bench result} and a description of where the figures came from."""
+def accuracy_source(build_dir: Path, manifest: dict, runs: list | None = None) -> tuple[dict, dict, str]:
+    """{file: accuracy}, {file: bench result} and a description of where the figures came from (``runs``: the
+    build's results, newest first, when the caller has read them already)."""
     shas = {a["file"]: a["sha256"] for a in manifest["artifacts"]}
-    for results, _ in results_newest_first(build_dir):
+    for results, _ in runs if runs is not None else results_newest_first(build_dir):
         if results["where"] == "benchmark_model":      # imported: random inputs, another LiteRT build
             continue
         usable = {r["file"]: r for r in results["results"] if shas.get(r["file"]) == r.get("sha256")}
@@ -87,7 +88,8 @@ def evaluate(build_dir: Path, gates: Path = GATES_FILE, baselines: Path = BASELI
         raise BenchError(f"no baseline for model {model} on target {target} ({base_file}); create one with "
                          f"`{baseline_command(build_dir, baselines)}` and commit it")
     baseline = read_json(base_file, "baseline", BASELINE_SCHEMA)
-    acc, bench, acc_source = accuracy_source(build_dir, manifest)
+    runs = results_newest_first(build_dir)              # read and checked once, for accuracy and memory
+    acc, bench, acc_source = accuracy_source(build_dir, manifest, runs)
     checks: list[Check] = []
     arts = manifest["artifacts"]
     for art in (a for a in arts if a["precision"] == "int8"):
@@ -134,7 +136,7 @@ def evaluate(build_dir: Path, gates: Path = GATES_FILE, baselines: Path = BASELI
                 checks.append(_compare(name, "cross_runtime_agreement", vs["agreement_top1"], ">=",
                                        t.min_cross_runtime_agreement, "compile-time check",
                                        f"TVM int8 against LiteRT int8 on {vs['n']} images"))
-    checks += _memory_checks(manifest, memory_source(build_dir, manifest), t)
+    checks += _memory_checks(manifest, memory_source(build_dir, manifest, runs), t)
     sanity = manifest["eval"].get("sanity") or {}
     if sanity.get("status") == "suspect":       # perfect agreement with a meaningless float model is no quality
         checks.insert(0, Check("float model", "outputs_meaningful", None, None, "", "fail",
@@ -216,12 +218,12 @@ def _baseline_check(name: str, a: dict, baseline: dict, t: Thresholds, src: str,
                     f"baseline {base['agreement_top1'] * 100:.2f}% minus {tol} pt")
 
 
-def memory_source(build_dir: Path, manifest: dict) -> dict[str, tuple[float | None, str]]:
+def memory_source(build_dir: Path, manifest: dict, runs: list | None = None) -> dict[str, tuple[float | None, str]]:
     """{file: (peak RSS MB, which run)}: each artifact's newest measurement of these very bytes, imported runs
     (benchmark_model on a phone, its sha256 given) included."""
     shas = {a["file"]: a["sha256"] for a in manifest["artifacts"]}
     found: dict[str, tuple[float | None, str]] = {}
-    for results, _ in results_newest_first(build_dir):
+    for results, _ in runs if runs is not None else results_newest_first(build_dir):
         for r in results["results"]:
             if shas.get(r["file"]) == r.get("sha256") and r["file"] not in found:
                 found[r["file"]] = (r["peak_rss_mb"], f"benchmark run {results['run_id']}" +

@@ -58,6 +58,20 @@ def _bundle(build_dir: Path) -> bytes:
     return buffer.getvalue()
 
 
+BOARD_SCRIPT = PACKAGE / "board_env.py"
+
+
+def board_script(remote: Remote, *argv: str, pushed: str = "") -> dict:
+    """Run benchmarks/board_env.py on the board under its python3 (sent on stdin, so a probe writes nothing; or
+    the copy ``pushed`` there) and return the JSON object it prints."""
+    out = remote.run(["python3", pushed or "-", *argv], stdin=None if pushed else BOARD_SCRIPT.read_bytes())
+    try:
+        return json.loads(out.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise BenchError(f"{remote.dest}: the board's python3 printed no answer to `board_env.py {argv[0]}`: "
+                         f"{out.strip()[-200:]!r}") from None
+
+
 NOT_PROVISIONED = ("not run in the environment `make provision` installs (the runtimes `make verify` proved); "
                    "run `make provision TARGET={target} DEVICE={dest}` first")
 
@@ -65,8 +79,7 @@ NOT_PROVISIONED = ("not run in the environment `make provision` installs (the ru
 def board_environment(remote: Remote, expected_set: str | None, target: str) -> dict:
     """The provisioned environment on the board, checked: {python, verified, why, ...}. One that changed since
     `make provision` is refused: its figures would not be the verified runtimes'."""
-    out = remote.run(["python3", "-", "check", "~/.xception-edge"], stdin=(PACKAGE / "board_env.py").read_bytes())
-    state = json.loads(out.strip().splitlines()[-1])
+    state = board_script(remote, "check", "~/.xception-edge")
     if not state["provisioned"]:
         return {"provisioned": False, "verified": False, "why": NOT_PROVISIONED.format(target=target, dest=remote.dest)}
     if state["problems"]:

@@ -44,8 +44,9 @@ def estimate_target(build_dir: Path, target: Target, cache_dir: Path, progress: 
                       "K) / K, after the same load and warm-up; Python's hash seed fixed",
             "estimate": None, "why_no_estimate": "no per-class throughput model yet: counts only",
             "tools": {k: tool_versions()[k] for k in ("ai-edge-litert", "onnxruntime", "apache-tvm")}}
-    path = write_report(build_dir / "estimate", rows, meta | {"ratios": ratios(rows)})
-    return path, table(rows, core)
+    found = ratios(rows)
+    path = write_report(build_dir / "estimate", rows, meta | {"ratios": found})
+    return path, table(rows, core, found)
 
 
 def ratios(rows: list[dict]) -> dict[str, float]:
@@ -61,7 +62,7 @@ def ratios(rows: list[dict]) -> dict[str, float]:
     return out
 
 
-def table(rows: list[dict], core: str) -> str:
+def table(rows: list[dict], core: str, extra: dict[str, float]) -> str:
     head = ("artifact", "runtime", "M instructions", *CLASSES)
     lines = [head] + [(r["file"] + ("" if r["consistent"] else " (!)"), r["runtime"], f"{r['instructions'] / 1e6:.1f}",
                        *(f"{r['by_class'][c] / r['instructions']:.1%}" if r["instructions"] else "-" for c in CLASSES))
@@ -70,7 +71,6 @@ def table(rows: list[dict], core: str) -> str:
     if not all(r["consistent"] for r in rows):
         text += ("\n(!) its two runs disagree: a class shrank from K to 2K inferences, so the runs did "
                  "timing-dependent work beside the inferences; not one inference's count, and left out of the ratios")
-    extra = ratios(rows)
     if extra:
         text += "\n\n" + ", ".join(f"{k}: {v:.2f}" for k, v in extra.items())
     for r in rows:                          # where each artifact's instructions go (library: function)

@@ -15,27 +15,16 @@ import tarfile
 from pathlib import Path
 
 from benchmarks.errors import BenchError
-from benchmarks.ssh import Remote
+from benchmarks.ssh import BOARD_SCRIPT, Remote, board_script
 from pipeline.board_wheels import PYTHON, WheelSet, ensure_wheels
 from pipeline.errors import ConfigError, InputError
 from pipeline.progress import Progress
 from pipeline.targets import Target
 
 BOARD_ROOT = "~/.xception-edge"          # on the board: envs/<set id>/, and current -> the one in use
-SCRIPT = Path(__file__).resolve().parent.parent / "benchmarks" / "board_env.py"
 # the target's features (Linux's names on x86; on ARM the toml says neon/dotprod/fp16) as /proc/cpuinfo says them
 ARM_FLAGS = {"neon": "asimd", "dotprod": "asimddp", "fp16": "asimdhp", "i8mm": "i8mm", "sve": "sve", "bf16": "bf16"}
 MACHINES = {"arm64": "aarch64", "aarch64": "aarch64", "x86_64": "x86_64", "amd64": "x86_64"}
-
-
-def board_script(remote: Remote, *argv: str) -> dict:
-    """Run board_env.py on the board under its python3 (sent on stdin: nothing is written for a probe)."""
-    out = remote.run(["python3", "-", *argv], stdin=SCRIPT.read_bytes())
-    try:
-        return json.loads(out.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        raise BenchError(f"{remote.dest}: the board's python3 printed no answer to `board_env.py {argv[0]}`: "
-                         f"{out.strip()[-200:]!r}") from None
 
 
 def connect(dest: str, port: int | None, options: list[str]) -> Remote:
@@ -80,7 +69,7 @@ def _bundle(wheels: WheelSet) -> bytes:
         for w in wheels.wheels:
             tar.add(wheels.folder / w["file"], arcname=w["file"])
         tar.add(wheels.folder / "installer" / wheels.installer["file"], arcname=f"installer/{wheels.installer['file']}")
-        tar.add(SCRIPT, arcname="board_env.py")
+        tar.add(BOARD_SCRIPT, arcname="board_env.py")
         text = json.dumps({"id": wheels.id, "arch": wheels.arch, "wheels": list(wheels.wheels),
                            "installer": wheels.installer}).encode()
         info = tarfile.TarInfo("wheels.json")
@@ -109,8 +98,7 @@ def provision(target: Target, dest: str, port: int | None, options: list[str], c
         remote.run(["tar", "-C", staging, "-xf", "-"], stdin=_bundle(wheels))
         progress.log(f"{dest}: installing into {BOARD_ROOT}/envs/{wheels.id} with no package index")
         try:
-            done = json.loads(remote.run(["python3", f"{staging}/board_env.py", "install", staging, BOARD_ROOT])
-                              .strip().splitlines()[-1])
+            done = board_script(remote, "install", staging, BOARD_ROOT, pushed=f"{staging}/board_env.py")
         except BenchError as err:
             done = {"ok": False, "error": str(err)}
     finally:
