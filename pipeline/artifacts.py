@@ -135,6 +135,7 @@ class Producer:
                   "int8_integer_chains": info.get("int8_integer_chains", 0),
                   "int8_float_exact": info.get("int8_float_exact", 0),
                   "int8_integer_adds": info.get("int8_integer_adds", 0),
+                  "int8_integer_means": info.get("int8_integer_means", 0),
                   "int8_dot": info.get("int8_dot"),
                   "source_tflite": source_file, "accuracy": None}
         if precision == "int8":

@@ -237,7 +237,8 @@ def _equalize(model_file: Path, calib: np.ndarray) -> tuple[object, dict]:
     found = eq.equalize(model)
     difference = eq.float_difference(before, np.asarray(model.predict(images, verbose=0)))
     rung = {"rung": "cle", "pairs": [{"producer": p.producer, "consumer": p.consumer, "through": p.through,
-                                      "max_scale": round(p.max_scale, 3)} for p in found.pairs],
+                                      "max_scale": round(p.max_scale, 3)} | (
+                                          {"offsets": p.offsets} if any(p.offsets) else {}) for p in found.pairs],
             "refused": found.refused, "float_difference": difference, "float_tolerance": eq.FLOAT_TOLERANCE,
             "applied": bool(found.pairs) and difference <= eq.FLOAT_TOLERANCE,
             "seconds": round(time.monotonic() - started, 1)}

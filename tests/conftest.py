@@ -206,32 +206,46 @@ def make_outlier_model(path: Path, size: int = 32, factor: float = 1000.0, seed:
 
 def make_residual_outlier_model(path: Path, size: int = 32, factor: float = 1000.0, seed: int = 3,
                                 epochs: int = 15, merge: str = "add") -> Path:
-    """A small two-branch net trained on the digits whose outlier channel flows through the merge of the branches.
-    ``merge="add"``: a residual ADD, channel k of both branches (conv_b, shortcut) scaled up by ``factor``; "concat":
-    a concatenation, channel k of conv_b alone. conv_c's weights for it are scaled down. Float unchanged (ReLU, ADD and
-    concatenation commute with a positive scale); the merged tensor's int8 range ruined."""
+    """A small net trained on the digits whose outlier channel k flows through the merge of two branches, scaled up
+    by ``factor`` in every layer that writes it and down in every layer that reads it. ``merge="add"``: a residual
+    ADD of conv_b and a 1x1 shortcut; "concat": a concatenation of the two (conv_b's channel alone); "identity": a
+    residual ADD whose shortcut is conv_a's output itself (conv_a's, conv_b's channel, read by conv_b and conv_c);
+    "bn": no merge, conv_b's ReLU output normalized by a BatchNorm (pre-activation style: its moving statistics
+    take the scale back, so conv_c is not rescaled). Float unchanged; the int8 range of that tensor ruined."""
     import keras
-
 
     keras.utils.set_random_seed(seed + TRAIN_SEED_SHIFT)
     inp = keras.Input((size, size, 3))
     a = keras.layers.Conv2D(16, 3, strides=2, padding="same", activation="relu", name="conv_a")(inp)
     b = keras.layers.Conv2D(16, 3, padding="same", name="conv_b")(a)
-    s = keras.layers.Conv2D(16, 1, name="shortcut")(a)
-    merged = (keras.layers.Add(name="add") if merge == "add" else keras.layers.Concatenate(name="concat"))([b, s])
-    x = keras.layers.ReLU(name="add_relu")(merged)
+    if merge == "bn":
+        x = keras.layers.BatchNormalization(name="bn")(keras.layers.ReLU(name="add_relu")(b))
+    else:
+        s = a if merge == "identity" else keras.layers.Conv2D(16, 1, name="shortcut")(a)
+        merged = (keras.layers.Concatenate(name="concat") if merge == "concat" else keras.layers.Add(name="add"))([b, s])
+        x = keras.layers.ReLU(name="add_relu")(merged)
     x = keras.layers.Conv2D(32, 3, strides=2, padding="same", activation="relu", name="conv_c")(x)
     x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
     model = keras.Model(inp, keras.layers.Dense(10, name="logits")(x))
-    k = _train_on_digits(model, size, epochs, "add_relu") % 16                                   # a channel of conv_b (the first half of a concatenation)
-    for name in ("conv_b", "shortcut") if merge == "add" else ("conv_b",):
+    k = _train_on_digits(model, size, epochs, "add_relu") % 16          # a channel of conv_b (the first half of a concatenation)
+    scaled = {"add": ("conv_b", "shortcut"), "concat": ("conv_b",), "identity": ("conv_a", "conv_b"),
+              "bn": ("conv_b",)}[merge]
+    for name in scaled:
         kernel, bias = model.get_layer(name).get_weights()
         kernel[..., k] *= factor
         bias[k] *= factor
         model.get_layer(name).set_weights([kernel, bias])
-    kernel, bias = model.get_layer("conv_c").get_weights()
-    kernel[:, :, k, :] /= factor
-    model.get_layer("conv_c").set_weights([kernel, bias])
+    readers = {"identity": ("conv_c", "conv_b"), "bn": ()}.get(merge, ("conv_c",))
+    for name in readers:
+        kernel, bias = model.get_layer(name).get_weights()
+        kernel[:, :, k, :] /= factor
+        model.get_layer(name).set_weights([kernel, bias])
+    if merge == "bn":           # (x F - mean F) / sqrt(var' + eps) is (x - mean) / sqrt(var + eps) when var' = ...
+        bn = model.get_layer("bn")
+        gamma, beta, mean, var = bn.get_weights()
+        mean[k] *= factor
+        var[k] = factor ** 2 * (var[k] + bn.epsilon) - bn.epsilon
+        bn.set_weights([gamma, beta, mean, var])
     model.save(path)
     return path
 

@@ -18,7 +18,7 @@ import numpy as np
 from pipeline.progress import Progress
 
 NAME = "analyze"
-VERSION = 5
+VERSION = 6
 TOOLS = ("tensorflow", "keras", "ai-edge-litert", "numpy")
 
 

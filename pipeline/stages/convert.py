@@ -19,7 +19,7 @@ from pipeline.progress import Progress
 from pipeline.targets import ARTIFACT_KINDS
 
 NAME = "convert"
-VERSION = 11
+VERSION = 12
 TOOLS = ("tensorflow", "keras", "tf2onnx", "onnx", "onnxruntime", "numpy")
 ONNX_OPSET = 17
 

@@ -19,7 +19,7 @@ from pipeline.tvm.link import describe, linker_options
 from pipeline.tvm.records import TUNING_FILES, estimate
 
 NAME = "tvm"
-VERSION = 18
+VERSION = 19
 TOOLS = ("apache-tvm", "apache-tvm-ffi", "tflite", "ziglang", "numpy")
 
 
@@ -42,7 +42,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
 
     from pipeline.tvm import adreno
     from pipeline.tvm.dot import isa_for
-    from pipeline.tvm.int8 import dot_products, float_exact, import_model, integer_adds, rewrites
+    from pipeline.tvm.int8 import dot_products, float_exact, import_model, integer_adds, integer_means, rewrites
 
     from tvm.target.codegen import llvm_get_system_cpu
 
@@ -139,7 +139,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
                       else "tvm default (GPU)"),
         "tuning": tuning,
         "int8_integer_chains": rewrites(mod), "int8_float_exact": float_exact(mod),
-        "int8_integer_adds": integer_adds(mod),
+        "int8_integer_adds": integer_adds(mod), "int8_integer_means": integer_means(mod),
         "int8_dot": {"isa": dot_isa, "instruction": isa.instruction, "functions": dotted} if dotted else None,
         "opencl_kernels": kernels,
         "compile_seconds": round(compile_seconds, 1),

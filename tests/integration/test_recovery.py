@@ -200,36 +200,45 @@ def _ladder(tmp_path, stage_cache, merge: str, **made) -> dict:
                                          targets_dir=targets)).manifest
 
 
-def test_an_outlier_through_a_residual_add_is_equalized_on_both_branches(tmp_path, stage_cache):
-    """Both branches of the ADD scaled alike, conv_c's weights the other way: equalization repairs the ruined range,
-    and every int8 artifact ships with no float layer. What is left depends on the trained model (six trainings,
-    AMD EPYC Zen 4, 2026-12-04: five ended at CLE, one at CLE and bias correction, 97-100% on the calibration
-    images after CLE; on the eval images every int8 artifact 98.5-100%), so the test asserts the repair and no
-    float layer, and 95% rather than the gate's 98.5%."""
-    manifest = _ladder(tmp_path, stage_cache, "add")
+@pytest.mark.parametrize("merge, producer, consumer", [("add", "conv_b + shortcut", "conv_c"),
+                                                     ("concat", "conv_b", "conv_c"),
+                                                     ("identity", "conv_a + conv_b", "conv_b + conv_c")])
+def test_an_outlier_through_a_merge_of_branches_is_equalized_as_one_group(tmp_path, stage_cache, merge, producer,
+                                                                         consumer):
+    """The outlier channel flows through a residual ADD (both branches scaled alike, conv_c's weights the other way),
+    a concatenation (conv_b's channels at their offset among conv_c's inputs), or an identity shortcut (conv_a and
+    conv_b write the stream, conv_b and conv_c read it: one scale for all). Equalization repairs the ruined range,
+    and every int8 artifact ships with no float layer. What is left depends on the trained model: the same
+    models with no outlier at all give 97.5-98% (seed 3, AMD EPYC Zen 4, 2026-12-05), so the test asserts the
+    repair and no float layer, and 95% rather than the gate's 98.5%."""
+    manifest = _ladder(tmp_path, stage_cache, merge)
     recovery = _art(manifest, "tflite-int8")["quantization"]["recovery"]
     assert recovery["before"]["agreement_top1"] < 0.5 and recovery["status"] == "recovered"
     assert recovery["all_int8"] and not recovery["float_layers"] and "activations" not in recovery
     assert [r["rung"] for r in recovery["rungs"]] in (["cle"], ["cle", "bias"])
     cle = recovery["rungs"][0]
-    assert cle["rung"] == "cle" and cle["applied"] and cle["after"]["agreement_top1"] >= 0.95
+    assert cle["rung"] == "cle" and cle["applied"] and cle["after"]["agreement_top1"] >= 0.95 and not cle["refused"]
     pairs = {p["producer"]: p for p in cle["pairs"]}
-    assert pairs["conv_b + shortcut"]["consumer"] == "conv_c" and pairs["conv_b + shortcut"]["max_scale"] > 100
+    assert pairs[producer]["consumer"] == consumer and pairs[producer]["max_scale"] > 100
+    assert pairs[producer].get("offsets", [0])[0] == 0          # conv_b's channels come first in the concatenation
     for kind in ("tflite-int8", "tvm-int8", "onnx-int8"):
         assert _art(manifest, kind)["accuracy"]["agreement_top1"] >= 0.95, kind
     assert _art(manifest, "tvm-int8")["accuracy"]["vs_litert"]["max_quant_steps"] == 0
 
 
-def test_an_outlier_that_equalization_cannot_reach_goes_to_the_float_rung_with_the_reason(tmp_path, stage_cache):
-    """Through a concatenation (which our equalization does not rescale), the ladder says why and goes on."""
-    manifest = _ladder(tmp_path, stage_cache, "concat")
+def test_an_outlier_that_equalization_cannot_reach_goes_up_the_ladder_with_the_reason(tmp_path, stage_cache):
+    """Through a BatchNorm on a ReLU's output (pre-activation style), which no per-channel scale passes exactly
+    (BN(x / s) is not BN(x) / s), equalization says why and the ladder goes on to a rung that meets the budget, or
+    to the float rung (x1000, seed 3, AMD EPYC Zen 4, 2026-12-05: bias correction 14%, 16x8 100% on the calibration
+    images)."""
+    manifest = _ladder(tmp_path, stage_cache, "bn")
     recovery = _art(manifest, "tflite-int8")["quantization"]["recovery"]
     assert recovery["before"]["agreement_top1"] < 0.985 and recovery["status"] != "not needed"
     cle, last = recovery["rungs"][0], recovery["rungs"][-1]
     assert cle["rung"] == "cle" and not cle.get("after", {}).get("met")
     refused = {r["producer"]: r["reason"] for r in cle["refused"]}
-    assert "concat (Concatenate) does not commute" in refused["conv_b"]
-    assert last["rung"] == "float" and last["applied"]
+    assert "bn (BatchNormalization) does not commute" in refused["conv_b"]
+    assert last["rung"] != "cle" and (last.get("met") or last["rung"] == "float" and last["applied"])
 
 
 def test_a_float_island_that_blows_the_size_budget_fails_the_gate_as_such(outlier, capsys):
@@ -249,11 +258,11 @@ def test_a_float_island_that_blows_the_size_budget_fails_the_gate_as_such(outlie
 
 
 def test_past_equalization_the_ladder_tries_bias_correction_then_16x8_and_says_what_tvm_builds(tmp_path, stage_cache):
-    """A x20 outlier through a concatenation: equalization cannot reach it, so the ladder climbs to bias correction
-    and 16x8, each recorded with its before and after. Which rung meets the budget depends on the training (seed 4
-    on AMD EPYC Zen 4, 2026-12-04: bias correction 95%, 16x8 99% on the calibration images: 16x8 adopted; seed 3:
-    both 96%, two float layers), so both endings are asserted as they must be."""
-    manifest = _ladder(tmp_path, stage_cache, "concat", factor=20.0, seed=4)
+    """A x20 outlier before a pre-activation BatchNorm: equalization cannot reach it, so the ladder climbs to bias
+    correction and 16x8, each recorded with its before and after. Which rung meets the budget depends on the
+    training (seed 4 on AMD EPYC Zen 4, 2026-12-05: bias correction 98%, 16x8 100% on the calibration images:
+    16x8 adopted; a float ending was seen with other trainings), so both endings are asserted as they must be."""
+    manifest = _ladder(tmp_path, stage_cache, "bn", factor=20.0, seed=4)
     tflite = _art(manifest, "tflite-int8")
     recovery = tflite["quantization"]["recovery"]
     rungs = {r["rung"]: r for r in recovery["rungs"]}

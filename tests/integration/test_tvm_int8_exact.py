@@ -26,6 +26,7 @@ def test_random_residual_models_are_litert_exact(tmp_path, stage_cache, size, cl
     _, result = compile_residual(tmp_path, stage_cache, size, classes, seed)
     tvm = next(a for a in result.manifest["artifacts"] if a["kind"] == "tvm-int8")
     assert tvm["int8_integer_adds"] == 2 and tvm["int8_integer_chains"] == 12     # every add and conv/dense
+    assert tvm["int8_integer_means"] == 1                                         # and the global mean
     vs = tvm["accuracy"]["vs_litert"]
     assert vs["outputs"] == 40 * classes and vs["beyond_tolerance"] == 0
     assert vs["max_quant_steps"] == 0, vs          # measured: bit for bit

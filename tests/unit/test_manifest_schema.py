@@ -27,7 +27,7 @@ SAMPLE = {
          "file": "tiny_int8.so", "sha256": "1" * 64, "bytes": 100, "accuracy": None, "accuracy_note": "not run",
          "arch": "aarch64", "io": {"input": {}, "output": {}}, "tvm_target": {"kind": "llvm"},
          "source_tflite": "tiny_int8.tflite", "schedules": "default", "int8_integer_chains": 4, "int8_float_exact": 4,
-         "int8_integer_adds": 0},
+         "int8_integer_adds": 0, "int8_integer_means": 1},
     ],
     "eval": {"file": "eval/eval.npz", "n": 8, "source": "digits test split", "labels": False, "float_top1": None,
              "representative": True},

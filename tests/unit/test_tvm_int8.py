@@ -194,3 +194,56 @@ def test_rewrite_on_the_hosts_dot_products(chain):
     executable = tvm.compile(mod, target=target, relax_pipeline=cpu_pipeline(target))
     got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
     assert np.array_equal(got, litert_arithmetic(x, weights, w_scale, bias))
+
+
+# The global mean of a digits model whose TVM import missed LiteRT by one step on 1 output in 3,000 (a sum of 463
+# steps above the zero point: 47.49998 output steps, which LiteRT rounds to 48)
+MEAN_Q = {"x": (0.7002992630004883, -128), "y": (0.1066574677824974, -128)}
+
+
+def mean_chain(shape, q=MEAN_Q):
+    """quantize(mean(dequantize(x), axis=[1, 2])), as TVM's TFLite frontend imports an int8 MEAN."""
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType(shape, "int8"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            xf = bb.emit(relax.op.dequantize(x, relax.const(q["x"][0], "float32"), relax.const(q["x"][1], "int32")))
+            mean = bb.emit(relax.op.mean(xf, axis=[1, 2], keepdims=False))
+            y = bb.emit_output(relax.op.quantize(mean, relax.const(q["y"][0], "float32"),
+                                                 relax.const(q["y"][1], "int32"), out_dtype="int8"))
+        bb.emit_func_output(y)
+    return bb.get()
+
+
+def litert_mean(x: np.ndarray, q=MEAN_Q) -> np.ndarray:
+    """LiteRT's int8 MEAN over axes 1 and 2, in numpy: the int32 sum of the raw values, float32 scale and bias
+    (the input zero point folded into the bias), rounded half to even."""
+    f = np.float32
+    n = x.shape[1] * x.shape[2]
+    scale = f(f(q["x"][0]) / (f(q["y"][0]) * f(n)))
+    bias = f(f(q["y"][1]) - f(n * q["x"][1]) * scale)
+    total = x.astype(np.int32).sum(axis=(1, 2)).astype(f)
+    return np.clip(np.rint(total * scale + bias), -128, 127).astype(np.int8)
+
+
+def test_global_mean_is_litert_arithmetic():
+    """Every sum an 8x8 window of int8 values can have (16,320 of them, one per output): the rewritten mean gives
+    LiteRT's result on each; the imported float form misses some."""
+    from pipeline.tvm.int8 import integer_means
+
+    above = np.arange(255 * 64).reshape(255, 64)                 # the sum above the zero point, per output
+    x = np.full((255, 8, 8, 64), -128, np.int64)
+    flat = x.reshape(255, 64, 64)                                # (batch, position, channel)
+    for position in range(64):                                   # spread each sum over the 64 positions
+        flat[:, position, :] += np.clip(above - 255 * position, 0, 255)
+    x = x.astype(np.int8)
+    assert (x.astype(np.int64).sum(axis=(1, 2)) + 128 * 64 == above).all()
+    expected = litert_mean(x)
+    executable = tvm.compile(mean_chain(x.shape), target="llvm")
+    imported = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    assert (imported != expected).sum() > 0                      # the float form really misses
+    rewritten = integer_arithmetic(mean_chain(x.shape))
+    assert integer_means(rewritten) == 1
+    executable = tvm.compile(rewritten, target="llvm")
+    got = relax.VirtualMachine(executable, tvm.cpu())["main"](tvm.runtime.tensor(x)).numpy()
+    np.testing.assert_array_equal(got, expected)
