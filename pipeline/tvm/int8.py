@@ -342,8 +342,12 @@ class _MeanRewriter(_Rewrite):
         scale, bias = mean_constants(float(scales[0].reshape(())), zeros[0], float(scales[1].reshape(())),
                                      zeros[1], n)
         total = relax.op.sum(relax.op.astype(x, "int32"), axis=axes, keepdims=bool(mean.attrs.keepdims))
-        y = relax.op.add(relax.op.multiply(relax.op.astype(total, "float32"), relax.const(scale, "float32")),
-                         relax.const(bias, "float32"))
+        # LiteRT rounds the product to float32 before adding the bias. TVM's LLVM code generator fuses a float32
+        # multiply and add into one FMA where the CPU has it (one rounding: the near-tie above goes the other way),
+        # so the product is formed in float64, where it is exact (24 by 24 bits), and rounded to float32 by a cast
+        y = relax.op.astype(relax.op.multiply(relax.op.astype(total, "float64"),
+                                              relax.const(np.float64(scale), "float64")), "float32")
+        y = relax.op.add(y, relax.const(bias, "float32"))
         y = relax.op.clip(_round_half_even(y), -128, 127)
         return relax.op.astype(y, "int8")
 

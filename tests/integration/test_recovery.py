@@ -208,14 +208,16 @@ def test_an_outlier_through_a_merge_of_branches_is_equalized_as_one_group(tmp_pa
     """The outlier channel flows through a residual ADD (both branches scaled alike, conv_c's weights the other way),
     a concatenation (conv_b's channels at their offset among conv_c's inputs), or an identity shortcut (conv_a and
     conv_b write the stream, conv_b and conv_c read it: one scale for all). Equalization repairs the ruined range,
-    and every int8 artifact ships with no float layer. What is left depends on the trained model: the same
-    models with no outlier at all give 97.5-98% (seed 3, AMD EPYC Zen 4, 2026-12-05), so the test asserts the
-    repair and no float layer, and 95% rather than the gate's 98.5%."""
+    and the TFLite int8 model ships with no float layer. What is left depends on the trained model: the same
+    models with no outlier at all give 97.5-98% on the eval images (seed 3, AMD EPYC Zen 4, 2026-12-05), and
+    where the model's own int8 is that marginal on the calibration images too, the ladder goes on past CLE (one
+    identity model of six: CLE 98%, bias correction 98%, 16x8 100%). So the test asserts the repair (CLE alone
+    >= 95%), no float layer, and 95% rather than the gate's 98.5%."""
     manifest = _ladder(tmp_path, stage_cache, merge)
     recovery = _art(manifest, "tflite-int8")["quantization"]["recovery"]
     assert recovery["before"]["agreement_top1"] < 0.5 and recovery["status"] == "recovered"
-    assert recovery["all_int8"] and not recovery["float_layers"] and "activations" not in recovery
-    assert [r["rung"] for r in recovery["rungs"]] in (["cle"], ["cle", "bias"])
+    assert recovery["all_int8"] and not recovery["float_layers"]
+    assert [r["rung"] for r in recovery["rungs"]] in (["cle"], ["cle", "bias"], ["cle", "bias", "16x8"])
     cle = recovery["rungs"][0]
     assert cle["rung"] == "cle" and cle["applied"] and cle["after"]["agreement_top1"] >= 0.95 and not cle["refused"]
     pairs = {p["producer"]: p for p in cle["pairs"]}
@@ -224,21 +226,6 @@ def test_an_outlier_through_a_merge_of_branches_is_equalized_as_one_group(tmp_pa
     for kind in ("tflite-int8", "tvm-int8", "onnx-int8"):
         assert _art(manifest, kind)["accuracy"]["agreement_top1"] >= 0.95, kind
     assert _art(manifest, "tvm-int8")["accuracy"]["vs_litert"]["max_quant_steps"] == 0
-
-
-def test_an_outlier_that_equalization_cannot_reach_goes_up_the_ladder_with_the_reason(tmp_path, stage_cache):
-    """Through a BatchNorm on a ReLU's output (pre-activation style), which no per-channel scale passes exactly
-    (BN(x / s) is not BN(x) / s), equalization says why and the ladder goes on to a rung that meets the budget, or
-    to the float rung (x1000, seed 3, AMD EPYC Zen 4, 2026-12-05: bias correction 14%, 16x8 100% on the calibration
-    images)."""
-    manifest = _ladder(tmp_path, stage_cache, "bn")
-    recovery = _art(manifest, "tflite-int8")["quantization"]["recovery"]
-    assert recovery["before"]["agreement_top1"] < 0.985 and recovery["status"] != "not needed"
-    cle, last = recovery["rungs"][0], recovery["rungs"][-1]
-    assert cle["rung"] == "cle" and not cle.get("after", {}).get("met")
-    refused = {r["producer"]: r["reason"] for r in cle["refused"]}
-    assert "bn (BatchNormalization) does not commute" in refused["conv_b"]
-    assert last["rung"] != "cle" and (last.get("met") or last["rung"] == "float" and last["applied"])
 
 
 def test_a_float_island_that_blows_the_size_budget_fails_the_gate_as_such(outlier, capsys):
@@ -258,21 +245,30 @@ def test_a_float_island_that_blows_the_size_budget_fails_the_gate_as_such(outlie
 
 
 def test_past_equalization_the_ladder_tries_bias_correction_then_16x8_and_says_what_tvm_builds(tmp_path, stage_cache):
-    """A x20 outlier before a pre-activation BatchNorm: equalization cannot reach it, so the ladder climbs to bias
-    correction and 16x8, each recorded with its before and after. Which rung meets the budget depends on the
-    training (seed 4 on AMD EPYC Zen 4, 2026-12-05: bias correction 98%, 16x8 100% on the calibration images:
-    16x8 adopted; a float ending was seen with other trainings), so both endings are asserted as they must be."""
-    manifest = _ladder(tmp_path, stage_cache, "bn", factor=20.0, seed=4)
+    """An outlier before a pre-activation BatchNorm (on a ReLU's output), which no per-channel scale passes exactly
+    (BN(x / s) is not BN(x) / s): equalization says why, and the ladder climbs to bias correction and 16x8, each
+    recorded with its before and after, and stops at the first that meets the budget. Seed 3 on AMD EPYC Zen 4,
+    2026-12-05: bias correction 14%, 16x8 100% on the calibration images: 16x8 adopted. Other trainings may stop
+    elsewhere or end at the float rung, so each ending is asserted as it must be."""
+    manifest = _ladder(tmp_path, stage_cache, "bn")
     tflite = _art(manifest, "tflite-int8")
     recovery = tflite["quantization"]["recovery"]
+    assert recovery["before"]["agreement_top1"] < 0.985 and recovery["status"] != "not needed"
     rungs = {r["rung"]: r for r in recovery["rungs"]}
-    assert [r["rung"] for r in recovery["rungs"]][:3] == ["cle", "bias", "16x8"]
-    bias, sixteen = rungs["bias"], rungs["16x8"]
+    order = [r["rung"] for r in recovery["rungs"]]
+    assert order == ["cle", "bias", "16x8", "float"][:len(order)] and len(order) >= 2
+    refused = {r["producer"]: r["reason"] for r in rungs["cle"]["refused"]}
+    assert "bn (BatchNormalization) does not commute" in refused["conv_b"] and not rungs["cle"].get("after", {}).get("met")
+    bias = rungs["bias"]
     assert bias["layers"] and len(bias["largest_relative_shift"]) == bias["sweeps"] == 3
     assert bias["before"]["agreement_top1"] < 0.985 and "ONNX Runtime" in bias["onnx"]
-    assert sixteen["scope"].startswith("whole model") and "TVM 0.27" in sixteen["tvm"]
     onnx, tvm = _art(manifest, "onnx-int8"), _art(manifest, "tvm-int8")
     assert tvm["accuracy"]["vs_litert"]["max_quant_steps"] == 0           # against the TFLite file it was built from
+    if bias["met"]:
+        assert recovery["all_int8"] and recovery["bias_corrected"] and order == ["cle", "bias"]
+        return
+    sixteen = rungs["16x8"]
+    assert sixteen["scope"].startswith("whole model") and "TVM 0.27" in sixteen["tvm"]
     if sixteen["met"]:
         assert recovery["activations"] == "int16" and recovery["all_int8"] and not recovery["float_layers"]
         assert onnx["quantization"]["activations"] == "int16" and not onnx["quantization"]["float_layers"]
@@ -282,5 +278,5 @@ def test_past_equalization_the_ladder_tries_bias_correction_then_16x8_and_says_w
         assert recovery["tvm"]["size_bytes"]["recovered"] >= recovery["tvm"]["size_bytes"]["int8"]     # its cost
         assert rungs.get("float") is None
     else:
-        assert "activations" not in recovery and recovery["rungs"][-1]["rung"] == "float"
+        assert "activations" not in recovery and order[-1] == "float" and rungs["float"]["applied"]
         assert tvm["source_tflite"] != "tvm_source.tflite" and onnx["quantization"]["activations"] != "int16"
