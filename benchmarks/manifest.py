@@ -59,6 +59,7 @@ class Artifact(TypedDict):
     io: NotRequired[dict[str, Any]]
     source_tflite: NotRequired[str]
     opencl_source: NotRequired[str]
+    params: NotRequired[dict]          # a TVM CPU library's weights beside it: {file, sha256, bytes}
     opencl_kernels: NotRequired[int]
     opencl_runtime: NotRequired[dict[str, Any]]    # GPU: our TVM OpenCL runtime shipped beside it (file, sha256, ...)
     linker: NotRequired[dict[str, Any]]            # tvm: the tool that linked the library (tool, version, command)
@@ -132,6 +133,8 @@ def check_hashes(build_dir: Path, artifacts: list[Artifact]) -> None:
         files = [(art["file"], art["sha256"])]
         if "opencl_runtime" in art:            # native code it loads: checked like the artifact itself
             files.append((art["opencl_runtime"]["file"], art["opencl_runtime"]["sha256"]))
+        if "params" in art:                    # a TVM CPU library's weights
+            files.append((art["params"]["file"], art["params"]["sha256"]))
         for name, expected in files:
             path = build_dir / name
             if not path.is_file():

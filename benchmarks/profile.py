@@ -43,7 +43,7 @@ def profile_session(session: TvmSession, x: np.ndarray, runs: int = 5) -> dict:
         return VMInstrumentReturnKind.NO_OP
 
     data = session.to_device(x)
-    session.main(data)                                  # warm-up, not instrumented
+    session.main(data, *session.weights)                # warm-up, not instrumented
     session.vm.set_instrument(instrument)
     per_run: list[dict[str, float]] = []
     totals = []
@@ -52,7 +52,7 @@ def profile_session(session: TvmSession, x: np.ndarray, runs: int = 5) -> dict:
             current.clear()
             calls.clear()
             begin = time.perf_counter()
-            session.main(data)
+            session.main(data, *session.weights)
             totals.append(time.perf_counter() - begin)
             per_run.append(dict(current))
         counted = dict(calls)

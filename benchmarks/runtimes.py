@@ -116,7 +116,7 @@ class TvmSession:
     library itself does not: int8 libraries take and give int8 like the TFLite model they came from.
     """
 
-    def __init__(self, module, device, io: dict | None, provider: str):
+    def __init__(self, module, device, io: dict | None, provider: str, weights: list | None = None):
         import tvm
         from tvm.runtime.vm import VirtualMachine       # the runtime's VM: no compiler needed
 
@@ -124,6 +124,8 @@ class TvmSession:
         self.device = device
         self.vm = VirtualMachine(module, device)
         self.main = self.vm["main"]
+        # a CPU library's weights (<stem>.params), passed after the input on every call, as tensors on the device
+        self.weights = [tvm.runtime.tensor(w, device=device) for w in weights or []]
         self.io = io or {"input": {"dtype": "float32"}, "output": {"dtype": "float32"}}
         self.input_shape = tuple(self.io["input"].get("shape", ()))
         self.provider = provider
@@ -144,7 +146,7 @@ class TvmSession:
             raise RuntimeMissing("no TVM runtime: install apache-tvm") from None
         version = f"tvm {tvm.__version__}{'' if _tvm_compiler_mapped() else ' (runtime only)'}"
         if opencl_runtime is None:
-            return cls(tvm.runtime.load_module(str(path)), tvm.cpu(), io, version)
+            return cls(tvm.runtime.load_module(str(path)), tvm.cpu(), io, version, library_weights(path))
         try:
             ctypes.CDLL(str(opencl_runtime), mode=ctypes.RTLD_GLOBAL)  # registers device_api.opencl with TVM
         except OSError as exc:
@@ -162,9 +164,18 @@ class TvmSession:
 
     def run(self, x: np.ndarray) -> np.ndarray:
         o = self.io["output"]
-        result = self.main(self.to_device(x))
+        result = self.main(self.to_device(x), *self.weights)
         y = result.numpy() if hasattr(result, "numpy") else result[0].numpy()
         return dequantize(y, o.get("scale"), o.get("zero_point"))
+
+
+def library_weights(path: Path) -> list:
+    """The arrays of ``path``'s <stem>.params, one by one as they become tensors; none when it has no such file (a
+    GPU library, or one built before the weights left the .so)."""
+    from benchmarks.tvm_params import params_file, read
+
+    weights = params_file(Path(path))
+    return read(weights) if weights.is_file() else []
 
 
 def _tvm_compiler_mapped() -> bool:

@@ -146,6 +146,11 @@ class Producer:
             if recovery.get("status") == "recovered" and recovery["float_layers"]:
                 record["float_layers"] = recovery["float_layers"]      # from the recovered TFLite file
         extra = {}
+        params = info.get("params")
+        if params:                      # the weights, beside the library (benchmarks/tvm_params.py)
+            record["params"] = {"file": params["file"], "sha256": built.files[params["file"]],
+                                "bytes": built.file(params["file"]).stat().st_size}
+            extra[params["file"]] = built.file(params["file"])
         if device == "gpu":
             record["opencl_source"] = Path(file_name).stem + ".cl"
             record["opencl_kernels"] = info["opencl_kernels"]
@@ -153,13 +158,14 @@ class Producer:
             runtime, name = self.opencl_runtime(), opencl_runtime.FILE_NAME
             record["opencl_runtime"] = json.loads(runtime.file("opencl_runtime.json").read_text()) | {
                 "sha256": runtime.files[name]}
-            extra = {record["opencl_source"]: built.file(record["opencl_source"]), name: runtime.file(name)}
+            extra |= {record["opencl_source"]: built.file(record["opencl_source"]), name: runtime.file(name)}
         elif not native:
             record["accuracy_note"] = f"not run here: built for {target.arch}, this machine is {platform.machine()}"
         else:
             record["accuracy"] = self.checker.check(
                 kind, "tvm", {"artifact": built.file(file_name), "eval": self.model.file("eval.npz"),
-                              "tvm_info": built.file("tvm.json"), "litert_twin": source.file(source_file)},
+                              "tvm_info": built.file("tvm.json"), "litert_twin": source.file(source_file)} | (
+                    {"params": built.file(params["file"])} if params else {}),
                 self.checker.tvm_limit(self.model.info["input_shape"]))
             within_tolerance(file_name, source_file, record["accuracy"]["vs_litert"], target.name)
         return MadeArtifact(record, built.file(file_name), extra)

@@ -82,17 +82,18 @@ def _assemble(pkg: Package, progress: Progress) -> CompileResult:
 def _copy(art: MadeArtifact, staging: Path) -> Artifact:
     for name, path in art.extra.items():
         shutil.copyfile(path, staging / name)
-    sidecar = art.entry.get("opencl_runtime")
-    if sidecar and sha256_file(staging / sidecar["file"]) != sidecar["sha256"]:
-        raise StageError(f"cache entry for {sidecar['file']} is corrupt; remove {art.extra[sidecar['file']].parent} "
-                         f"and compile again")
+    for sidecar in (art.entry.get("opencl_runtime"), art.entry.get("params")):
+        if sidecar and sha256_file(staging / sidecar["file"]) != sidecar["sha256"]:
+            raise StageError(f"cache entry for {sidecar['file']} is corrupt; remove "
+                             f"{art.extra[sidecar['file']].parent} and compile again")
     dest = staging / art.entry["file"]
     shutil.copyfile(art.path, dest)
     digest = sha256_file(dest)
     if digest != art.entry["sha256"]:
         raise StageError(f"cache entry for {art.entry['file']} is corrupt (sha256 {digest} != recorded "
                          f"{art.entry['sha256']}); remove {art.path.parent} and compile again")
-    return art.entry | {"bytes": dest.stat().st_size}
+    weights = art.entry.get("params")       # a TVM CPU library's size is the library and its weights together
+    return art.entry | {"bytes": dest.stat().st_size + (weights["bytes"] if weights else 0)}
 
 
 def manifest_of(pkg: Package, listed: list[Artifact]) -> Manifest:

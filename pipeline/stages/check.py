@@ -70,6 +70,7 @@ def _run_emulated(artifact: Path, runtime: str, io: dict | None, eval_file: Path
     """The artifact's logits on the first n eval images, computed by the runner's child under qemu-user,
     and where the child says it ran (the emulated core's ISA, read inside the emulator)."""
     from benchmarks.run import ONE_PASS, child_command
+    from benchmarks.tvm_params import params_file
     from pipeline.emulation import Emulator
 
     emulator = Emulator(emulated["qemu"], Path(emulated["sysroot"]))
@@ -79,6 +80,9 @@ def _run_emulated(artifact: Path, runtime: str, io: dict | None, eval_file: Path
         (folder / "eval").mkdir()
         (folder / "eval" / "eval.npz").symlink_to(eval_file.resolve())
         (folder / artifact.name).symlink_to(artifact.resolve())
+        weights = params_file(artifact)
+        if weights.is_file():                                # a TVM CPU library's weights go with it
+            (folder / weights.name).symlink_to(weights.resolve())
         logits_file = folder / "logits.npy"
         cmd = child_command(folder, {"file": artifact.name, "runtime": runtime, "io": io}, threads, ONE_PASS, n,
                             folder / "result.json", emulator.python(), logits_file)

@@ -1,6 +1,7 @@
 """tvm: a TVM-compiled library from the pipeline's own TFLite artifact (fp32 or int8), for the target's exact CPU or
 its GPU (OpenCL module + host code; refused when the OpenCL module has no kernels). Outputs: <file_name>,
-tvm.json (target used, io quantization, kernel count), and <stem>.cl for OpenCL builds.
+tvm.json (target used, io quantization, kernel count), <stem>.params for CPU builds (the weights, which main takes
+after its input: pipeline/tvm/params.py), and <stem>.cl for OpenCL builds.
 Details: docs/internals.md (module notes).
 """
 from __future__ import annotations
@@ -19,7 +20,7 @@ from pipeline.tvm.link import describe, linker_options
 from pipeline.tvm.records import TUNING_FILES, estimate
 
 NAME = "tvm"
-VERSION = 20
+VERSION = 21
 TOOLS = ("apache-tvm", "apache-tvm-ffi", "tflite", "ziglang", "numpy")
 
 
@@ -88,7 +89,17 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
                      f"({float_exact(mod)} accumulated exactly in float32, the others in int32)")
     progress.log(f"  compiling for {json.dumps(target_spec)} ({config.schedules} CPU schedules)"
                  if target.kind.name == "llvm" else f"  compiling for {json.dumps(target_spec)}")
-    tuning = None
+    tuning, params = None, None
+    if target.kind.name == "llvm":              # the weights in a file beside the library, not inside it
+        from benchmarks import tvm_params
+        from pipeline.tvm.params import lift
+
+        mod, arrays = lift(mod)
+        if arrays:
+            params = {"file": Path(config.file_name).stem + tvm_params.SUFFIX, "arrays": len(arrays),
+                      "bytes": int(sum(a.nbytes for a in arrays))}
+            tvm_params.write(out / params["file"], arrays)
+        del arrays
     if target.kind.name == "llvm" and config.schedules == "default":
         from pipeline.tvm.schedules import cpu_pipeline
 
@@ -138,6 +149,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
                       else f"adreno ({adreno_layout}; {', '.join(adreno.RULES)}) + tvm default (GPU)" if adreno_layout
                       else "tvm default (GPU)"),
         "tuning": tuning,
+        "params": params,
         "int8_integer_chains": rewrites(mod), "int8_float_exact": float_exact(mod),
         "int8_integer_adds": integer_adds(mod), "int8_integer_means": integer_means(mod),
         "int8_dot": {"isa": dot_isa, "instruction": isa.instruction, "functions": dotted} if dotted else None,
