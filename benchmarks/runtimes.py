@@ -172,10 +172,11 @@ class TvmSession:
 def library_weights(path: Path) -> list:
     """The arrays of ``path``'s <stem>.params, one by one as they become tensors; none when it has no such file (a
     GPU library, or one built before the weights left the .so)."""
+    from benchmarks.files import sha256_file
     from benchmarks.tvm_params import params_file, read
 
     weights = params_file(Path(path))
-    return read(weights) if weights.is_file() else []
+    return read(weights, sha256_file(Path(path))) if weights.is_file() else []
 
 
 def _tvm_compiler_mapped() -> bool:

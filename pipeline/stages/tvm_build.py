@@ -20,7 +20,7 @@ from pipeline.tvm.link import describe, linker_options
 from pipeline.tvm.records import TUNING_FILES, estimate
 
 NAME = "tvm"
-VERSION = 21
+VERSION = 22
 TOOLS = ("apache-tvm", "apache-tvm-ffi", "tflite", "ziglang", "numpy")
 
 
@@ -89,7 +89,7 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
                      f"({float_exact(mod)} accumulated exactly in float32, the others in int32)")
     progress.log(f"  compiling for {json.dumps(target_spec)} ({config.schedules} CPU schedules)"
                  if target.kind.name == "llvm" else f"  compiling for {json.dumps(target_spec)}")
-    tuning, params = None, None
+    tuning, params, arrays = None, None, []
     if target.kind.name == "llvm":              # the weights in a file beside the library, not inside it
         from benchmarks import tvm_params
         from pipeline.tvm.params import lift
@@ -98,8 +98,6 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
         if arrays:
             params = {"file": Path(config.file_name).stem + tvm_params.SUFFIX, "arrays": len(arrays),
                       "bytes": int(sum(a.nbytes for a in arrays))}
-            tvm_params.write(out / params["file"], arrays)
-        del arrays
     if target.kind.name == "llvm" and config.schedules == "default":
         from pipeline.tvm.schedules import cpu_pipeline
 
@@ -138,6 +136,11 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
     progress.log(f"  linking {config.file_name} ({config.linker})")
     library = out / config.file_name
     executable.export_library(str(library), **linker_options(config.linker))
+    if params:                               # written after the library: its header names the library's sha256
+        from benchmarks.files import sha256_file
+
+        tvm_params.write(out / params["file"], arrays, sha256_file(library))
+    del arrays
     details = {
         "kind": config.kind,
         "tvm_target": _plain(target.export()),

@@ -67,11 +67,13 @@ def test_library_for_an_isa_the_board_lacks_is_caught(emulated, tmp_path):
     out = tmp_path / "sve"
     out.mkdir()
     tvm_build.run({"tflite": build / "tiny_int8.tflite"}, config, out, Progress(quiet=True))
-    shutil.copyfile(out / "tiny_int8.so", build / "tiny_int8.so")
+    for name in ("tiny_int8.so", "tiny_int8.params"):       # the library and its weights
+        shutil.copyfile(out / name, build / name)
     manifest = json.loads((build / "manifest.json").read_text())
     for art in manifest["artifacts"]:
         if art["file"] == "tiny_int8.so":
             art["sha256"] = hashlib.sha256((build / "tiny_int8.so").read_bytes()).hexdigest()
+            art["params"]["sha256"] = hashlib.sha256((build / "tiny_int8.params").read_bytes()).hexdigest()
     (build / "manifest.json").write_text(json.dumps(manifest))
     report = verify_target(build, load_target("rpi4"), emulated / "cache", n=2, progress=Progress(quiet=True),
                            only=["tiny_int8.so"])

@@ -17,8 +17,8 @@ def _arrays():
 
 def test_weights_are_read_back_exactly_and_aligned(tmp_path):
     path = tmp_path / "lib.params"
-    tvm_params.write(path, _arrays())
-    back = tvm_params.read(path)
+    tvm_params.write(path, _arrays(), "ab" * 32)
+    back = tvm_params.read(path, "ab" * 32)
     assert len(back) == 5
     for a, b in zip(_arrays(), back):
         assert a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a, b)
@@ -26,12 +26,12 @@ def test_weights_are_read_back_exactly_and_aligned(tmp_path):
 
 
 def test_the_same_arrays_give_the_same_bytes(tmp_path):
-    tvm_params.write(tmp_path / "a.params", _arrays())
-    tvm_params.write(tmp_path / "b.params", [a.copy() for a in _arrays()])
+    tvm_params.write(tmp_path / "a.params", _arrays(), "ab" * 32)
+    tvm_params.write(tmp_path / "b.params", [a.copy() for a in _arrays()], "ab" * 32)
     assert (tmp_path / "a.params").read_bytes() == (tmp_path / "b.params").read_bytes()
     changed = _arrays()
     changed[1][0] += 1
-    tvm_params.write(tmp_path / "c.params", changed)
+    tvm_params.write(tmp_path / "c.params", changed, "ab" * 32)
     assert (tmp_path / "c.params").read_bytes() != (tmp_path / "a.params").read_bytes()
 
 
@@ -40,8 +40,16 @@ def test_the_same_arrays_give_the_same_bytes(tmp_path):
                                            (lambda b: b[:16] + b"x" + b[17:], "header is damaged")])
 def test_a_damaged_file_is_one_line_naming_it(tmp_path, damage, words):
     path = tmp_path / "lib.params"
-    tvm_params.write(path, _arrays())
+    tvm_params.write(path, _arrays(), "ab" * 32)
     path.write_bytes(damage(path.read_bytes()))
     with pytest.raises(InputError) as raised:
         tvm_params.read(path)
     assert words in str(raised.value) and str(path) in str(raised.value) and "\n" not in str(raised.value)
+
+
+def test_weights_of_another_build_of_the_library_are_refused(tmp_path):
+    path = tmp_path / "lib.params"
+    tvm_params.write(path, _arrays(), "ab" * 32)
+    with pytest.raises(InputError) as raised:
+        tvm_params.read(path, "cd" * 32)
+    assert "another build of its library" in str(raised.value) and "abababab" in str(raised.value)
