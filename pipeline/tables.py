@@ -57,6 +57,9 @@ def _compile_table(manifest: dict) -> str:
             t = a["tuning"]
             notes.append(f"{a['file']}: tuned schedules for {t['applied']} of {t['functions']} functions "
                          f"(records {t['records']}, {t['trials']} trials); default schedules for the rest")
+        if "params" in a:
+            notes.append(f"{a['file']}: its weights are {a['params']['file']} beside it ({_size(a['params']['bytes'])}, "
+                         f"in the size): copy both")
         if "opencl_kernels" in a:
             notes.append(f"{a['file']}: OpenCL module with {a['opencl_kernels']} kernels; source {a['opencl_source']}")
         if acc is None:
