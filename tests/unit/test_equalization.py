@@ -62,7 +62,7 @@ def test_a_scale_that_would_change_the_function_is_refused_with_the_reason():
     c = keras.layers.Conv2D(4, 1, name="c")(b)
     d = keras.layers.Conv2D(4, 1, name="d")(c)
     out = keras.layers.Add(name="add")([c, keras.layers.Conv2D(4, 1, name="e")(d)])   # c has two readers
-    model = keras.Model(inp, keras.layers.Flatten()(out))
+    model = keras.Model(inp, keras.layers.Flatten(name="flatten")(out))
     found = eq.plan(model)
     assert [(p.producer, p.consumer) for p in found.pairs] == [("a", "b"), ("d", "e")]     # e may feed an Add
     refused = {r["producer"]: r["reason"] for r in found.refused}
