@@ -25,9 +25,9 @@ def params_file(library: Path) -> Path:
 
 
 def write(path: Path, arrays: list[np.ndarray], library_sha256: str) -> None:
+    arrays = [np.asarray(array, order="C") for array in arrays]
     entries, offset = [], 0
     for array in arrays:
-        array = np.asarray(array, order="C")
         entries.append({"dtype": array.dtype.str, "shape": list(array.shape), "offset": offset,
                         "bytes": array.nbytes})
         offset += -(-array.nbytes // ALIGN) * ALIGN
@@ -39,7 +39,7 @@ def write(path: Path, arrays: list[np.ndarray], library_sha256: str) -> None:
         fh.write(b"\0" * (start - fh.tell()))
         for entry, array in zip(entries, arrays):
             fh.write(b"\0" * (start + entry["offset"] - fh.tell()))
-            fh.write(np.asarray(array, order="C").tobytes())
+            fh.write(array.tobytes())
     tmp.replace(path)
 
 

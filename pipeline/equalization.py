@@ -80,8 +80,9 @@ def _activation_name(fn) -> str:
     return getattr(fn, "__name__", str(fn))
 
 
-def _graph(model) -> tuple[dict, dict]:
-    """Each layer's reader layers (by output tensor), and the tensors that are model outputs."""
+def _graph(model) -> tuple[dict, dict, dict]:
+    """Each layer's reader layers (by output tensor), the tensors that are model outputs, and each layer's input
+    layers (None for a model input)."""
     readers: dict[str, list] = {layer.name: [] for layer in model.layers}
     producer_of = {id(layer.output): layer for layer in model.layers if not isinstance(layer.output, (list, tuple))}
     for layer in model.layers:
@@ -91,7 +92,11 @@ def _graph(model) -> tuple[dict, dict]:
             if source is not None and source is not layer:
                 readers[source.name].append(layer)
     outputs = {id(t) for t in model.outputs}
-    return readers, outputs
+    model_inputs = {id(t) for t in model.inputs}
+    sources = {layer.name: [None if id(t) in model_inputs else producer_of.get(id(t))
+                            for t in (layer.input if isinstance(layer.input, (list, tuple)) else [layer.input])]
+               for layer in model.layers}
+    return readers, outputs, sources
 
 
 WEIGHTS = ("conv", "separable", "dense")
@@ -105,8 +110,8 @@ class _Group:
     """The search for one group, from one producer: members (layers whose output carries the scale, at a channel
     offset or None), producers (name -> where the division happens) and consumers (name -> offset)."""
 
-    def __init__(self, model, readers: dict, outputs: set):
-        self.model, self.readers, self.outputs = model, readers, outputs
+    def __init__(self, model, readers: dict, outputs: set, sources: dict):
+        self.model, self.readers, self.outputs, self.sources = model, readers, outputs, sources
         self.members: dict[str, int | None] = {}
         self.producers: dict[str, str] = {}
         self.consumers: dict[str, int] = {}
@@ -142,7 +147,7 @@ class _Group:
                 self.producers[layer.name] = layer.name
                 self.join(layer, None)
         elif kind == "bn":
-            linear = _sources(self.model, layer)[0]
+            linear = self.sources[layer.name][0]
             if not (linear is not None and _kind(linear) in WEIGHTS and layer.scale and self.readers[linear.name] ==
                     [layer] and _activation_name(linear.activation) == "linear"):
                 raise _Refused(f"{layer.name} (BatchNormalization) is not directly on a linear layer's output")
@@ -150,7 +155,7 @@ class _Group:
             self.join(layer, None)
         elif kind in ("homogeneous", "add"):
             self.join(layer, None)
-            for inner in _sources(self.model, layer):
+            for inner in self.sources[layer.name]:
                 self.source(inner)
         else:
             raise _Refused(f"{layer.name} ({type(layer).__name__}) does not commute with a per-channel scale")
@@ -192,26 +197,20 @@ class _Group:
                     [self.consumers[c] for c in consumers])
 
 
-def _sources(model, layer) -> list:
-    """The layers that produce ``layer``'s inputs (None for a model input)."""
-    inputs = layer.input if isinstance(layer.input, (list, tuple)) else [layer.input]
-    producer_of = {id(other.output): other for other in model.layers if other is not layer}
-    return [None if id(t) in {id(i) for i in model.inputs} else producer_of.get(id(t)) for t in inputs]
-
-
 def plan(model) -> Plan:
     """The groups CLE can rescale exactly, each with its producers and consumers, and the weight layers it cannot,
     with the reason (a layer whose output reaches the model's output, such as the classifier, is left out)."""
-    readers, outputs = _graph(model)
+    readers, outputs, sources = _graph(model)
+    order = {layer.name: i for i, layer in enumerate(model.layers)}
     found, seen = Plan(), set()
     for layer in model.layers:
         if _kind(layer) not in WEIGHTS or layer.name in seen:
             continue
-        group = _Group(model, readers, outputs)
+        group = _Group(model, readers, outputs, sources)
         try:
             pair = group.search(layer)
         except _Refused as why:
-            names = sorted(set(group.producers) | {layer.name}, key=[x.name for x in model.layers].index)
+            names = sorted(set(group.producers) | {layer.name}, key=order.get)
             seen.update(names)
             if str(why) != "its output is a model output":
                 found.refused += [{"producer": n, "reason": str(why)} for n in names]
