@@ -292,12 +292,8 @@ class _AddRewriter(_Rewrite):
         a, b = m[self.a], m[self.b]
         if out_dtype != "int8" or a.ty.dtype != "int8" or b.ty.dtype != "int8":
             raise _Skip
-        zeros = [_scalar_int(m[z]) for z in (self.a_zero, self.b_zero, self.y_zero)]
-        scales = [_numpy(m[s]).astype(np.float32) for s in (self.a_scale, self.b_scale, self.y_scale)]
-        if any(z is None for z in zeros) or any(s.size != 1 for s in scales):
-            raise _Skip
-        a_zero, b_zero, y_zero = zeros
-        a_scale, b_scale, y_scale = (np.float32(s.reshape(())) for s in scales)
+        (a_zero, b_zero, y_zero), (a_scale, b_scale, y_scale) = _per_tensor(
+            m, (self.a_zero, self.b_zero, self.y_zero), (self.a_scale, self.b_scale, self.y_scale))
         ratios = (a_scale / y_scale, b_scale / y_scale)                   # float32, like XNNPACK
         if not all(ADD_RATIO_RANGE[0] <= r < ADD_RATIO_RANGE[1] for r in ratios):
             raise _Skip
@@ -332,15 +328,11 @@ class _MeanRewriter(_Rewrite):
         x, mean = m[self.x], m[self.mean]
         if str(expr.attrs.out_dtype) != "int8" or x.ty.dtype != "int8" or mean.attrs.axis is None:
             raise _Skip
-        zeros = [_scalar_int(m[z]) for z in (self.x_zero, self.y_zero)]
-        scales = [_numpy(m[s]).astype(np.float32) for s in (self.x_scale, self.y_scale)]
-        if any(z is None for z in zeros) or any(s.size != 1 for s in scales):
-            raise _Skip
+        zeros, scales = _per_tensor(m, (self.x_zero, self.y_zero), (self.x_scale, self.y_scale))
         shape = [int(d) for d in x.ty.shape]
         axes = [int(a) % len(shape) for a in mean.attrs.axis]
         n = int(np.prod([shape[a] for a in axes]))
-        scale, bias = mean_constants(float(scales[0].reshape(())), zeros[0], float(scales[1].reshape(())),
-                                     zeros[1], n)
+        scale, bias = mean_constants(float(scales[0]), zeros[0], float(scales[1]), zeros[1], n)
         total = relax.op.sum(relax.op.astype(x, "int32"), axis=axes, keepdims=bool(mean.attrs.keepdims))
         # LiteRT rounds the product to float32 before adding the bias. TVM's LLVM code generator fuses a float32
         # multiply and add into one FMA where the CPU has it (one rounding: the near-tie above goes the other way),
@@ -357,6 +349,15 @@ def mean_constants(x_scale: float, x_zero: int, y_scale: float, y_zero: int, n: 
     f = np.float32
     scale = f(f(x_scale) / (f(y_scale) * f(n)))
     return scale, f(f(y_zero) - f(n * x_zero) * scale)
+
+
+def _per_tensor(m, zero_patterns, scale_patterns) -> tuple[list[int], list[np.float32]]:
+    """The matched zero points and float32 scales, each one value (per-tensor quantization), or _Skip."""
+    zeros = [_scalar_int(m[z]) for z in zero_patterns]
+    scales = [_numpy(m[s]).astype(np.float32) for s in scale_patterns]
+    if any(z is None for z in zeros) or any(s.size != 1 for s in scales):
+        raise _Skip
+    return zeros, [np.float32(s.reshape(())) for s in scales]
 
 
 class _Skip(Exception):

@@ -20,7 +20,8 @@ def lift(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[np.ndarray]]:
     if not mutator.arrays:
         return mod, []
     lifted = tvm.IRModule(dict(mod.functions_items()), attrs=mod.attrs, global_infos=mod.global_infos)
-    lifted["main"] = relax.Function(list(func.params) + mutator.params, body, None, func.is_pure, func.attrs)
+    params = [param for _, param in mutator.lifted]
+    lifted["main"] = relax.Function(list(func.params) + params, body, None, func.is_pure, func.attrs)
     return lifted, mutator.arrays
 
 
@@ -28,7 +29,6 @@ def lift(mod: tvm.IRModule) -> tuple[tvm.IRModule, list[np.ndarray]]:
 class _Lifter(relax.PyExprMutator):
     def __init__(self, mod):
         super().__init__(mod)
-        self.params: list = []
         self.arrays: list[np.ndarray] = []
         self.lifted: list = []               # (the constant's tensor, its parameter)
 
@@ -39,8 +39,7 @@ class _Lifter(relax.PyExprMutator):
         for tensor, param in self.lifted:    # a constant used twice is one parameter
             if tensor.same_as(op.value):
                 return param
-        param = relax.Var(f"w{len(self.params)}", op.ty)
+        param = relax.Var(f"w{len(self.lifted)}", op.ty)
         self.lifted.append((op.value, param))
-        self.params.append(param)
         self.arrays.append(value)
         return param
