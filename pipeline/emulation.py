@@ -45,17 +45,28 @@ class Emulator:
                              "TF_CPP_MIN_LOG_LEVEL": "2"}
 
     def set_core(self, core: str, cores: int) -> None:
-        if core not in CORES:
-            raise MissingDependencyError(f"no emulated cpuinfo for core {core!r}; known: {', '.join(CORES)}")
-        part, features = CORES[core]
-        block = (f"processor\t: {{i}}\nBogoMIPS\t: 108.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\n"
-                 f"CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: {part}\nCPU revision\t: 0\n\n")
+        text = cpuinfo(core, cores)
         (self.sysroot / "proc").mkdir(exist_ok=True)
-        (self.sysroot / "proc" / "cpuinfo").write_text("".join(block.format(i=i) for i in range(cores)))
-        cpu = self.sysroot / "sys/devices/system/cpu"
-        cpu.mkdir(parents=True, exist_ok=True)
-        for name in ("possible", "present", "online"):
-            (cpu / name).write_text(f"0-{cores - 1}\n")
+        (self.sysroot / "proc" / "cpuinfo").write_text(text)
+        cpu_lists(self.sysroot, cores)
+
+
+def cpuinfo(core: str, cores: int) -> str:
+    """The /proc/cpuinfo Linux prints on a board of ``cores`` of ``core``."""
+    if core not in CORES:
+        raise MissingDependencyError(f"no emulated cpuinfo for core {core!r}; known: {', '.join(CORES)}")
+    part, features = CORES[core]
+    block = (f"processor\t: {{i}}\nBogoMIPS\t: 108.00\nFeatures\t: {features}\nCPU implementer\t: 0x41\n"
+             f"CPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: {part}\nCPU revision\t: 0\n\n")
+    return "".join(block.format(i=i) for i in range(cores))
+
+
+def cpu_lists(root: Path, cores: int) -> None:
+    """/sys/devices/system/cpu/{possible,present,online} under ``root`` (XNNPACK reads them)."""
+    cpu = root / "sys/devices/system/cpu"
+    cpu.mkdir(parents=True, exist_ok=True)
+    for name in ("possible", "present", "online"):
+        (cpu / name).write_text(f"0-{cores - 1}\n")
 
 
 def ensure_emulator(cache_dir: Path, progress: Progress) -> Emulator:

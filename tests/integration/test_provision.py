@@ -5,6 +5,7 @@ from __future__ import annotations
 import getpass
 import json
 import re
+from pathlib import Path
 
 import pytest
 
@@ -78,3 +79,97 @@ def test_provisioned_board_runs_the_recorded_runtimes_and_refuses_a_changed_one(
     with pytest.raises(BenchError, match=r"the runtime environment `make provision` installed has changed: psutil "
                                          r"is 0\.0\.1 where [\d.]+ was installed; run `make provision TARGET=host"):
         run_over_ssh(build, board["dest"], RUNNER, board["port"], board["options"], log=lambda m: None)
+
+
+# -- the emulated arm64 board (tests/emulated_board.py): a Cortex-A72, what make verify emulates for rpi4 --------
+ARM_CORE = "cortex-a72"
+INT8 = ["tiny_int8.tflite", "tiny_int8.onnx", "tiny_int8.so"]
+
+
+@pytest.fixture(scope="module")
+def arm_board(tmp_path_factory, emulator_cache):
+    from pipeline.progress import Progress
+    from tests.emulated_board import binfmt_entry, prepare_board, static_qemu
+
+    work = tmp_path_factory.mktemp("arm-board")
+    progress = Progress(quiet=True)
+    with binfmt_entry(static_qemu(emulator_cache, progress)):
+        script = prepare_board(work, emulator_cache, ARM_CORE, 4, progress)
+        server = start_sshd(work, force_command=f"sh {script}")
+        info = next(server)
+        yield info | {"home": work / "root" / "root", "dest": f"{getpass.getuser()}@127.0.0.1"}
+        next(server, None)
+
+
+def _board_logits(board, build, art, folder: str) -> bytes:
+    """Run one artifact on the board as make verify's emulated child runs it (one pass, --save-logits), in the
+    provisioned environment; the logits file's bytes."""
+    import base64
+    from pathlib import PurePosixPath
+
+    from benchmarks.run import ONE_PASS, child_command
+    from benchmarks.ssh import Remote
+
+    remote = Remote(board["dest"], board["port"], board["options"])
+    python = str(PurePosixPath("/root/.xception-edge/current/bin/python"))
+    here = PurePosixPath(folder) / build.name
+    cmd = child_command(here, art, 1, ONE_PASS, 24, PurePosixPath(folder) / "one.json", [python],
+                        PurePosixPath(folder) / "logits.npy")
+    remote.run(["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", folder, *cmd])
+    return base64.b64decode(remote.run(["base64", f"{folder}/logits.npy"]))
+
+
+def test_emulated_arm64_board_is_provisioned_and_benches_make_verifys_bits(cli, arm_board, emulator_cache, tiny_build,
+                                                                           tmp_path):
+    import io
+    import tarfile
+
+    import numpy as np
+
+    from benchmarks.run import ONE_PASS, child_command
+    from benchmarks.ssh import Remote, run_over_ssh
+    from pipeline.board_wheels import cached_wheels
+    from pipeline.emulation import ensure_emulator
+    from pipeline.progress import Progress
+    from pipeline.verify_runs import run_child
+
+    # a board whose CPU lacks the target's int8 instructions: refused before anything is written
+    code, out, err = provision(cli, arm_board, emulator_cache, target="rpi5")
+    assert code == 2 and re.fullmatch(r"error: DEVICE=\S+: the board's CPU lacks asimddp \(dotprod\), asimdhp \(fp16\), "
+                                      r"which target rpi5's libraries use \(int8 sdot\); pick the target of this "
+                                      r"board; nothing was changed on the board", err.strip()), err
+    assert list(arm_board["home"].iterdir()) == []
+
+    code, out, err = provision(cli, arm_board, emulator_cache, target="rpi4")
+    assert code == 0, err
+    wheels = cached_wheels(emulator_cache, "aarch64")
+    record = json.loads((arm_board["home"] / ".xception-edge/current/xception-edge-env.json").read_text())
+    assert record["set_id"] == wheels.id and record["arch"] == "aarch64"
+    assert {p["wheel"]: p["wheel_sha256"] for p in record["packages"]} == {w["file"]: w["sha256"] for w in wheels.wheels}
+
+    options, _ = tiny_build("rpi4")
+    build = options.out_dir / "rpi4"
+    remote = run_over_ssh(build, arm_board["dest"], RUNNER, arm_board["port"], arm_board["options"],
+                          log=lambda m: None, expected_set=wheels.id)
+    assert remote["runtime_env"]["verified"] and remote["device"]["machine"] == "aarch64", remote["runtime_env"]
+    assert sorted(r["file"] for r in remote["results"]) == sorted(INT8)
+    assert all(r["verified_runtime"] for r in remote["results"]), [r.get("runtime_note") for r in remote["results"]]
+
+    # the same int8 outputs, bit for bit, as make verify's emulated run of each file (its sysroot, its qemu)
+    emulator = ensure_emulator(emulator_cache, Progress(quiet=True))
+    emulator.set_core(ARM_CORE, 4)
+    board = Remote(arm_board["dest"], arm_board["port"], arm_board["options"])
+    folder = board.run(["mktemp", "-d", "/tmp/verify-bits.XXXXXX"]).strip()
+    bundle = io.BytesIO()
+    with tarfile.open(fileobj=bundle, mode="w") as tar:
+        tar.add(build, arcname=build.name)
+        tar.add(Path(__file__).resolve().parents[2] / "benchmarks", arcname="benchmarks")
+    board.run(["tar", "-C", folder, "-xf", "-"], stdin=bundle.getvalue())
+    manifest = json.loads((build / "manifest.json").read_text())
+    for art in (a for a in manifest["artifacts"] if a["file"] in INT8):
+        code, stderr, _ = run_child(child_command(build, art, 1, ONE_PASS, 24, tmp_path / "v.json", emulator.python(),
+                                                  tmp_path / "v.npy"), emulator.env(ARM_CORE))
+        assert code == 0, stderr[-500:]
+        on_board = np.load(io.BytesIO(_board_logits(arm_board, build, art, folder)))
+        assert on_board.dtype == np.float32 and on_board.any() and on_board.shape == np.load(tmp_path / "v.npy").shape
+        assert np.array_equal(on_board, np.load(tmp_path / "v.npy")), art["file"]
