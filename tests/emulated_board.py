@@ -95,5 +95,46 @@ def prepare_board(work: Path, cache_dir: Path, core: str, cores: int, progress: 
     cpu_lists(root, cores)
     (work / "cpuinfo").write_text(cpuinfo(core, cores))
     script = work / "session.sh"
-    script.write_text(SESSION.format(chroot=shutil.which("chroot") or "/usr/sbin/chroot", root=root, cpuinfo=work / "cpuinfo", qemu_cpu=QEMU_MODEL.get(core, core)))
+    script.write_text(SESSION.format(chroot=shutil.which("chroot") or "/usr/sbin/chroot", root=root,
+                                     cpuinfo=work / "cpuinfo", qemu_cpu=QEMU_MODEL.get(core, core)))
     return script
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m tests.emulated_board [--core C] [--cores N] DIR`: serve an emulated board until Ctrl-C, for trying
+    `make provision` and `make bench DEVICE=` by hand (the command lines to use are printed)."""
+    import argparse
+    import signal
+
+    from pipeline.compile_options import default_cache_dir
+    from pipeline.emulation import CORES
+    from tests.conftest import start_sshd
+
+    p = argparse.ArgumentParser(prog="python -m tests.emulated_board", description=main.__doc__)
+    p.add_argument("--core", default="cortex-a72", choices=sorted(CORES))
+    p.add_argument("--cores", type=int, default=4)
+    p.add_argument("--cache-dir", type=Path, default=default_cache_dir())
+    p.add_argument("dir", type=Path, help="a new folder for the board (its root, keys, sshd config)")
+    args = p.parse_args(argv)
+    args.dir.mkdir(parents=True)
+    progress = Progress()
+    with binfmt_entry(static_qemu(args.cache_dir, progress)):
+        script = prepare_board(args.dir.resolve(), args.cache_dir, args.core, args.cores, progress)
+        server = start_sshd(args.dir.resolve(), force_command=f"sh {script}")
+        info = next(server)
+        opts = " ".join(info["options"])
+        print(f"an emulated {args.core} board ({args.cores} cores) on 127.0.0.1:{info['port']}; try:\n"
+              f"  make provision TARGET=rpi4 DEVICE=root@127.0.0.1 PORT={info['port']} SSH_OPTS='{opts}'\n"
+              f"  make bench TARGET=rpi4 DEVICE=root@127.0.0.1 PORT={info['port']} SSH_OPTS='{opts}'\n"
+              f"Ctrl-C stops it (its root stays in {args.dir / 'root'})", flush=True)
+        try:
+            signal.pause()
+        except KeyboardInterrupt:
+            pass
+        finally:
+            next(server, None)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -55,3 +55,67 @@ def test_scheduled_functions_match_unscheduled(tflite_models, precision):
         np.testing.assert_array_equal(outputs[0], outputs[1], err_msg=name)
         scheduled += 1
     assert scheduled >= 4          # convolutions and element-wise chains were really scheduled
+
+
+# (H, W, Cin, Cout, kernel, groups): each register-tile branch of ConvLike (pipeline/tvm/schedules.py register_tile)
+TILES = [(6, 6, 8, 24, 1, 1),       # 36 pixels: 6 rows; 24 channels: 8 lanes
+         (3, 3, 16, 40, 1, 1),      # 9 pixels: 9 rows (no divisor in 4..6)
+         (7, 7, 16, 32, 1, 1),      # 49 pixels, prime-like: 7 rows (past the registers on AVX2)
+         (7, 7, 24, 24, 3, 24),     # depthwise, width 7: a predicated tail
+         (5, 7, 8, 16, 3, 1)]       # a 3x3 convolution, width 7
+
+
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+def test_register_tiles_compute_what_the_unscheduled_convolution_computes(mcpu):
+    import tvm
+    from tvm import relax
+
+    from pipeline.tvm.schedules import ConvLike, register_tile
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
+    flags = open("/proc/cpuinfo").read().split()
+    if ("avx512f" if mcpu == "skylake-avx512" else "avx2") not in flags:
+        pytest.skip(f"this CPU cannot run {mcpu} code")
+    rng = np.random.default_rng(3)
+    rows_seen = set()
+    for h, w, ci, co, k, groups in TILES:
+        x = relax.Var("x", relax.TensorType((1, h, w, ci), "float32"))
+        kernel = rng.standard_normal((k, k, ci // groups, co)).astype("float32")
+        weights = relax.const(kernel)
+        bb = relax.BlockBuilder()
+        with bb.function("main", [x]):
+            y = bb.emit(relax.op.nn.relu(relax.op.nn.conv2d(x, weights, padding=k // 2, groups=groups,
+                                                            data_layout="NHWC", kernel_layout="HWIO")))
+            bb.emit_func_output(y)
+        mod = relax.transform.LegalizeOps()(bb.get())
+        (func,) = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc) and "conv" in str(f)]
+        sch = ConvLike().apply(func, target, False)
+        assert sch is not None, (h, w, ci, co, k)
+        rows_seen.add(register_tile(co, h * w if k == 1 else w, k == 1, target)[1])
+        data = rng.standard_normal((1, h, w, ci)).astype("float32")
+        outputs = []
+        for fn in (func, sch.mod["main"]):
+            lib = tvm.compile(tvm.IRModule({"main": fn.with_attr("global_symbol", "main")}), target=target)
+            args = [tvm.runtime.tensor(data), tvm.runtime.tensor(kernel),
+                    tvm.runtime.tensor(np.zeros((1, h, w, co), "float32"))]
+            lib["main"](*args)
+            outputs.append(args[-1].numpy())
+        np.testing.assert_array_equal(outputs[0], outputs[1], err_msg=str((h, w, ci, co, k, groups)))
+    assert {9, 7, 6} <= rows_seen           # the branches were really taken
+
+
+@pytest.mark.parametrize("mcpu,channels,pixels,pointwise,expected", [
+    ("haswell", 728, 81, True, (8, 9)),           # AVX2: 16 registers; 728 channels take 8 lanes
+    ("haswell", 256, 324, True, (16, 6)),         # 16 floats = 2 registers each: 6 rows fill 12
+    ("haswell", 728, 361, True, (8, 19)),         # 19x19: the next divisor, past the registers
+    ("haswell", 728, 19, False, (8, 6)),          # a 3x3 kernel on width 19: a predicated tail
+    ("skylake-avx512", 728, 81, True, (8, 27)),   # 32 registers
+    ("skylake-avx512", 1536, 25, True, (16, 5)),
+])
+def test_register_tile_fits_the_target(mcpu, channels, pixels, pointwise, expected):
+    import tvm
+
+    from pipeline.tvm.schedules import register_tile
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "mtriple": "x86_64-linux-gnu"})
+    assert register_tile(channels, pixels, pointwise, target) == expected
