@@ -13,7 +13,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.errors import ConfigError
+from pipeline.errors import ConfigError, StageError
 from pipeline.host_tools import build_once, run_tool
 from pipeline.progress import Progress
 from pipeline.versions import tool_versions
@@ -99,10 +99,15 @@ def ensure_wheels(cache_dir: Path, arch: str, progress: Progress) -> WheelSet:
     def build(root: Path, scratch: Path) -> str:
         progress.log(f"downloading the {arch} runtime wheels for CPython {PYTHON}: {' '.join(wanted)} "
                      f"(once, cached in {folder})")
-        run_tool([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
-                  "--only-binary=:all:", "--python-version", PYTHON, "--implementation", "cp",
-                  *[a for p in PLATFORMS[arch] for a in ("--platform", p)], "-c", str(LOCK), "--dest", str(root),
-                  *wanted], f"{arch} runtime wheels: pip download")
+        command = [sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check",
+                   "--only-binary=:all:", "--python-version", PYTHON, "--implementation", "cp",
+                   *[a for p in PLATFORMS[arch] for a in ("--platform", p)], "-c", str(LOCK), "--dest", str(root),
+                   *wanted]
+        try:
+            run_tool(command, f"{arch} runtime wheels: pip download")
+        except StageError as err:     # once seen: the registry sent a file whose sha256 was not its own
+            progress.warn(f"{err}; downloading once more")
+            run_tool(command, f"{arch} runtime wheels: pip download (second try)")
         run_tool([sys.executable, "-m", "pip", "download", "--quiet", "--disable-pip-version-check", "--no-deps",
                   "--only-binary=:all:", "--dest", str(scratch), f"pip=={pip_version}"], "pip's wheel: pip download")
         (root / "installer").mkdir()
