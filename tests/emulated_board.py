@@ -126,7 +126,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"an emulated {args.core} board ({args.cores} cores) on 127.0.0.1:{info['port']}; try:\n"
               f"  make provision TARGET=rpi4 DEVICE=root@127.0.0.1 PORT={info['port']} SSH_OPTS='{opts}'\n"
               f"  make bench TARGET=rpi4 DEVICE=root@127.0.0.1 PORT={info['port']} SSH_OPTS='{opts}'\n"
-              f"Ctrl-C stops it (its root stays in {args.dir / 'root'})", flush=True)
+              f"Ctrl-C or kill stops it (its root stays in {args.dir / 'root'})", flush=True)
+        def stop(*_):
+            raise KeyboardInterrupt
+
+        signal.signal(signal.SIGTERM, stop)     # kill, or Ctrl-C: the binfmt entry and sshd go with it
+        signal.signal(signal.SIGINT, stop)      # (a shell's background job ignores SIGINT otherwise)
         try:
             signal.pause()
         except KeyboardInterrupt:
