@@ -44,7 +44,7 @@ class Remote:
         return done.stdout.decode(errors="replace")
 
 
-def _bundle(build_dir: Path) -> bytes:
+def bundle(build_dir: Path) -> bytes:
     """A tar of build/<target>/ (results of earlier runs left out) and the runner package."""
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w") as tar:
@@ -112,7 +112,7 @@ def run_over_ssh(build_dir: Path, dest: str, runner_args: list[str], port: int |
     folder = remote.run(["mktemp", "-d", "/tmp/xception-edge.XXXXXX"]).strip()
     try:
         log(f"pushing {build_dir} and the runner to {dest}:{folder}")
-        remote.run(["tar", "-C", folder, "-xf", "-"], stdin=_bundle(build_dir))
+        remote.run(["tar", "-C", folder, "-xf", "-"], stdin=bundle(build_dir))
         log(f"running the benchmark on {dest}")
         out = f"{folder}/result.json"
         remote.run(["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", folder, env["python"], "-m", "benchmarks.run",

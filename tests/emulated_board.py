@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.emulation import QEMU_MODEL, SUITE, cpu_lists, cpuinfo
+from pipeline.emulation import CORES, QEMU_MODEL, SUITE, cpu_lists, cpuinfo
 from pipeline.host_tools import build_once, ensure_tool, run_tool
 from pipeline.progress import Progress
 
@@ -107,7 +107,6 @@ def main(argv: list[str] | None = None) -> int:
     import signal
 
     from pipeline.compile_options import default_cache_dir
-    from pipeline.emulation import CORES
     from tests.conftest import start_sshd
 
     p = argparse.ArgumentParser(prog="python -m tests.emulated_board", description=main.__doc__)
@@ -127,6 +126,7 @@ def main(argv: list[str] | None = None) -> int:
               f"  make provision TARGET=rpi4 DEVICE=root@127.0.0.1 PORT={info['port']} SSH_OPTS='{opts}'\n"
               f"  make bench TARGET=rpi4 DEVICE=root@127.0.0.1 PORT={info['port']} SSH_OPTS='{opts}'\n"
               f"Ctrl-C or kill stops it (its root stays in {args.dir / 'root'})", flush=True)
+
         def stop(*_):
             raise KeyboardInterrupt
 

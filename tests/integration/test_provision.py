@@ -5,7 +5,6 @@ from __future__ import annotations
 import getpass
 import json
 import re
-from pathlib import Path
 
 import pytest
 
@@ -101,20 +100,17 @@ def arm_board(tmp_path_factory, emulator_cache):
         next(server, None)
 
 
-def _board_logits(board, build, art, folder: str) -> bytes:
+def _board_logits(remote, build, art, folder: str) -> bytes:
     """Run one artifact on the board as make verify's emulated child runs it (one pass, --save-logits), in the
     provisioned environment; the logits file's bytes."""
     import base64
     from pathlib import PurePosixPath
 
     from benchmarks.run import ONE_PASS, child_command
-    from benchmarks.ssh import Remote
 
-    remote = Remote(board["dest"], board["port"], board["options"])
-    python = str(PurePosixPath("/root/.xception-edge/current/bin/python"))
-    here = PurePosixPath(folder) / build.name
-    cmd = child_command(here, art, 1, ONE_PASS, 24, PurePosixPath(folder) / "one.json", [python],
-                        PurePosixPath(folder) / "logits.npy")
+    here = PurePosixPath(folder)
+    cmd = child_command(here / build.name, art, 1, ONE_PASS, 24, here / "one.json",
+                        ["/root/.xception-edge/current/bin/python"], here / "logits.npy")
     remote.run(["sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", folder, *cmd])
     return base64.b64decode(remote.run(["base64", f"{folder}/logits.npy"]))
 
@@ -122,12 +118,11 @@ def _board_logits(board, build, art, folder: str) -> bytes:
 def test_emulated_arm64_board_is_provisioned_and_benches_make_verifys_bits(cli, arm_board, emulator_cache, tiny_build,
                                                                            tmp_path):
     import io
-    import tarfile
 
     import numpy as np
 
     from benchmarks.run import ONE_PASS, child_command
-    from benchmarks.ssh import Remote, run_over_ssh
+    from benchmarks.ssh import Remote, bundle, run_over_ssh
     from pipeline.board_wheels import cached_wheels
     from pipeline.emulation import ensure_emulator
     from pipeline.progress import Progress
@@ -160,16 +155,13 @@ def test_emulated_arm64_board_is_provisioned_and_benches_make_verifys_bits(cli, 
     emulator.set_core(ARM_CORE, 4)
     board = Remote(arm_board["dest"], arm_board["port"], arm_board["options"])
     folder = board.run(["mktemp", "-d", "/tmp/verify-bits.XXXXXX"]).strip()
-    bundle = io.BytesIO()
-    with tarfile.open(fileobj=bundle, mode="w") as tar:
-        tar.add(build, arcname=build.name)
-        tar.add(Path(__file__).resolve().parents[2] / "benchmarks", arcname="benchmarks")
-    board.run(["tar", "-C", folder, "-xf", "-"], stdin=bundle.getvalue())
+    board.run(["tar", "-C", folder, "-xf", "-"], stdin=bundle(build))          # the build and the runner, as bench
+
     manifest = json.loads((build / "manifest.json").read_text())
     for art in (a for a in manifest["artifacts"] if a["file"] in INT8):
         code, stderr, _ = run_child(child_command(build, art, 1, ONE_PASS, 24, tmp_path / "v.json", emulator.python(),
                                                   tmp_path / "v.npy"), emulator.env(ARM_CORE))
         assert code == 0, stderr[-500:]
-        on_board = np.load(io.BytesIO(_board_logits(arm_board, build, art, folder)))
+        on_board = np.load(io.BytesIO(_board_logits(board, build, art, folder)))
         assert on_board.dtype == np.float32 and on_board.any() and on_board.shape == np.load(tmp_path / "v.npy").shape
         assert np.array_equal(on_board, np.load(tmp_path / "v.npy")), art["file"]
