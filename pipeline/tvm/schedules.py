@@ -13,6 +13,7 @@ from tvm.s_tir.dlight.cpu.base import CPUScheduleRule
 from tvm.target.codegen import llvm_get_vector_width, target_has_features
 
 ROWS = 6          # measured on a Zen 4 at AVX2 and AVX-512: 6 rows run 1x1 convolutions at 110-115 GFLOP/s
+CHUNK_BYTES = 256 * 1024   # weights per chunk; 64 KB to 1 MB measured within 5% of each other (Xeon, 2026-12-05)
 
 
 def vector_lanes(target, bits: int = 32) -> int:
@@ -67,25 +68,37 @@ def register_tile(channels: int, pixels, pointwise: bool, target) -> tuple[int, 
     """(lanes, rows) of a convolution's register tile: ``rows`` output pixels x one vector of ``lanes`` output
     channels, each weight vector loaded once per reduction step and used by every row. The vector is the widest
     that divides the channels (728 = 91 x 8: no predicated tail). Rows: up to 6 that divide the pixels where 4
-    or more do, else the largest divisor the registers hold (a 9x9 map: 9, not 1). A 1x1 kernel's tail would be
-    predicated on every pixel (3-5x slower): a prime count takes its next divisor even past the registers (19 of
-    a 19x19 map spill on AVX2, and still run 1.5x faster than 1); a larger kernel's tail costs little."""
+    or more do, else the largest divisor the registers hold (a 9x9 map: 9, not 1). Else, for a 1x1 kernel, as
+    many as the registers hold: ConvLike then cuts the width into parts of at most that (a predicated tail
+    would test every pixel, 3-5x slower, and 19 rows of a 19x19 map spill on AVX2); a larger kernel's predicated
+    tail costs little."""
     widest = vector_lanes(target)
     lanes = next((w for w in (widest, widest // 2, widest // 4) if w >= 2 and channels % w == 0), 0)
     if not lanes:                               # odd or narrow channels: a shorter vector, a predicated tail
         return min(widest, 1 << (channels.bit_length() - 1)), 1
     if not isinstance(pixels, int):
         return lanes, 1
-    bits = register_bits(target)
-    registers = 32 if bits >= 512 or _is_arm(target) else 16       # AVX-512 and NEON: 32; AVX2, SSE: 16
-    fit = (registers - 3) // max(1, lanes * 32 // bits)      # accumulators, less a weight vector and an input
-    divisors = [r for r in range(1, min(pixels, 2 * fit) + 1) if pixels % r == 0]
+    fit = registers_fit(lanes, target)
+    divisors = [r for r in range(1, min(pixels, fit) + 1) if pixels % r == 0]
     rows = max(r for r in divisors if r <= min(ROWS, fit))
     if rows < 4:
-        rows = max(r for r in divisors if r <= fit)
+        rows = max(divisors)
     if rows < 4:
-        rows = min([r for r in divisors if r >= 4] or [1]) if pointwise else min(pixels, ROWS)
+        rows = min(pixels, fit if pointwise else ROWS)
     return lanes, rows
+
+
+def registers_fit(lanes: int, target) -> int:
+    """How many rows of ``lanes``-wide accumulators the vector registers hold, less a weight vector and an input."""
+    bits = register_bits(target)
+    registers = 32 if bits >= 512 or _is_arm(target) else 16       # AVX-512 and NEON: 32; AVX2, SSE: 16
+    return (registers - 3) // max(1, lanes * 32 // bits)
+
+
+def width_parts(width: int, rows: int) -> list[int]:
+    """A width cut into the fewest nearly equal parts of at most ``rows`` pixels (19 by 13: 10 and 9)."""
+    count = -(-width // rows)
+    return [width // count + (1 if i < width % count else 0) for i in range(count)]
 
 
 def _is_arm(target) -> bool:
@@ -124,17 +137,25 @@ class ConvLike(CPUScheduleRule):
         # a 1x1 kernel reads its input pixels in order: all pixels are one loop, tiled; a larger kernel is tiled
         # along the width only (a fused index would cost a division and the padding's test on every load)
         pointwise = all(get_extent(sch, r) == 1 for r in r_loops[:-1])
+        extents = [get_extent(sch, loop) for loop in s_loops[:-1]]
+        count = _product(extents) if pointwise or spatial == 2 else extents[-1]
+        lanes, rows = register_tile(channels, count, pointwise, target)
+        chunk = weight_chunk(channels // lanes if channels % lanes == 0 else 0,
+                             _product([get_extent(sch, r) for r in r_loops]), lanes)
+        if isinstance(count, int) and count % rows and pointwise and spatial > 2:
+            return _in_width_parts(sch, s_loops, len(r_loops), lanes, rows, chunk, epilogue)
         outer = None
         if pointwise or spatial == 2:
             pixels = sch.fuse(*s_loops[:-1]) if spatial > 2 else s_loops[0]
         else:
             outer, pixels = (sch.fuse(*s_loops[:-2]) if spatial > 3 else s_loops[0]), s_loops[-2]
-        lanes, rows = register_tile(channels, get_extent(sch, pixels), pointwise, target)
-        co, ci = sch.split(s_loops[-1], factors=[None, lanes])
+        if chunk:
+            cc, co, ci = sch.split(s_loops[-1], factors=[None, chunk, lanes])
+        else:
+            cc, (co, ci) = None, sch.split(s_loops[-1], factors=[None, lanes])
         po, pi = sch.split(pixels, factors=[None, rows])
-        sch.reorder(*([outer] if outer is not None else []), po, co, *r_loops, pi, ci)
-        if outer is not None:
-            po = sch.fuse(outer, po)
+        sch.reorder(*[l for l in (cc, outer) if l is not None], po, co, *r_loops, pi, ci)
+        po = sch.fuse(*[l for l in (cc, outer, po) if l is not None])
         sch.parallel(po)
         sch.vectorize(ci)
         if rows > 1:
@@ -146,6 +167,54 @@ class ConvLike(CPUScheduleRule):
         except Exception:  # noqa: BLE001 - an epilogue that cannot follow the tile: leave the function alone
             return None
         return sch
+
+
+def weight_chunk(blocks: int, reduction, lanes: int) -> int:
+    """Channel blocks per weight chunk: the outermost loop takes chunks whose weights stay in the L2 cache, so
+    every pixel tile reuses them there (728x728 weights, 2.1 MB, were read again from L3 per tile)."""
+    budget = CHUNK_BYTES
+    if not blocks or not isinstance(reduction, int) or reduction * blocks * lanes * 4 <= budget:
+        return 0
+    return max([d for d in range(1, blocks + 1) if blocks % d == 0 and reduction * d * lanes * 4 <= budget] or [1])
+
+
+def _product(extents):
+    out = 1
+    for extent in extents:
+        if not isinstance(extent, int):
+            return extent
+        out *= extent
+    return out
+
+
+def _in_width_parts(sch, s_loops, reductions: int, lanes: int, rows: int, chunk: int, epilogue):
+    """A 1x1 convolution whose pixel count has no divisor the registers hold (19x19 on AVX2, 37x37 on both ISAs):
+    image rows in parallel, each row's width cut into parts of at most ``rows`` pixels, one register tile each
+    (TVM's loop_partition: no predicate), and the epilogue after each image row."""
+    outer = sch.fuse(*s_loops[:-2]) if len(s_loops) > 3 else s_loops[0]
+    if chunk:                                 # weight chunks outermost, as in ConvLike's main path
+        cc, rest = sch.split(s_loops[-1], factors=[None, chunk * lanes])
+        sch.reorder(cc, outer, s_loops[-2], rest)
+        outer = sch.fuse(cc, outer)
+    for rv in epilogue:
+        sch.reverse_compute_at(rv, outer)
+    parts = width_parts(get_extent(sch, s_loops[-2]), rows)
+    loops = sch.loop_partition(s_loops[-2], parts[:-1] + [None]) if len(parts) > 1 else [s_loops[-2]]
+    for loop in loops:
+        (block,) = sch.get_child_blocks(loop)
+        nest = sch.get_loops(block)
+        width, channel, reduce = nest[-reductions - 2], nest[-reductions - 1], nest[-reductions:]
+        co, ci = sch.split(channel, factors=[None, lanes])
+        sch.reorder(co, *reduce, width, ci)
+        sch.vectorize(ci)
+        sch.unroll(width)
+        sch.decompose_reduction(block, reduce[0])
+    for rv in epilogue:
+        last = sch.get_loops(rv)[-1]
+        if isinstance(get_extent(sch, last), int) and get_extent(sch, last) % lanes == 0:
+            sch.vectorize(sch.split(last, factors=[None, lanes])[1])
+    sch.parallel(outer)
+    return sch
 
 
 def default_schedules():

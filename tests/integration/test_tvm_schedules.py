@@ -62,7 +62,11 @@ TILES = [(6, 6, 8, 24, 1, 1),       # 36 pixels: 6 rows; 24 channels: 8 lanes
          (3, 3, 16, 40, 1, 1),      # 9 pixels: 9 rows (no divisor in 4..6)
          (7, 7, 16, 32, 1, 1),      # 49 pixels, prime-like: 7 rows (past the registers on AVX2)
          (7, 7, 24, 24, 3, 24),     # depthwise, width 7: a predicated tail
-         (5, 7, 8, 16, 3, 1)]       # a 3x3 convolution, width 7
+         (5, 7, 8, 16, 3, 1),       # a 3x3 convolution, width 7
+         (17, 17, 8, 8, 1, 1),      # 289 pixels: no divisor in 4..13 on AVX2, the width in parts of 9 and 8
+         (31, 31, 8, 8, 1, 1),      # 961 pixels: no divisor in 4..29 on AVX-512, parts of 16 and 15
+         (4, 4, 256, 512, 1, 1),    # 512 KB of weights: chunks of 256 KB outermost
+         (17, 17, 256, 512, 1, 1)]  # both
 
 
 @pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
@@ -70,14 +74,14 @@ def test_register_tiles_compute_what_the_unscheduled_convolution_computes(mcpu):
     import tvm
     from tvm import relax
 
-    from pipeline.tvm.schedules import ConvLike, register_tile
+    from pipeline.tvm.schedules import ConvLike, register_tile, weight_chunk
 
     target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
     flags = open("/proc/cpuinfo").read().split()
     if ("avx512f" if mcpu == "skylake-avx512" else "avx2") not in flags:
         pytest.skip(f"this CPU cannot run {mcpu} code")
     rng = np.random.default_rng(3)
-    rows_seen = set()
+    rows_seen, parts_seen, chunks_seen = set(), set(), set()
     for h, w, ci, co, k, groups in TILES:
         x = relax.Var("x", relax.TensorType((1, h, w, ci), "float32"))
         kernel = rng.standard_normal((k, k, ci // groups, co)).astype("float32")
@@ -91,7 +95,10 @@ def test_register_tiles_compute_what_the_unscheduled_convolution_computes(mcpu):
         (func,) = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc) and "conv" in str(f)]
         sch = ConvLike().apply(func, target, False)
         assert sch is not None, (h, w, ci, co, k)
-        rows_seen.add(register_tile(co, h * w if k == 1 else w, k == 1, target)[1])
+        lanes, rows = register_tile(co, h * w if k == 1 else w, k == 1, target)
+        rows_seen.add(rows)
+        parts_seen.add(k == 1 and (h * w) % rows != 0)
+        chunks_seen.add(weight_chunk(co // lanes, k * k * ci // groups, lanes) > 0)
         data = rng.standard_normal((1, h, w, ci)).astype("float32")
         outputs = []
         for fn in (func, sch.mod["main"]):
@@ -101,13 +108,13 @@ def test_register_tiles_compute_what_the_unscheduled_convolution_computes(mcpu):
             lib["main"](*args)
             outputs.append(args[-1].numpy())
         np.testing.assert_array_equal(outputs[0], outputs[1], err_msg=str((h, w, ci, co, k, groups)))
-    assert {9, 7, 6} <= rows_seen           # the branches were really taken
+    assert {9, 7, 6} <= rows_seen and parts_seen == chunks_seen == {True, False}   # every branch was taken
 
 
 @pytest.mark.parametrize("mcpu,channels,pixels,pointwise,expected", [
     ("haswell", 728, 81, True, (8, 9)),           # AVX2: 16 registers; 728 channels take 8 lanes
     ("haswell", 256, 324, True, (16, 6)),         # 16 floats = 2 registers each: 6 rows fill 12
-    ("haswell", 728, 361, True, (8, 19)),         # 19x19: the next divisor, past the registers
+    ("haswell", 728, 361, True, (8, 13)),         # 19x19: as many as the registers hold (the width in parts)
     ("haswell", 728, 19, False, (8, 6)),          # a 3x3 kernel on width 19: a predicated tail
     ("skylake-avx512", 728, 81, True, (8, 27)),   # 32 registers
     ("skylake-avx512", 1536, 25, True, (16, 5)),
@@ -119,3 +126,23 @@ def test_register_tile_fits_the_target(mcpu, channels, pixels, pointwise, expect
 
     target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "mtriple": "x86_64-linux-gnu"})
     assert register_tile(channels, pixels, pointwise, target) == expected
+
+
+@pytest.mark.parametrize("width,rows,expected", [(19, 13, [10, 9]), (37, 13, [13, 12, 12]), (37, 29, [19, 18]),
+                                                 (12, 13, [12])])
+def test_width_parts_are_even_and_fit(width, rows, expected):
+    from pipeline.tvm.schedules import width_parts
+
+    assert width_parts(width, rows) == expected
+
+
+@pytest.mark.parametrize("blocks,reduction,lanes,expected", [
+    (91, 728, 8, 7),        # 728x728 (2.1 MB): 7 blocks of 8 = 163 KB, a divisor of 91
+    (96, 1024, 16, 4),      # 1024x1536: 4 x 16 channels x 1024 x 4 B = 256 KB
+    (16, 128, 16, 0),       # 128 KB of weights in all: no chunks
+    (0, 728, 8, 0),         # channels the lanes do not divide
+])
+def test_weight_chunks_fit_the_budget(blocks, reduction, lanes, expected):
+    from pipeline.tvm.schedules import weight_chunk
+
+    assert weight_chunk(blocks, reduction, lanes) == expected
