@@ -143,7 +143,10 @@ class ConvLike(CPUScheduleRule):
         chunk = weight_chunk(channels // lanes if channels % lanes == 0 else 0,
                              _product([get_extent(sch, r) for r in r_loops]), lanes)
         if isinstance(count, int) and count % rows and pointwise and spatial > 2:
-            return _in_width_parts(sch, s_loops, len(r_loops), lanes, rows, chunk, epilogue)
+            try:
+                return _in_width_parts(sch, s_loops, len(r_loops), lanes, rows, chunk, epilogue)
+            except Exception:  # noqa: BLE001 - a nest loop_partition or the epilogue cannot take: leave it alone
+                return None
         outer = None
         if pointwise or spatial == 2:
             pixels = sch.fuse(*s_loops[:-1]) if spatial > 2 else s_loops[0]
@@ -172,10 +175,10 @@ class ConvLike(CPUScheduleRule):
 def weight_chunk(blocks: int, reduction, lanes: int) -> int:
     """Channel blocks per weight chunk: the outermost loop takes chunks whose weights stay in the L2 cache, so
     every pixel tile reuses them there (728x728 weights, 2.1 MB, were read again from L3 per tile)."""
-    budget = CHUNK_BYTES
-    if not blocks or not isinstance(reduction, int) or reduction * blocks * lanes * 4 <= budget:
+    if not blocks or not isinstance(reduction, int) or reduction * blocks * lanes * 4 <= CHUNK_BYTES:
         return 0
-    return max([d for d in range(1, blocks + 1) if blocks % d == 0 and reduction * d * lanes * 4 <= budget] or [1])
+    return max([d for d in range(1, blocks + 1) if blocks % d == 0 and reduction * d * lanes * 4 <= CHUNK_BYTES]
+               or [1])
 
 
 def _product(extents):
