@@ -175,10 +175,11 @@ class ConvLike(CPUScheduleRule):
 def weight_chunk(blocks: int, reduction, lanes: int) -> int:
     """Channel blocks per weight chunk: the outermost loop takes chunks whose weights stay in the L2 cache, so
     every pixel tile reuses them there (728x728 weights, 2.1 MB, were read again from L3 per tile)."""
-    if not blocks or not isinstance(reduction, int) or reduction * blocks * lanes * 4 <= CHUNK_BYTES:
+    if not blocks or not isinstance(reduction, int):
         return 0
-    return max([d for d in range(1, blocks + 1) if blocks % d == 0 and reduction * d * lanes * 4 <= CHUNK_BYTES]
+    best = max([d for d in range(1, blocks + 1) if blocks % d == 0 and reduction * d * lanes * 4 <= CHUNK_BYTES]
                or [1])
+    return 0 if best == blocks else best          # all the weights fit: no chunks
 
 
 def _product(extents):
@@ -214,7 +215,8 @@ def _in_width_parts(sch, s_loops, reductions: int, lanes: int, rows: int, chunk:
         sch.decompose_reduction(block, reduce[0])
     for rv in epilogue:
         last = sch.get_loops(rv)[-1]
-        if isinstance(get_extent(sch, last), int) and get_extent(sch, last) % lanes == 0:
+        extent = get_extent(sch, last)
+        if isinstance(extent, int) and extent % lanes == 0:
             sch.vectorize(sch.split(last, factors=[None, lanes])[1])
     sch.parallel(outer)
     return sch
