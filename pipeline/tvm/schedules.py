@@ -64,14 +64,16 @@ class Injective(CPUScheduleRule):
         return sch
 
 
-def register_tile(channels: int, pixels, pointwise: bool, target) -> tuple[int, int]:
+def register_tile(channels: int, pixels, pointwise: bool, target, width=None) -> tuple[int, int]:
     """(lanes, rows) of a convolution's register tile: ``rows`` output pixels x one vector of ``lanes`` output
     channels, each weight vector loaded once per reduction step and used by every row. The vector is the widest
     that divides the channels (728 = 91 x 8: no predicated tail). Rows: up to 6 that divide the pixels where 4
-    or more do, else the largest divisor the registers hold (a 9x9 map: 9, not 1). Else, for a 1x1 kernel, as
-    many as the registers hold: ConvLike then cuts the width into parts of at most that (a predicated tail
-    would test every pixel, 3-5x slower, and 19 rows of a 19x19 map spill on AVX2); a larger kernel's predicated
-    tail costs little."""
+    or more do, else the largest divisor the registers hold (a 9x9 map: 9, not 1). With the image ``width``
+    (a 1x1 kernel's pixels as one loop), only a divisor of the width or a multiple of it: a tile across two
+    image rows gives its epilogue whole rows, half of them not yet computed (74x74 took 4 rows: wrong results,
+    raced between threads). Else, for a 1x1 kernel, as many as the registers hold: ConvLike then cuts the width
+    into parts of at most that (a predicated tail would test every pixel, 3-5x slower, and 19 rows of a 19x19
+    map spill on AVX2); a larger kernel's predicated tail costs little."""
     widest = vector_lanes(target)
     lanes = next((w for w in (widest, widest // 2, widest // 4) if w >= 2 and channels % w == 0), 0)
     if not lanes:                               # odd or narrow channels: a shorter vector, a predicated tail
@@ -79,13 +81,18 @@ def register_tile(channels: int, pixels, pointwise: bool, target) -> tuple[int, 
     if not isinstance(pixels, int):
         return lanes, 1
     fit = registers_fit(lanes, target)
-    divisors = [r for r in range(1, min(pixels, fit) + 1) if pixels % r == 0]
+    divisors = [r for r in range(1, min(pixels, fit) + 1) if pixels % r == 0 and aligned(r, width)]
     rows = max(r for r in divisors if r <= min(ROWS, fit))
     if rows < 4:
         rows = max(divisors)
     if rows < 4:
         rows = min(pixels, fit if pointwise else ROWS)
     return lanes, rows
+
+
+def aligned(rows: int, width) -> bool:
+    """Whether tiles of ``rows`` pixels, counted along image rows of ``width``, never cross an image row's end."""
+    return not isinstance(width, int) or width % rows == 0 or rows % width == 0
 
 
 def registers_fit(lanes: int, target) -> int:
@@ -139,10 +146,11 @@ class ConvLike(CPUScheduleRule):
         pointwise = all(get_extent(sch, r) == 1 for r in r_loops[:-1])
         extents = [get_extent(sch, loop) for loop in s_loops[:-1]]
         count = _product(extents) if pointwise or spatial == 2 else extents[-1]
-        lanes, rows = register_tile(channels, count, pointwise, target)
+        width = extents[-1] if pointwise and spatial > 2 else None
+        lanes, rows = register_tile(channels, count, pointwise, target, width)
         chunk = weight_chunk(channels // lanes if channels % lanes == 0 else 0,
                              _product([get_extent(sch, r) for r in r_loops]), lanes)
-        if isinstance(count, int) and count % rows and pointwise and spatial > 2:
+        if isinstance(count, int) and (count % rows or not aligned(rows, width)) and pointwise and spatial > 2:
             try:
                 return _in_width_parts(sch, s_loops, len(r_loops), lanes, rows, chunk, epilogue)
             except Exception:  # noqa: BLE001 - a nest loop_partition or the epilogue cannot take: leave it alone

@@ -10,16 +10,51 @@ import pytest
 SHAPE = re.compile(r'T\.Buffer\(\((.*?)\), "(\w+)"\)')
 
 
-def legalized_functions(tflite_file, target):
+def legalized_functions(tflite_file, target, fused: bool = False):
+    """The model's functions as the compile stage imports them: legalized, and with ``fused`` also fused (the
+    epilogues the default schedules meet in a real build)."""
     import tvm
     from tvm.relax.backend.cpu_generic import pipeline as cpu
 
     from pipeline.tvm.int8 import import_tflite
+    from pipeline.tvm.schedules import fusion_passes
 
-    mod = import_tflite(tflite_file)                   # as the compile stage imports it
+    mod = import_tflite(tflite_file)
     with target:
-        mod = tvm.transform.Sequential(cpu.library_dispatch_passes(target) + cpu.legalize_passes(target))(mod)
+        passes = fusion_passes(target) if fused else cpu.library_dispatch_passes(target) + cpu.legalize_passes(target)
+        mod = tvm.transform.Sequential(passes)(mod)
     return [(gv.name_hint, f) for gv, f in mod.functions.items() if isinstance(f, tvm.tirx.PrimFunc)]
+
+
+def check_scheduled_functions(functions, target, rules) -> int:
+    """Each function a rule schedules, run scheduled and unscheduled on the same random inputs: bit-equal outputs.
+    Functions that differ only by name are run once. Returns how many were compared."""
+    import tvm
+
+    rng = np.random.default_rng(0)
+    compared, seen = 0, set()
+    for name, func in functions:
+        text = func.script().replace(name, "f")
+        if text in seen:
+            continue
+        seen.add(text)
+        sch = next((s for s in (rule.apply(func, target, False) for rule in rules) if s is not None), None)
+        if sch is None:
+            continue
+        signature = func.script().split("T.func_attr")[0]
+        shapes = [(tuple(int(x) for x in re.findall(r"T.int64\((\d+)\)", m.group(1))), m.group(2))
+                  for m in SHAPE.finditer(signature)]
+        args = [rng.standard_normal(s).astype(d) if d.startswith("float") else rng.integers(-100, 100, s).astype(d)
+                for s, d in shapes]
+        outputs = []
+        for fn in (func, sch.mod["main"]):
+            lib = tvm.compile(tvm.IRModule({"main": fn.with_attr("global_symbol", "main")}), target=target)
+            tensors = [tvm.runtime.tensor(a) for a in args]
+            lib["main"](*tensors)
+            outputs.append(tensors[-1].numpy())
+        np.testing.assert_array_equal(outputs[0], outputs[1], err_msg=f"{name} {shapes}")
+        compared += 1
+    return compared
 
 
 @pytest.fixture(scope="module")
@@ -35,26 +70,35 @@ def test_scheduled_functions_match_unscheduled(tflite_models, precision):
     from pipeline.tvm.schedules import ConvLike, Injective
 
     target = tvm.target.Target({"kind": "llvm", "num-cores": 2})
-    rng = np.random.default_rng(0)
-    scheduled = 0
-    for name, func in legalized_functions(tflite_models / f"tiny_{precision}.tflite", target):
-        sch = ConvLike().apply(func, target, False) or Injective().apply(func, target, False)
-        if sch is None:
-            continue
-        signature = func.script().split("T.func_attr")[0]
-        shapes = [(tuple(int(x) for x in re.findall(r"T.int64\((\d+)\)", m.group(1))), m.group(2))
-                  for m in SHAPE.finditer(signature)]
-        args = [rng.standard_normal(s).astype(d) if d.startswith("float") else rng.integers(-100, 100, s).astype(d)
-                for s, d in shapes]
-        outputs = []
-        for fn in (func, sch.mod["main"]):
-            lib = tvm.compile(tvm.IRModule({"main": fn.with_attr("global_symbol", "main")}), target=target)
-            tensors = [tvm.runtime.tensor(a) for a in args]
-            lib["main"](*tensors)
-            outputs.append(tensors[-1].numpy())
-        np.testing.assert_array_equal(outputs[0], outputs[1], err_msg=name)
-        scheduled += 1
-    assert scheduled >= 4          # convolutions and element-wise chains were really scheduled
+    functions = legalized_functions(tflite_models / f"tiny_{precision}.tflite", target)
+    assert check_scheduled_functions(functions, target, [ConvLike(), Injective()]) >= 4   # really scheduled
+
+
+@pytest.mark.system
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+def test_xception_299_fused_functions_match_unscheduled(xception_299, mcpu):
+    """Xception's own map sizes and epilogues at 299x299 (147, 74, 37, 19, 10): a 1x1 tile of 4 pixels on 74x74
+    crossed image rows and raced (2026-12-06), which the tiny model and the 71x71 reference never hit."""
+    import tvm
+
+    from pipeline.tvm.schedules import ConvLike
+
+    if ("avx512f" if mcpu == "skylake-avx512" else "avx2") not in open("/proc/cpuinfo").read().split():
+        pytest.skip(f"this CPU cannot run {mcpu} code")
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
+    assert check_scheduled_functions(legalized_functions(xception_299, target, fused=True), target, [ConvLike()]) >= 20
+
+
+@pytest.fixture(scope="module")
+def xception_299(tmp_path_factory):
+    from pipeline.compiler import CompileOptions, compile_target
+    from tests.conftest import write_target
+
+    tmp = tmp_path_factory.mktemp("x299")
+    targets = write_target(tmp / "targets", "one", ["tflite-fp32"])
+    compile_target(CompileOptions(target="one", weights="random", input_size=299, num_classes=5, out_dir=tmp / "b",
+                                  cache_dir=tmp / "c", eval_n=4, targets_dir=targets))
+    return tmp / "b" / "one" / "xception_fp32.tflite"
 
 
 # (H, W, Cin, Cout, kernel, groups): each register-tile branch of ConvLike (pipeline/tvm/schedules.py register_tile)
@@ -66,7 +110,8 @@ TILES = [(6, 6, 8, 24, 1, 1),       # 36 pixels: 6 rows; 24 channels: 8 lanes
          (17, 17, 8, 8, 1, 1),      # 289 pixels: no divisor in 4..13 on AVX2, the width in parts of 9 and 8
          (31, 31, 8, 8, 1, 1),      # 961 pixels: no divisor in 4..29 on AVX-512, parts of 16 and 15
          (4, 4, 256, 512, 1, 1),    # 512 KB of weights: chunks of 256 KB outermost
-         (17, 17, 256, 512, 1, 1)]  # both
+         (17, 17, 256, 512, 1, 1),  # both
+         (14, 14, 8, 8, 1, 1)]      # 196 pixels: 4 divides them, not the width: 7 rows (4 raced, 2026-12-06)
 
 
 @pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
@@ -74,7 +119,7 @@ def test_register_tiles_compute_what_the_unscheduled_convolution_computes(mcpu):
     import tvm
     from tvm import relax
 
-    from pipeline.tvm.schedules import ConvLike, register_tile, weight_chunk
+    from pipeline.tvm.schedules import ConvLike, aligned, register_tile, weight_chunk
 
     target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
     flags = open("/proc/cpuinfo").read().split()
@@ -95,9 +140,9 @@ def test_register_tiles_compute_what_the_unscheduled_convolution_computes(mcpu):
         (func,) = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc) and "conv" in str(f)]
         sch = ConvLike().apply(func, target, False)
         assert sch is not None, (h, w, ci, co, k)
-        lanes, rows = register_tile(co, h * w if k == 1 else w, k == 1, target)
+        lanes, rows = register_tile(co, h * w if k == 1 else w, k == 1, target, w if k == 1 else None)
         rows_seen.add(rows)
-        parts_seen.add(k == 1 and (h * w) % rows != 0)
+        parts_seen.add(k == 1 and ((h * w) % rows != 0 or not aligned(rows, w)))
         chunks_seen.add(weight_chunk(co // lanes, k * k * ci // groups, lanes) > 0)
         data = rng.standard_normal((1, h, w, ci)).astype("float32")
         outputs = []
@@ -111,21 +156,24 @@ def test_register_tiles_compute_what_the_unscheduled_convolution_computes(mcpu):
     assert {9, 7, 6} <= rows_seen and parts_seen == chunks_seen == {True, False}   # every branch was taken
 
 
-@pytest.mark.parametrize("mcpu,channels,pixels,pointwise,expected", [
-    ("haswell", 728, 81, True, (8, 9)),           # AVX2: 16 registers; 728 channels take 8 lanes
-    ("haswell", 256, 324, True, (16, 6)),         # 16 floats = 2 registers each: 6 rows fill 12
-    ("haswell", 728, 361, True, (8, 13)),         # 19x19: as many as the registers hold (the width in parts)
-    ("haswell", 728, 19, False, (8, 6)),          # a 3x3 kernel on width 19: a predicated tail
-    ("skylake-avx512", 728, 81, True, (8, 27)),   # 32 registers
-    ("skylake-avx512", 1536, 25, True, (16, 5)),
+@pytest.mark.parametrize("mcpu,channels,pixels,pointwise,width,expected", [
+    ("haswell", 728, 81, True, 9, (8, 9)),           # AVX2: 16 registers; 728 channels take 8 lanes
+    ("haswell", 256, 324, True, 18, (16, 6)),        # 16 floats = 2 registers each: 6 rows fill 12
+    ("haswell", 728, 361, True, 19, (8, 13)),        # 19x19: as many as the registers hold (the width in parts)
+    ("haswell", 728, 19, False, None, (8, 6)),       # a 3x3 kernel on width 19: a predicated tail
+    ("skylake-avx512", 728, 81, True, 9, (8, 27)),   # 32 registers
+    ("skylake-avx512", 1536, 25, True, 5, (16, 5)),
+    ("skylake-avx512", 256, 5476, True, 74, (16, 29)),  # 74x74: 4 divides the pixels, not the width: parts
+    ("haswell", 128, 21609, True, 147, (16, 6)),     # 147x147: 9 divides the pixels, not the width: parts
+    ("haswell", 256, 5476, True, None, (16, 4)),     # without the width: any divisor of the pixels
 ])
-def test_register_tile_fits_the_target(mcpu, channels, pixels, pointwise, expected):
+def test_register_tile_fits_the_target(mcpu, channels, pixels, pointwise, width, expected):
     import tvm
 
     from pipeline.tvm.schedules import register_tile
 
     target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "mtriple": "x86_64-linux-gnu"})
-    assert register_tile(channels, pixels, pointwise, target) == expected
+    assert register_tile(channels, pixels, pointwise, target, width) == expected
 
 
 @pytest.mark.parametrize("width,rows,expected", [(19, 13, [10, 9]), (37, 13, [13, 12, 12]), (37, 29, [19, 18]),
