@@ -101,6 +101,25 @@ def xception_299(tmp_path_factory):
     return tmp / "b" / "one" / "xception_fp32.tflite"
 
 
+@pytest.mark.parametrize("axes", [[1, 0], None])
+def test_constant_permutes_are_folded_at_compile_time(axes):
+    import tvm
+    from tvm import relax
+
+    from pipeline.tvm.folding import fold_constant_permutes
+
+    weights = np.arange(12, dtype="float32").reshape(3, 4)
+    x = relax.Var("x", relax.TensorType((1, 3), "float32"))
+    bb = relax.BlockBuilder()
+    with bb.function("main", [x]):
+        bb.emit_func_output(bb.emit(relax.op.matmul(x, relax.op.permute_dims(relax.const(weights.T.copy()), axes))))
+    folded = fold_constant_permutes()(bb.get())
+    assert "permute_dims" in bb.get().script() and "permute_dims" not in folded.script()
+    lib = tvm.compile(folded, target="llvm")
+    out = relax.VirtualMachine(lib, tvm.cpu())["main"](tvm.runtime.tensor(np.ones((1, 3), "float32"))).numpy()
+    np.testing.assert_array_equal(out, np.ones((1, 3), "float32") @ weights)
+
+
 # (H, W, Cin, Cout, kernel, groups): each register-tile branch of ConvLike (pipeline/tvm/schedules.py register_tile)
 TILES = [(6, 6, 8, 24, 1, 1),       # 36 pixels: 6 rows; 24 channels: 8 lanes
          (3, 3, 16, 40, 1, 1),      # 9 pixels: 9 rows (no divisor in 4..6)
@@ -111,7 +130,10 @@ TILES = [(6, 6, 8, 24, 1, 1),       # 36 pixels: 6 rows; 24 channels: 8 lanes
          (31, 31, 8, 8, 1, 1),      # 961 pixels: no divisor in 4..29 on AVX-512, parts of 16 and 15
          (4, 4, 256, 512, 1, 1),    # 512 KB of weights: chunks of 256 KB outermost
          (17, 17, 256, 512, 1, 1),  # both
-         (14, 14, 8, 8, 1, 1)]      # 196 pixels: 4 divides them, not the width: 7 rows (4 raced, 2026-12-06)
+         (14, 14, 8, 8, 1, 1),      # 196 pixels: 4 divides them, not the width: 7 rows (4 raced, 2026-12-06)
+         (5, 5, 16, 40, 1, 1),      # AVX-512: 40 channels, 32 in 16 lanes and a tail of 8 (channel_tail)
+         (5, 7, 8, 40, 3, 1),       # the same with a 3x3 kernel
+         (7, 7, 40, 40, 3, 40)]     # and depthwise
 
 
 @pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
@@ -119,14 +141,14 @@ def test_register_tiles_compute_what_the_unscheduled_convolution_computes(mcpu):
     import tvm
     from tvm import relax
 
-    from pipeline.tvm.schedules import ConvLike, aligned, register_tile, weight_chunk
+    from pipeline.tvm.schedules import ConvLike, aligned, channel_tail, register_tile, weight_chunk
 
     target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
     flags = open("/proc/cpuinfo").read().split()
     if ("avx512f" if mcpu == "skylake-avx512" else "avx2") not in flags:
         pytest.skip(f"this CPU cannot run {mcpu} code")
     rng = np.random.default_rng(3)
-    rows_seen, parts_seen, chunks_seen = set(), set(), set()
+    rows_seen, parts_seen, chunks_seen, tails_seen = set(), set(), set(), set()
     for h, w, ci, co, k, groups in TILES:
         x = relax.Var("x", relax.TensorType((1, h, w, ci), "float32"))
         kernel = rng.standard_normal((k, k, ci // groups, co)).astype("float32")
@@ -144,6 +166,7 @@ def test_register_tiles_compute_what_the_unscheduled_convolution_computes(mcpu):
         rows_seen.add(rows)
         parts_seen.add(k == 1 and ((h * w) % rows != 0 or not aligned(rows, w)))
         chunks_seen.add(weight_chunk(co // lanes, k * k * ci // groups, lanes) > 0)
+        tails_seen.add(channel_tail(co, target))
         data = rng.standard_normal((1, h, w, ci)).astype("float32")
         outputs = []
         for fn in (func, sch.mod["main"]):
@@ -154,6 +177,7 @@ def test_register_tiles_compute_what_the_unscheduled_convolution_computes(mcpu):
             outputs.append(args[-1].numpy())
         np.testing.assert_array_equal(outputs[0], outputs[1], err_msg=str((h, w, ci, co, k, groups)))
     assert {9, 7, 6} <= rows_seen and parts_seen == chunks_seen == {True, False}   # every branch was taken
+    assert tails_seen == ({0, 8} if mcpu == "skylake-avx512" else {0})
 
 
 @pytest.mark.parametrize("mcpu,channels,pixels,pointwise,width,expected", [
@@ -174,6 +198,18 @@ def test_register_tile_fits_the_target(mcpu, channels, pixels, pointwise, width,
 
     target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "mtriple": "x86_64-linux-gnu"})
     assert register_tile(channels, pixels, pointwise, target, width) == expected
+
+
+@pytest.mark.parametrize("mcpu,channels,expected", [("skylake-avx512", 728, 8), ("skylake-avx512", 1000, 8),
+                                                    ("skylake-avx512", 736, 0), ("skylake-avx512", 24, 0),
+                                                    ("skylake-avx512", 36, 0), ("haswell", 728, 0)])
+def test_channel_tail_only_where_a_half_vector_wastes_a_register(mcpu, channels, expected):
+    import tvm
+
+    from pipeline.tvm.schedules import channel_tail
+
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "mtriple": "x86_64-linux-gnu"})
+    assert channel_tail(channels, target) == expected
 
 
 @pytest.mark.parametrize("width,rows,expected", [(19, 13, [10, 9]), (37, 13, [13, 12, 12]), (37, 29, [19, 18]),
