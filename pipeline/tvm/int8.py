@@ -30,8 +30,10 @@ def import_model(model, isa=None) -> tvm.IRModule:
     """``import_tflite`` for an already parsed ``tflite.Model``."""
     from tvm.relax.frontend.tflite import from_tflite
 
+    from pipeline.tvm.folding import fold_constant_permutes
+
     mod = from_tflite(model)
-    return integer_arithmetic(mod[0] if isinstance(mod, tuple) else mod, isa)
+    return fold_constant_permutes()(integer_arithmetic(mod[0] if isinstance(mod, tuple) else mod, isa))
 
 
 def integer_arithmetic(mod: tvm.IRModule, isa=None) -> tvm.IRModule:

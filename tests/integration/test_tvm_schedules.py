@@ -133,7 +133,7 @@ TILES = [(6, 6, 8, 24, 1, 1),       # 36 pixels: 6 rows; 24 channels: 8 lanes
          (14, 14, 8, 8, 1, 1),      # 196 pixels: 4 divides them, not the width: 7 rows (4 raced, 2026-12-06)
          (5, 5, 16, 40, 1, 1),      # AVX-512: 40 channels, 32 in 16 lanes and a tail of 8 (channel_tail)
          (5, 7, 8, 40, 3, 1),       # the same with a 3x3 kernel
-         (7, 7, 40, 40, 3, 40)]     # and depthwise
+         (7, 7, 40, 40, 3, 40)]     # depthwise: 9 weights per channel, no tail
 
 
 @pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
@@ -166,7 +166,7 @@ def test_register_tiles_compute_what_the_unscheduled_convolution_computes(mcpu):
         rows_seen.add(rows)
         parts_seen.add(k == 1 and ((h * w) % rows != 0 or not aligned(rows, w)))
         chunks_seen.add(weight_chunk(co // lanes, k * k * ci // groups, lanes) > 0)
-        tails_seen.add(channel_tail(co, target))
+        tails_seen.add(channel_tail(co, target, k * k * ci // groups))
         data = rng.standard_normal((1, h, w, ci)).astype("float32")
         outputs = []
         for fn in (func, sch.mod["main"]):
@@ -200,16 +200,17 @@ def test_register_tile_fits_the_target(mcpu, channels, pixels, pointwise, width,
     assert register_tile(channels, pixels, pointwise, target, width) == expected
 
 
-@pytest.mark.parametrize("mcpu,channels,expected", [("skylake-avx512", 728, 8), ("skylake-avx512", 1000, 8),
-                                                    ("skylake-avx512", 736, 0), ("skylake-avx512", 24, 0),
-                                                    ("skylake-avx512", 36, 0), ("haswell", 728, 0)])
-def test_channel_tail_only_where_a_half_vector_wastes_a_register(mcpu, channels, expected):
+@pytest.mark.parametrize("mcpu,channels,reduction,expected", [
+    ("skylake-avx512", 728, 728, 8), ("skylake-avx512", 1000, 2048, 8), ("skylake-avx512", 736, 728, 0),
+    ("skylake-avx512", 24, 728, 0), ("skylake-avx512", 36, 728, 0), ("haswell", 728, 728, 0),
+    ("skylake-avx512", 728, 9, 0)])                  # depthwise 3x3: no parts
+def test_channel_tail_only_where_a_half_vector_wastes_a_register(mcpu, channels, reduction, expected):
     import tvm
 
     from pipeline.tvm.schedules import channel_tail
 
     target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "mtriple": "x86_64-linux-gnu"})
-    assert channel_tail(channels, target) == expected
+    assert channel_tail(channels, target, reduction) == expected
 
 
 @pytest.mark.parametrize("width,rows,expected", [(19, 13, [10, 9]), (37, 13, [13, 12, 12]), (37, 29, [19, 18]),
