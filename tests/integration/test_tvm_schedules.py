@@ -128,8 +128,9 @@ TILES = [(6, 6, 8, 24, 1, 1),       # 36 pixels: 6 rows; 24 channels: 8 lanes
          (5, 7, 8, 16, 3, 1),       # a 3x3 convolution, width 7
          (17, 17, 8, 8, 1, 1),      # 289 pixels: no divisor in 4..13 on AVX2, the width in parts of 9 and 8
          (31, 31, 8, 8, 1, 1),      # 961 pixels: no divisor in 4..29 on AVX-512, parts of 16 and 15
-         (4, 4, 256, 512, 1, 1),    # 512 KB of weights: chunks of 256 KB outermost
+         (4, 4, 256, 512, 1, 1),    # 512 KB of weights: chunks of 256 KB outermost, rows of 2 KB: packed
          (17, 17, 256, 512, 1, 1),  # both
+         (4, 4, 128, 520, 1, 1),    # chunks of rows of 2,080 bytes: not packed
          (14, 14, 8, 8, 1, 1),      # 196 pixels: 4 divides them, not the width: 7 rows (4 raced, 2026-12-06)
          (5, 5, 16, 40, 1, 1),      # AVX-512: 40 channels, 32 in 16 lanes and a tail of 8 (channel_tail)
          (5, 7, 8, 40, 3, 1),       # the same with a 3x3 kernel
@@ -148,7 +149,7 @@ def test_register_tiles_compute_what_the_unscheduled_convolution_computes(mcpu):
     if ("avx512f" if mcpu == "skylake-avx512" else "avx2") not in flags:
         pytest.skip(f"this CPU cannot run {mcpu} code")
     rng = np.random.default_rng(3)
-    rows_seen, parts_seen, chunks_seen, tails_seen = set(), set(), set(), set()
+    rows_seen, parts_seen, chunks_seen, tails_seen, packed_seen = set(), set(), set(), set(), set()
     for h, w, ci, co, k, groups in TILES:
         x = relax.Var("x", relax.TensorType((1, h, w, ci), "float32"))
         kernel = rng.standard_normal((k, k, ci // groups, co)).astype("float32")
@@ -167,6 +168,7 @@ def test_register_tiles_compute_what_the_unscheduled_convolution_computes(mcpu):
         parts_seen.add(k == 1 and ((h * w) % rows != 0 or not aligned(rows, w)))
         chunks_seen.add(weight_chunk(co // lanes, k * k * ci // groups, lanes) > 0)
         tails_seen.add(channel_tail(co, target, k * k * ci // groups))
+        packed_seen.add("_global" in sch.mod["main"].script())      # weight chunks copied (_packed)
         data = rng.standard_normal((1, h, w, ci)).astype("float32")
         outputs = []
         for fn in (func, sch.mod["main"]):
@@ -177,7 +179,7 @@ def test_register_tiles_compute_what_the_unscheduled_convolution_computes(mcpu):
             outputs.append(args[-1].numpy())
         np.testing.assert_array_equal(outputs[0], outputs[1], err_msg=str((h, w, ci, co, k, groups)))
     assert {9, 7, 6} <= rows_seen and parts_seen == chunks_seen == {True, False}   # every branch was taken
-    assert tails_seen == ({0, 8} if mcpu == "skylake-avx512" else {0})
+    assert tails_seen == ({0, 8} if mcpu == "skylake-avx512" else {0}) and packed_seen == {True, False}
 
 
 @pytest.mark.parametrize("mcpu,channels,pixels,pointwise,width,expected", [
