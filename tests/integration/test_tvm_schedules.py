@@ -67,7 +67,8 @@ def tflite_models(tiny_build):
 def test_scheduled_functions_match_unscheduled(tflite_models, precision):
     import tvm
 
-    from pipeline.tvm.schedules import ConvLike, Injective
+    from pipeline.tvm.conv_tiles import ConvLike
+    from pipeline.tvm.schedules import Injective
 
     target = tvm.target.Target({"kind": "llvm", "num-cores": 2})
     functions = legalized_functions(tflite_models / f"tiny_{precision}.tflite", target)
@@ -81,7 +82,7 @@ def test_xception_299_fused_functions_match_unscheduled(xception_299, mcpu):
     crossed image rows and raced (2026-12-06), which the tiny model and the 71x71 reference never hit."""
     import tvm
 
-    from pipeline.tvm.schedules import ConvLike
+    from pipeline.tvm.conv_tiles import ConvLike
 
     if ("avx512f" if mcpu == "skylake-avx512" else "avx2") not in open("/proc/cpuinfo").read().split():
         pytest.skip(f"this CPU cannot run {mcpu} code")
@@ -120,7 +121,7 @@ def test_constant_permutes_are_folded_at_compile_time(axes):
     np.testing.assert_array_equal(out, np.ones((1, 3), "float32") @ weights)
 
 
-# (H, W, Cin, Cout, kernel, groups): each register-tile branch of ConvLike (pipeline/tvm/schedules.py register_tile)
+# (H, W, Cin, Cout, kernel, groups): each register-tile branch of ConvLike (pipeline/tvm/conv_tiles.py register_tile)
 TILES = [(6, 6, 8, 24, 1, 1),       # 36 pixels: 6 rows; 24 channels: 8 lanes
          (3, 3, 16, 40, 1, 1),      # 9 pixels: 9 rows (no divisor in 4..6)
          (7, 7, 16, 32, 1, 1),      # 49 pixels, prime-like: 7 rows (past the registers on AVX2)
@@ -142,7 +143,7 @@ def test_register_tiles_compute_what_the_unscheduled_convolution_computes(mcpu):
     import tvm
     from tvm import relax
 
-    from pipeline.tvm.schedules import ConvLike, aligned, channel_tail, register_tile, weight_chunk
+    from pipeline.tvm.conv_tiles import ConvLike, aligned, channel_tail, register_tile, weight_chunk
 
     target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
     flags = open("/proc/cpuinfo").read().split()
@@ -196,7 +197,7 @@ def test_register_tiles_compute_what_the_unscheduled_convolution_computes(mcpu):
 def test_register_tile_fits_the_target(mcpu, channels, pixels, pointwise, width, expected):
     import tvm
 
-    from pipeline.tvm.schedules import register_tile
+    from pipeline.tvm.conv_tiles import register_tile
 
     target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "mtriple": "x86_64-linux-gnu"})
     assert register_tile(channels, pixels, pointwise, target, width) == expected
@@ -209,7 +210,7 @@ def test_register_tile_fits_the_target(mcpu, channels, pixels, pointwise, width,
 def test_channel_tail_only_where_a_half_vector_wastes_a_register(mcpu, channels, reduction, expected):
     import tvm
 
-    from pipeline.tvm.schedules import channel_tail
+    from pipeline.tvm.conv_tiles import channel_tail
 
     target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "mtriple": "x86_64-linux-gnu"})
     assert channel_tail(channels, target, reduction) == expected
@@ -218,7 +219,7 @@ def test_channel_tail_only_where_a_half_vector_wastes_a_register(mcpu, channels,
 @pytest.mark.parametrize("width,rows,expected", [(19, 13, [10, 9]), (37, 13, [13, 12, 12]), (37, 29, [19, 18]),
                                                  (12, 13, [12])])
 def test_width_parts_are_even_and_fit(width, rows, expected):
-    from pipeline.tvm.schedules import width_parts
+    from pipeline.tvm.conv_tiles import width_parts
 
     assert width_parts(width, rows) == expected
 
@@ -230,6 +231,6 @@ def test_width_parts_are_even_and_fit(width, rows, expected):
     (0, 728, 8, 0),         # channels the lanes do not divide
 ])
 def test_weight_chunks_fit_the_budget(blocks, reduction, lanes, expected):
-    from pipeline.tvm.schedules import weight_chunk
+    from pipeline.tvm.conv_tiles import weight_chunk
 
     assert weight_chunk(blocks, reduction, lanes) == expected
