@@ -183,6 +183,45 @@ def test_register_tiles_compute_what_the_unscheduled_convolution_computes(mcpu):
     assert tails_seen == ({0, 8} if mcpu == "skylake-avx512" else {0}) and packed_seen == {True, False}
 
 
+@pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
+def test_vector_matrix_products_compute_what_the_unscheduled_one_computes(mcpu):
+    """The classifier at batch 1, [1, K] x [K, N] plus a bias: channel blocks in registers (_vector_matrix); N with no
+    vector width dividing it is left to dlight's GEMV rule."""
+    import tvm
+    from tvm import relax
+
+    from pipeline.tvm.conv_tiles import ConvLike
+
+    if ("avx512f" if mcpu == "skylake-avx512" else "avx2") not in open("/proc/cpuinfo").read().split():
+        pytest.skip(f"this CPU cannot run {mcpu} code")
+    target = tvm.target.Target({"kind": "llvm", "mcpu": mcpu, "num-cores": 2})
+    rng = np.random.default_rng(5)
+    for k, n, scheduled in [(256, 200, True), (64, 48, True), (64, 10, False)]:
+        x = relax.Var("x", relax.TensorType((1, k), "float32"))
+        weights, bias = rng.standard_normal((k, n)).astype("float32"), rng.standard_normal(n).astype("float32")
+        bb = relax.BlockBuilder()
+        with bb.function("main", [x]):
+            with bb.dataflow():
+                y = bb.emit_output(relax.op.add(relax.op.matmul(x, relax.const(weights)), relax.const(bias)))
+            bb.emit_func_output(y)
+        mod = relax.transform.FuseTIR()(relax.transform.FuseOps()(relax.transform.AnnotateTIROpPattern()(
+            relax.transform.LegalizeOps()(bb.get()))))
+        (func,) = [f for _, f in mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]    # matmul + add, fused
+        sch = ConvLike().apply(func, target, False)
+        assert (sch is not None) == scheduled, (k, n)
+        if sch is None:
+            continue
+        data = rng.standard_normal((1, k)).astype("float32")
+        outputs = []
+        for fn in (func, sch.mod["main"]):
+            lib = tvm.compile(tvm.IRModule({"main": fn.with_attr("global_symbol", "main")}), target=target)
+            args = [tvm.runtime.tensor(a) for a in (data, weights, bias, np.zeros((1, n), "float32"))]
+            lib["main"](*args)
+            outputs.append(args[-1].numpy())
+        np.testing.assert_array_equal(outputs[0], outputs[1], err_msg=str((k, n)))
+        assert np.abs(outputs[1]).max() > 0
+
+
 @pytest.mark.parametrize("mcpu,channels,pixels,pointwise,width,expected", [
     ("haswell", 728, 81, True, 9, (8, 9)),           # AVX2: 16 registers; 728 channels take 8 lanes
     ("haswell", 256, 324, True, 18, (16, 6)),        # 16 floats = 2 registers each: 6 rows fill 12
