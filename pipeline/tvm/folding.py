@@ -6,8 +6,9 @@ from __future__ import annotations
 
 def fold_constant_permutes():
     """A pass that permutes constant weights at compile time: the TFLite importer gives the classifier
-    ``permute_dims(W)``, and without FoldConstant (see pipeline/tvm/schedules.py cpu_pipeline) that transpose ran on every inference
-    (2048x1000 floats, 8 ms of 148 at 299x299 on a Xeon, 2026-12-06). Same bytes, only permuted."""
+    ``permute_dims(W)``, and without FoldConstant (see pipeline/tvm/schedules.py cpu_pipeline) that transpose
+    ran on every inference (2048x1000 floats, 8 ms of 148 at 299x299 on a Xeon, 2026-12-06). Same bytes, only
+    permuted."""
     import numpy as np
     import tvm
     from tvm import relax
