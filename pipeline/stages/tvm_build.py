@@ -20,7 +20,7 @@ from pipeline.tvm.link import describe, linker_options
 from pipeline.tvm.records import TUNING_FILES, estimate
 
 NAME = "tvm"
-VERSION = 29
+VERSION = 30
 TOOLS = ("apache-tvm", "apache-tvm-ffi", "tflite", "ziglang", "numpy")
 
 
@@ -94,6 +94,11 @@ def run(inputs: Mapping[str, Path], config: Config, out: Path, progress: Progres
         from benchmarks import tvm_params
         from pipeline.tvm.params import lift
 
+        if config.schedules == "default":       # before the lift: the packed weights are constants there
+            from pipeline.tvm.conv_tiles import vector_lanes
+            from pipeline.tvm.packing import pack_pointwise
+
+            mod = pack_pointwise(mod, vector_lanes(target))
         mod, arrays = lift(mod)
         if arrays:
             params = {"file": Path(config.file_name).stem + tvm_params.SUFFIX, "arrays": len(arrays),

@@ -44,7 +44,11 @@ def extract(tflite_path: Path, target, precision: str) -> list[Task]:
     from tvm.s_tir.analysis import estimate_tir_flops
 
     with target:
-        fused = tvm.transform.Sequential(fusion_passes(target))(import_tflite(tflite_path, isa_for(target)))
+        from pipeline.tvm.conv_tiles import vector_lanes
+        from pipeline.tvm.packing import pack_pointwise
+
+        packed = pack_pointwise(import_tflite(tflite_path, isa_for(target)), vector_lanes(target))
+        fused = tvm.transform.Sequential(fusion_passes(target))(packed)
     keys = ms.database.MemoryDatabase(module_equality=MODULE_EQUALITY)
     tasks = []
     for extracted in ms.relax_integration.extract_tasks(fused, target, module_equality=MODULE_EQUALITY):
