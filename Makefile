@@ -56,6 +56,9 @@ help:
 # (a shell test rather than a file target: make cannot name a file whose path has a space)
 STAMP = $(call qs,$(value VENV)/.installed)
 setup:
+	@if [ -L $(call q,VENV) ] && [ ! -d $(call q,VENV) ]; then \
+	  echo "error: "$(call q,VENV)" is a link to no usable folder; remove it (or set VENV= to a folder)"; exit 2; \
+	fi
 	@if [ ! -f $(STAMP) ] || [ requirements.lock -nt $(STAMP) ]; then \
 	  $(call q,PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || \
 	    { echo "error: Python 3.11 or newer is needed (PYTHON="$(call q,PYTHON)"); set PYTHON=python3.11"; exit 2; }; \
