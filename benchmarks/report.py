@@ -247,14 +247,48 @@ def memory_section(results: dict, board: tuple[str, int]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def estimate_section(build_dir: Path) -> str:
+    """`make estimate`'s figures, when it ran: labelled ESTIMATE, in their own table, never beside a measured
+    latency."""
+    import json
+
+    path = build_dir / "estimate" / "estimate.json"
+    if not path.is_file():
+        return ""
+    data = json.loads(path.read_text())
+    est = data.get("estimate") or {}
+    if data.get("kind") == "estimate validation" or not est:
+        return ""
+    cal = est.get("calibration")
+    lines = ["", f"## ESTIMATE, not measured: {data['core']} (make estimate)", "",
+             f"Instructions per inference counted under qemu as a {data['core']}, 1 thread; cycles from per-class "
+             f"rates ({est['source']}) at {est['ghz']} GHz. "
+             + (f"Calibrated on x86 ({cal['measured']}): leave-one-out error {cal['error'][0]:+.0%} to "
+                f"{cal['error'][1]:+.0%}." if cal else "No calibration: bounds only."), "",
+             "| artifact | M instructions | bounds ms, 1 thread | ESTIMATE ms, 1 thread | ESTIMATE ms, "
+             f"{est['threads']} threads |", "|---|---:|---:|---:|---:|"]
+    for r in data["counts"]:
+        e = r.get("estimate")
+        if not e:
+            continue
+        one = (f"{e['ms_1_thread']:.1f} ({e['range_ms_1_thread'][0]:.1f}-{e['range_ms_1_thread'][1]:.1f})"
+               if "ms_1_thread" in e else "-")
+        threads = f"{e['ms']:.1f}" if "ms" in e else "-"
+        lines.append(f"| {r['file']} | {r['instructions'] / 1e6:.1f} | {e['bounds_ms'][0]:.1f}-{e['bounds_ms'][1]:.1f} "
+                     f"| {one} | {threads} |")
+    return "\n".join(lines) + "\n"
+
+
 def render(build_dir: Path, results_file: Path | None = None) -> dict[str, Path]:
+    if results_file is None and not results_newest_first(build_dir) and estimate_section(build_dir):
+        return render_estimate_only(build_dir)
     results_file = results_file or latest_results(build_dir)
     results = read_json(results_file, "benchmark results file", RESULTS_SCHEMA)
     if not results["results"]:
         raise BenchError(f"{results_file} holds no measured artifact; nothing to report")
     folder = build_dir / "report"
     folder.mkdir(parents=True, exist_ok=True)
-    md = markdown(results) + memory_section(results, _board_ram(build_dir))
+    md = markdown(results) + memory_section(results, _board_ram(build_dir)) + estimate_section(build_dir)
     images = plots(results, folder)
     analysis = build_dir / "analysis" / "sqnr_by_layer.png"
     if analysis.is_file():              # make analyze ran: its per-layer int8 plot joins the report
@@ -267,6 +301,16 @@ def render(build_dir: Path, results_file: Path | None = None) -> dict[str, Path]
     out = {"markdown": folder / "report.md", "html": folder / "report.html"} | images
     write_text_atomic(out["markdown"], md)
     write_text_atomic(out["html"], html_page(results, md, images))
+    return out
+
+
+def render_estimate_only(build_dir: Path) -> dict[str, Path]:
+    """No measurement yet (no board): the report is the estimate alone, labelled as such."""
+    folder = build_dir / "report"
+    folder.mkdir(parents=True, exist_ok=True)
+    md = "# No measured latency yet\n" + estimate_section(build_dir)
+    out = {"markdown": folder / "report.md"}
+    write_text_atomic(out["markdown"], md)
     return out
 
 

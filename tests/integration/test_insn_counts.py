@@ -44,7 +44,9 @@ def test_the_plugin_counts_a_known_loop_exactly_by_class(tmp_path, stage_cache):
 
 
 @pytest.mark.parametrize("args,message", [
-    (("--target", "host"), r"^error: make estimate counts ARM artifacts under qemu-aarch64; target host is x86_64$"),
+    (("--target", "host"), r"^error: make estimate on x86 validates AVX2 code, which qemu-x86_64 can run; target host "
+                           r"is built for host .*: use TARGET=x86-avx2$"),
+    (("--target", "x86-avx2", "--core", "cortex-a72"), r"^error: ESTIMATE_CORE \(--core\) is for ARM targets; "),
     (("--target", "rpi4", "--core", "cortex-x9"), r"^error: no emulated core 'cortex-x9'; known: cortex-a53, "),
 ])
 def test_a_bad_target_or_core_is_one_line(cli, args, message):
@@ -78,5 +80,31 @@ def test_counts_of_a_tiny_model_are_per_inference_and_the_same_every_run(cli, ti
         # the difference of two runs is per inference: far below either run's total (start-up is excluded)
         assert r["instructions"] * 20 < sum(r["totals"][0].values())
     assert "tvm/litert int8" in runs[0]["ratios"] and "counts, not time" in out
+    # the estimate: labelled, bounds in order, and as repeatable as the counts it comes from
+    assert runs[0]["estimate"]["label"] == "estimate, not measured" and "ESTIMATE, not measured" in out
+    for r, second in zip(runs[0]["counts"], runs[1]["counts"]):
+        low, high = r["estimate"]["bounds_ms"]
+        assert 0 < low < high and r["estimate"]["core"] == "cortex-a72"
+        assert second["estimate"]["bounds_ms"][0] == pytest.approx(low, rel=1e-2)
     tvm = next(r for r in runs[0]["counts"] if r["file"] == "tiny_int8.so")
     assert next(iter(tvm["top_functions"])).startswith("tiny_int8.so: ")   # the TVM library's own function first
+
+
+@pytest.mark.system       # the tiny model's AVX2 artifacts counted under qemu-x86_64 and measured here
+def test_the_x86_validation_counts_measures_and_bounds_every_artifact(cli, tiny_build, stage_cache):
+    if not shutil.which("qemu-x86_64"):
+        pytest.skip("needs qemu-x86_64 (apt-get install qemu-user; .ci/run does)")
+    options, _ = tiny_build("x86-avx2")
+    code, out, err = cli("estimate", "--target", "x86-avx2", "--out", options.out_dir, "--cache-dir", stage_cache,
+                         "--only", "tiny_int8.so", "--only", "tiny_fp32.so")
+    assert code == 0, err
+    report = json.loads((options.out_dir / "x86-avx2" / "estimate" / "estimate.json").read_text())
+    assert report["kind"] == "estimate validation" and report["validation"]["busy_ghz"] > 0
+    assert {r["file"] for r in report["counts"]} == {"tiny_int8.so", "tiny_fp32.so"}
+    for r in report["counts"]:
+        # TVM's library is compiled for Haswell: what qemu counted is what ran here, on any x86 CPU with AVX2
+        assert r["same_code"] and r["by_class"]["simd_mac"] > 0 and r["by_class"]["dot"] == 0
+        assert 0 < r["lower_cycles"] < r["upper_cycles"] and r["measured_cycles"] > 0
+        assert set(r["measured_ms"]) == {"1", "2"}                   # threads (JSON keys)
+        assert "error" in r                 # predicted from the other artifact's alpha
+    assert report["validation"]["rows_used"] == 2 and "leave-one-out error" in out

@@ -96,3 +96,26 @@ def test_accuracy_against_latency_is_readable_with_many_artifacts():
     ax = accuracy_latency_figure(table).axes[0]
     assert [t.get_text() for t in ax.get_legend().get_texts()] == [f"xception_{i}.tflite (litert)" for i in range(7)]
     assert not ax.texts and ax.get_ylim()[1] == 100.0 and ax.get_ylim()[0] >= 0
+
+
+def test_the_estimate_is_its_own_labelled_section_and_a_report_on_its_own(tmp_path):
+    import json
+
+    from benchmarks.report import estimate_section, render
+
+    build = tmp_path / "rpi4"
+    (build / "estimate").mkdir(parents=True)
+    estimate = {"bounds_ms": [10.0, 40.0], "ms_1_thread": 20.0, "range_ms_1_thread": [15.0, 30.0], "ms": 8.0,
+                "core": "cortex-a72"}
+    (build / "estimate" / "estimate.json").write_text(json.dumps({
+        "kind": "instruction counts and latency estimate", "core": "cortex-a72",
+        "estimate": {"source": "a guide", "ghz": 1.8, "threads": 4,
+                     "calibration": {"measured": "here", "error": [-0.2, 0.1]}},
+        "counts": [{"file": "m_fp32.so", "instructions": 5e8, "estimate": estimate}]}))
+    section = estimate_section(build)
+    assert section.startswith("\n## ESTIMATE, not measured: cortex-a72")
+    assert "| m_fp32.so | 500.0 | 10.0-40.0 | 20.0 (15.0-30.0) | 8.0 |" in section and "-20% to +10%" in section
+    out = render(build)                   # no bench results yet (no board): the estimate alone, said so
+    text = out["markdown"].read_text()
+    assert text.startswith("# No measured latency yet") and section in text
+    assert estimate_section(tmp_path) == ""

@@ -1,0 +1,114 @@
+"""`make estimate` on an x86 target: the estimate's method checked where latency can be measured.
+
+Each CPU artifact of an AVX2 build (targets/x86-avx2.toml) is counted per inference under ``qemu-x86_64 -cpu
+Haswell`` with the same plugin as the boards' (pipeline/insn_counts.py), and measured here, natively, at 1 thread
+(and at 2, for the thread efficiency). This machine's busy clock (pipeline/native/clock.c) turns milliseconds
+into cycles, and this core's per-class rates (pipeline/core_model.py) give each count's lower and upper bound.
+Where the measured cycles fall between the bounds (alpha) is what the ARM estimate borrows; how well it predicts
+is said leave-one-out: each artifact predicted with the median alpha of the others, its error against what was
+measured, and whether the predictions rank the artifacts as the measurements do.
+
+On a CPU with AVX-512 (the count's AVX2 code is what runs natively only for TVM, compiled for Haswell), LiteRT
+and ONNX Runtime pick AVX-512 kernels natively and AVX2 ones under qemu: their rows are shown, marked, and left
+out of alpha.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import statistics
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from benchmarks.device import cpu_flags
+from pipeline.core_model import between, bounds, costs, host_core
+from pipeline.errors import ConfigError, MissingDependencyError
+from pipeline.host_tools import build_once, ensure_tool, run_tool
+from pipeline.progress import Progress
+
+CLOCK_SOURCE = Path(__file__).resolve().parent / "native" / "clock.c"
+QEMU_X86_CPU = "Haswell"        # AVX2 + FMA, no AVX-512: what qemu 7.2's TCG executes
+THREADS = (1, 2)
+
+
+@dataclass(frozen=True)
+class X86Emulator:
+    """The insn_counts view of qemu-x86_64 running this machine's own Python as a Haswell."""
+    qemu: str
+
+    def python(self) -> list[str]:
+        return [self.qemu, "-cpu", QEMU_X86_CPU, sys.executable]
+
+    def env(self, core: str) -> dict:
+        return os.environ | {"TF_CPP_MIN_LOG_LEVEL": "2"}
+
+    def set_core(self, core: str, cores: int) -> None:
+        """Nothing to set: qemu-x86_64's CPUID is the model's, /proc is this machine's."""
+
+
+def busy_clock_ghz(cache_dir: Path) -> float:
+    """This core's clock while busy, measured by a chain of dependent adds (built once, cached by source hash)."""
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise MissingDependencyError("measuring the clock needs a C compiler: apt-get install gcc")
+    key = hashlib.sha256(CLOCK_SOURCE.read_bytes()).hexdigest()[:16]
+
+    def build(folder: Path, scratch: Path) -> str:
+        run_tool([cc, "-O2", "-o", folder / "clock", CLOCK_SOURCE], "building the clock probe")
+        return key
+
+    binary = build_once(cache_dir / "native" / f"clock-{key}", build) / "clock"
+    return float(run_tool([str(binary)], "measuring the busy clock").split()[0])
+
+
+def validate(build_dir: Path, arts: list[dict], cache_dir: Path, progress: Progress) -> tuple[list[dict], dict]:
+    """Counted, measured and bounded rows for each artifact, and the summary: alpha, leave-one-out errors,
+    ranking, thread efficiency."""
+    from benchmarks.run import Budget, run_artifact
+    from pipeline.insn_counts import ensure_plugin, per_inference
+
+    flags = set(cpu_flags())
+    if "avx2" not in flags or "fma" not in flags:
+        raise ConfigError("the estimate's x86 validation measures AVX2 code natively; this CPU has no AVX2 + FMA")
+    wide = "avx512f" in flags
+    core = costs(host_core())
+    emulator = X86Emulator(ensure_tool("qemu-x86_64", "qemu-user", progress))
+    plugin = ensure_plugin(cache_dir)
+    budget = Budget(warmup=3, min_runs=20, min_seconds=3.0, max_seconds=30.0, accuracy_seconds=1e-3)
+    rows = []
+    for art in arts:     # qemu's TCG runs AVX2 floating point in helpers: about a minute per fp32 inference
+        progress.log(f"counting {art['file']} under qemu-x86_64 as a {QEMU_X86_CPU} (1 thread; minutes)")
+        rows.append(per_inference(build_dir, art, emulator, QEMU_X86_CPU.lower(), plugin, runs=1))
+    for art, row in zip(arts, rows):     # measured together, after the counting, so nothing of it runs beside
+        progress.log(f"measuring {art['file']} here at {' and '.join(map(str, THREADS))} threads")
+        row["measured_ms"] = {t: run_artifact(build_dir, art, t, budget, 1)["latency_ms"]["p50"] for t in THREADS}
+        row["same_code"] = art["runtime"] == "tvm" or not wide
+    ghz = busy_clock_ghz(cache_dir)
+    for row in rows:
+        lower, upper = bounds(row["by_class"], core)
+        cycles = row["measured_ms"][1] * ghz * 1e6
+        row |= {"lower_cycles": lower, "upper_cycles": upper, "measured_cycles": cycles,
+                "alpha": between(lower, upper, cycles)}
+    return rows, summary(rows, core.name, ghz)
+
+
+def summary(rows: list[dict], core: str, ghz: float) -> dict:
+    """alpha over the rows that ran the counted code; each such row predicted from the others' median alpha."""
+    used = [r for r in rows if r["same_code"]]
+    alphas = [r["alpha"] for r in used]
+    for r in used:
+        others = [a for other, a in zip(used, alphas) if other is not r] or alphas
+        a = statistics.median(others)
+        r["predicted_cycles"] = r["lower_cycles"] + a * (r["upper_cycles"] - r["lower_cycles"])
+        r["error"] = r["predicted_cycles"] / r["measured_cycles"] - 1
+    order = lambda key: [r["file"] for r in sorted(used, key=lambda r: r[key])]
+    efficiency = {r["file"]: r["measured_ms"][1] / r["measured_ms"][2] / 2 for r in rows if 2 in r["measured_ms"]}
+    return {"core": core, "busy_ghz": ghz, "rows_used": len(used),
+            "alpha": statistics.median(alphas) if alphas else None,
+            "alpha_range": [min(alphas), max(alphas)] if alphas else None,
+            "leave_one_out_error": [min(r["error"] for r in used), max(r["error"] for r in used)] if len(used) > 1
+            else None,
+            "ranks_agree": order("predicted_cycles") == order("measured_cycles") if len(used) > 1 else None,
+            "thread_efficiency_2": efficiency}
