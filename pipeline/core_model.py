@@ -1,18 +1,8 @@
-"""From instructions to cycles: per-class throughputs of the cores `make estimate` speaks for, and the two
-bounds an instruction mix gives on them.
-
-Each class's figure is the sustained rate, in instructions per cycle, of that class's typical instruction in
-these kernels (a 128-bit NEON FMLA, SDOT or ADD; a 256-bit AVX2 FMA or VPADDD; a 128- or 256-bit load), as the
-vendor's optimization guide tables it. From the counts of one inference:
-
-- ``lower``: every class overlaps every other, so the busiest resource (the vector pipes, shared by dot,
-  simd_mac and simd_other; the load/store pipes; the integer pipes; the branch unit) or the issue width sets the
-  time. No core reaches it: it ignores dependencies, cache misses and the front end.
-- ``upper``: no overlap at all: each class's instructions run one class after another at the class's rate.
-
-Where the measured time falls between them (``alpha``: 0 at lower, 1 at upper) is what the x86 validation
-measures (pipeline/estimate_x86.py); the estimate for a board is ``lower + alpha * (upper - lower)`` at the
-core's clock, with the spread of alpha over the validated artifacts as its error bars.
+"""From instructions to cycles: each core's per-class rates (instructions per cycle of the class's typical
+instruction, from the vendor's optimization guide) and the two bounds an instruction mix gives on them: lower,
+every class overlapped (the busiest pipe group or the issue width sets the time); upper, none overlapped.
+The estimate is lower + alpha * (upper - lower) at the core's clock, alpha and its spread measured by the x86
+validation (pipeline/estimate_x86.py). docs/estimate.md says what this does and does not model.
 """
 from __future__ import annotations
 

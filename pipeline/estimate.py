@@ -1,10 +1,7 @@
 """`make estimate TARGET=t`: instructions per inference of every ARM CPU artifact, counted under qemu-user as
-the board's core (pipeline/insn_counts.py), and an *estimate* of its latency on that core: cycles between the
-bounds the core's per-class rates give (pipeline/core_model.py), placed where the x86 validation found measured
-time to fall, at the core's usual clock, with that validation's spread as error bars. Ratios TVM/LiteRT and
-int8/fp32 of both. Written to OUT/t/estimate/estimate.json and printed, labelled estimate throughout.
-
-On an x86 target of AVX2 code (targets/x86-avx2.toml) it is the validation instead (pipeline/estimate_x86.py).
+the board's core (pipeline/insn_counts.py), and an *estimate* of its latency there (pipeline/core_model.py), with
+the ratios TVM/LiteRT and int8/fp32 of both. Written to OUT/t/estimate/estimate.json and printed, labelled
+estimate throughout. On an x86 AVX2 target it runs the validation instead (pipeline/estimate_x86.py).
 """
 from __future__ import annotations
 

@@ -1,16 +1,8 @@
-"""`make estimate` on an x86 target: the estimate's method checked where latency can be measured.
-
-Each CPU artifact of an AVX2 build (targets/x86-avx2.toml) is counted per inference under ``qemu-x86_64 -cpu
-Haswell`` with the same plugin as the boards' (pipeline/insn_counts.py), and measured here, natively, at 1 thread
-(and at 2, for the thread efficiency). This machine's busy clock (pipeline/native/clock.c) turns milliseconds
-into cycles, and this core's per-class rates (pipeline/core_model.py) give each count's lower and upper bound.
-Where the measured cycles fall between the bounds (alpha) is what the ARM estimate borrows; how well it predicts
-is said leave-one-out: each artifact predicted with the median alpha of the others, its error against what was
-measured, and whether the predictions rank the artifacts as the measurements do.
-
-On a CPU with AVX-512 (the count's AVX2 code is what runs natively only for TVM, compiled for Haswell), LiteRT
-and ONNX Runtime pick AVX-512 kernels natively and AVX2 ones under qemu: their rows are shown, marked, and left
-out of alpha.
+"""`make estimate` on an x86 AVX2 target: the estimate's method checked where latency can be measured.
+Each CPU artifact is counted under ``qemu-x86_64 -cpu Haswell`` (the boards' plugin), then measured natively at 1
+and 2 threads; the busy clock (pipeline/native/clock.c) turns ms into cycles. alpha (where measured cycles fall
+between the bounds) and its leave-one-out error are what the ARM estimate borrows. On a CPU with AVX-512, LiteRT
+and ONNX Runtime run other kernels natively than the AVX2 ones counted: shown, marked, left out of alpha.
 """
 from __future__ import annotations
 
