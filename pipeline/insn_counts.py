@@ -70,12 +70,35 @@ def count_run(command: list[str], plugin: Path, env: dict, what: str, maps: Path
         return totals | {"attribution": attribute(read_blocks(out.read_text()), read_maps(maps.read_text()), guest)}
 
 
-def per_inference(build_dir: Path, art: dict, emulator: Emulator, core: str, plugin: Path, runs: int = 2) -> dict:
-    """Instructions per inference of one artifact, by class: (count with 2K runs - count with K runs) / K."""
-    from benchmarks.run import Budget, child_command
-
+def per_inference(build_dir: Path, art: dict, emulator: Emulator, core: str, plugin: Path, runs: int = 2,
+                  cache_dir: Path | None = None) -> dict:
+    """Instructions per inference of one artifact, by class: (count with 2K runs - count with K runs) / K.
+    With ``cache_dir``, a count is kept there and reused for the same artifact bytes, weights, core, emulator
+    command, plugin, runner and runtime versions (an x86 fp32 count takes minutes of emulated AVX2)."""
     if art.get("device") == "gpu":
         raise ConfigError(f"{art['file']} runs on the GPU; instruction counts are for CPU artifacts")
+    if cache_dir is None:
+        return _count(build_dir, art, emulator, core, plugin, runs)
+    from benchmarks.files import write_text_atomic
+    from pipeline.versions import tool_versions
+
+    runner = (ROOT / "benchmarks" / "run.py").read_bytes() + SOURCE.read_bytes()
+    key = hashlib.sha256(json.dumps([art.get("sha256"), (art.get("params") or {}).get("sha256"), core, runs,
+                                     emulator.python()[:-1], hashlib.sha256(runner).hexdigest(),
+                                     tool_versions()], sort_keys=True).encode()).hexdigest()[:24]
+    path = cache_dir / "insn-counts" / f"{key}.json"
+    if art.get("sha256") and path.is_file():
+        return json.loads(path.read_text()) | {"file": art["file"], "cached": True}
+    row = _count(build_dir, art, emulator, core, plugin, runs)
+    if art.get("sha256"):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(path, json.dumps(row) + "\n")
+    return row
+
+
+def _count(build_dir: Path, art: dict, emulator: Emulator, core: str, plugin: Path, runs: int) -> dict:
+    from benchmarks.run import Budget, child_command
+
     emulator.set_core(core, 1)
     env = emulator.env(core) | {"PYTHONHASHSEED": "0", "TVM_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     from pipeline.insn_attribution import per_inference as attributed
