@@ -183,7 +183,8 @@ TILES = [(6, 6, 8, 24, 1, 1),       # 36 pixels: 6 rows; 24 channels: 8 lanes
          (14, 14, 8, 8, 1, 1),      # 196 pixels: 4 divides them, not the width: 7 rows (4 raced, 2026-12-06)
          (5, 5, 16, 40, 1, 1),      # AVX-512: 40 channels, 32 in 16 lanes and a tail of 8 (channel_tail)
          (5, 7, 8, 40, 3, 1),       # the same with a 3x3 kernel
-         (7, 7, 40, 40, 3, 40)]     # depthwise: 9 weights per channel, no tail
+         (7, 7, 40, 40, 3, 40),     # depthwise: 9 weights per channel, no tail
+         (3, 3, 32, 64, 1, 1)]      # AVX2: 3 rows of a 3x3 map (the exit flow at 71x71 ran unscheduled, 2026-12-06)
 
 
 @pytest.mark.parametrize("mcpu", ["haswell", "skylake-avx512"])
@@ -280,6 +281,7 @@ def test_vector_matrix_products_compute_what_the_unscheduled_one_computes(mcpu):
     ("skylake-avx512", 256, 5476, True, 74, (16, 29)),  # 74x74: 4 divides the pixels, not the width: parts
     ("haswell", 128, 21609, True, 147, (16, 6)),     # 147x147: 9 divides the pixels, not the width: parts
     ("haswell", 256, 5476, True, None, (16, 4)),     # without the width: any divisor of the pixels
+    ("haswell", 2048, 9, True, 3, (16, 3)),          # 3x3: whole image rows fit, no width parts
 ])
 def test_register_tile_fits_the_target(mcpu, channels, pixels, pointwise, width, expected):
     import tvm
