@@ -42,7 +42,7 @@ help:
 	@echo "make analyze TARGET=host         int8 per-layer error and sensitivity (table, JSON, plot in OUT/TARGET/analysis)"
 	@echo "make verify TARGET=rpi4          run the ARM CPU artifacts under qemu and compare with the host"
 	@echo "make provision TARGET=rpi4 DEVICE=user@host   install on the board the runtimes make verify proved (offline)"
-	@echo "make estimate TARGET=rpi4        instructions per inference of each ARM CPU artifact, counted under qemu"
+	@echo "make estimate TARGET=rpi4        instructions and latency bounds per inference of each ARM CPU artifact (qemu)"
 	@echo "make gate TARGET=host            int8 accuracy/size/speed gates; exit 1 on failure; JUnit in OUT/<t>/gate/"
 	@echo "make baseline TARGET=host MSG=.. record the current int8 figures as the committed baseline"
 	@echo "make peers                       LiteRT / ONNX Runtime / TVM on Xception 299x299 here, one run"

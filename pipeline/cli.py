@@ -32,7 +32,7 @@ VERB_HELP = {
     "analyze": "int8 per-layer error and sensitivity: table, JSON, plot (make analyze)",
     "verify": "run the ARM CPU artifacts under qemu and compare with the host (make verify)",
     "provision": "install on a board, over ssh, the runtimes make verify proved (make provision)",
-    "estimate": "instructions per inference of each ARM CPU artifact, counted under qemu as the core (make estimate)",
+    "estimate": "instructions per inference and latency bounds of each ARM CPU artifact, counted under qemu as the core; on x86-avx2 the validation (make estimate)",
     "import": "bring LiteRT benchmark_model output from a phone into OUT/<target>/bench/ (make import)",
     "peers": "LiteRT / ONNX Runtime / TVM on Xception 299x299 here, one run (make peers)",
     "targets": "list the targets and what each builds (make targets)",
