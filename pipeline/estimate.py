@@ -106,6 +106,7 @@ def table(rows: list[dict], core: str, extra: dict[str, float]) -> str:
 
 def validation_report(build_dir: Path, target: Target, arts: list[dict], cache_dir: Path,
                       progress: Progress) -> tuple[Path, str]:
+    from benchmarks.device import this_cpu
     from pipeline.estimate_x86 import QEMU_X86_CPU, validate
 
     rows, found = validate(build_dir, arts, cache_dir, progress)
@@ -113,16 +114,10 @@ def validation_report(build_dir: Path, target: Target, arts: list[dict], cache_d
             "method": "instructions per inference by class under qemu-x86_64 (pipeline/native/insn_classes.c); "
                       "lower/upper cycle bounds from this core's per-class rates (pipeline/core_model.py); "
                       "measured p50 at 1 thread natively, times the busy clock (pipeline/native/clock.c)",
-            "validation": found, "machine": this_machine(),
+            "validation": found, "machine": this_cpu(),
             "tools": {k: tool_versions()[k] for k in ("ai-edge-litert", "onnxruntime", "apache-tvm")}}
     path = write_report(build_dir / "estimate", rows, meta)
     return path, validation_table(rows, found)
-
-
-def this_machine() -> dict:
-    from benchmarks.device import this_cpu
-
-    return this_cpu()
 
 
 def validation_table(rows: list[dict], found: dict) -> str:

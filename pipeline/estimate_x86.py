@@ -6,9 +6,7 @@ and ONNX Runtime run other kernels natively than the AVX2 ones counted: shown, m
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import shutil
 import statistics
 from concurrent.futures import ThreadPoolExecutor
 import sys
@@ -17,8 +15,8 @@ from pathlib import Path
 
 from benchmarks.device import cpu_flags
 from pipeline.core_model import between, bounds, costs, host_core
-from pipeline.errors import ConfigError, MissingDependencyError
-from pipeline.host_tools import build_once, ensure_tool, run_tool
+from pipeline.errors import ConfigError
+from pipeline.host_tools import built_from_c, ensure_tool, run_tool
 from pipeline.progress import Progress
 
 CLOCK_SOURCE = Path(__file__).resolve().parent / "native" / "clock.c"
@@ -43,16 +41,7 @@ class X86Emulator:
 
 def busy_clock_ghz(cache_dir: Path) -> float:
     """This core's clock while busy, measured by a chain of dependent adds (built once, cached by source hash)."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        raise MissingDependencyError("measuring the clock needs a C compiler: apt-get install gcc")
-    key = hashlib.sha256(CLOCK_SOURCE.read_bytes()).hexdigest()[:16]
-
-    def build(folder: Path, scratch: Path) -> str:
-        run_tool([cc, "-O2", "-o", folder / "clock", CLOCK_SOURCE], "building the clock probe")
-        return key
-
-    binary = build_once(cache_dir / "native" / f"clock-{key}", build) / "clock"
+    binary = built_from_c(cache_dir, CLOCK_SOURCE, "clock", [], "the clock probe")
     return float(run_tool([str(binary)], "measuring the busy clock").stdout.split()[0])
 
 

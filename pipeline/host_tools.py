@@ -141,6 +141,23 @@ def build_once(root: Path, build: Callable[[Path, Path], str]) -> Path:
     return root
 
 
+def built_from_c(cache_dir: Path, source: Path, output: str, flags: list[str], what: str) -> Path:
+    """``output`` compiled from one C ``source`` with this machine's C compiler, once per source (cached in
+    ``cache_dir/native/`` by the source's sha256); ``what`` names it in errors."""
+    import hashlib
+
+    cc = shutil.which("cc") or shutil.which("gcc")
+    if cc is None:
+        raise MissingDependencyError(f"{what} needs a C compiler: apt-get install gcc")
+    key = hashlib.sha256(source.read_bytes()).hexdigest()[:16]
+
+    def build(folder: Path, scratch: Path) -> str:
+        run_tool([cc, "-O2", *flags, "-o", folder / output, source], f"building {what}")
+        return key
+
+    return build_once(cache_dir / "native" / f"{source.stem}-{key}", build) / output
+
+
 def ensure_intel_opencl(cache_dir: Path, progress: Progress) -> dict[str, str]:
     """The environment that makes Intel's CPU OpenCL the OpenCL platform of a process (OCL_ICD_VENDORS, the
     libraries on LD_LIBRARY_PATH, XC_OPENCL_PLATFORM for our runtime)."""

@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import tempfile
 from pathlib import Path
 
 from pipeline.emulation import Emulator
-from pipeline.errors import ConfigError, MissingDependencyError, StageError
-from pipeline.host_tools import build_once, run_tool
+from pipeline.errors import ConfigError, StageError
+from pipeline.host_tools import built_from_c, run_tool
 
 SOURCE = Path(__file__).resolve().parent / "native" / "insn_classes.c"
 CLASSES = ("dot", "simd_mac", "simd_other", "load_store", "branch", "scalar")
@@ -24,17 +23,8 @@ TOP = 12                     # functions kept per artifact in estimate.json, the
 
 def ensure_plugin(cache_dir: Path) -> Path:
     """The plugin, built once per source with this machine's C compiler (cached by the source's sha256)."""
-    cc = shutil.which("cc") or shutil.which("gcc")
-    if cc is None:
-        raise MissingDependencyError("counting instructions needs a C compiler for our qemu plugin: apt-get install gcc")
-    key = hashlib.sha256(SOURCE.read_bytes()).hexdigest()[:16]
-
-    def build(folder: Path, scratch: Path) -> str:
-        run_tool([cc, "-O2", "-shared", "-fPIC", "-fvisibility=hidden", "-Wall", "-o", folder / "insn_classes.so",
-                  SOURCE], "building the instruction-counting qemu plugin")
-        return key
-
-    return build_once(cache_dir / "native" / f"insn_classes-{key}", build) / "insn_classes.so"
+    return built_from_c(cache_dir, SOURCE, "insn_classes.so", ["-shared", "-fPIC", "-fvisibility=hidden", "-Wall"],
+                        "the instruction-counting qemu plugin")
 
 
 def read_counts(path: Path) -> dict[str, int]:
